@@ -1,0 +1,126 @@
+"""IRSTD datasets on disk: `images/<stem>.<ext>` paired with `masks/<stem>.<ext>`, optional split lists.
+
+Layouts read: the SIRST / NUDT-SIRST layout of ../shared/data (images/, masks/, split files of stems, one per
+line) and any plain pair of folders (`images=` and `masks=` given explicitly). Any non-zero mask pixel is target.
+
+Mask/image size mismatch rule (SIRST's Misc_111 ships a 592x400 mask for a 325x220 image): when the aspect ratios
+agree within 2 % the mask is resized to the image with nearest-neighbour and the stem is reported; otherwise the
+sample is skipped and reported. Either way the stem is listed in `dataset.size_mismatches`; never silently
+misaligned.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+from .preprocess import read_image
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image_path: Path
+    mask_path: Optional[Path]
+
+
+@dataclass(frozen=True)
+class SizeMismatch:
+    stem: str
+    image_shape: tuple
+    mask_shape: tuple
+    action: str  # "resized" or "skipped"
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Stems listed one per line (blank lines ignored; the last line may lack its newline)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"split file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+class IrstdDataset:
+    """A list of (image, mask) samples. `load(i)` -> (image as stored: uint8 HxW/HxWx3 or uint16, mask bool HxW)."""
+
+    def __init__(self, root: str | Path | None = None, split: str | Path | None = None, *,
+                 images: str | Path | None = None, masks: str | Path | None = None, require_masks: bool = True):
+        if root is None and images is None:
+            raise InputError("give a dataset root (with images/ and masks/) or an images= folder")
+        self.root = Path(root) if root is not None else None
+        image_dir = Path(images) if images is not None else self.root / "images"
+        mask_dir = Path(masks) if masks is not None else (self.root / "masks" if self.root else None)
+        if not image_dir.is_dir():
+            raise InputError(f"image folder not found: {image_dir}")
+        image_index = _index(image_dir)
+        mask_index = _index(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
+        if require_masks and not mask_index:
+            raise InputError(f"mask folder not found or empty: {mask_dir}")
+        if split is not None:
+            split_path = Path(split)
+            if not split_path.is_absolute() and not split_path.is_file() and self.root is not None:
+                split_path = self.root / split_path
+            stems = read_split(split_path)
+            self.split_name = split_path.name
+        else:
+            stems = list(image_index)
+            self.split_name = "all"
+        missing = [s for s in stems if s not in image_index]
+        if missing:
+            raise InputError(f"{len(missing)} stems of the split have no image in {image_dir} "
+                             f"(e.g. {', '.join(missing[:3])})")
+        if require_masks:
+            no_mask = [s for s in stems if s not in mask_index]
+            if no_mask:
+                raise InputError(f"{len(no_mask)} images have no mask in {mask_dir} (e.g. {', '.join(no_mask[:3])})")
+        self.samples = [Sample(s, image_index[s], mask_index.get(s)) for s in stems]
+        self.size_mismatches: list[SizeMismatch] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Image as stored and its boolean mask (None when the sample has no mask, or it was skipped)."""
+        sample = self.samples[i]
+        image = read_image(sample.image_path)
+        if sample.mask_path is None:
+            return image, None
+        mask = read_image(sample.mask_path, cv2.IMREAD_GRAYSCALE) > 0
+        if mask.shape != image.shape[:2]:
+            mask = self._reconcile(sample.stem, image.shape[:2], mask)
+        return image, mask
+
+    def _reconcile(self, stem: str, image_hw: tuple, mask: np.ndarray) -> Optional[np.ndarray]:
+        ratio_image = image_hw[1] / image_hw[0]
+        ratio_mask = mask.shape[1] / mask.shape[0]
+        if abs(ratio_image / ratio_mask - 1.0) <= 0.02:
+            action = "resized"
+            mask = cv2.resize(mask.astype(np.uint8), (image_hw[1], image_hw[0]),
+                              interpolation=cv2.INTER_NEAREST) > 0
+        else:
+            action, mask = "skipped", None
+        if not any(m.stem == stem for m in self.size_mismatches):
+            self.size_mismatches.append(SizeMismatch(stem, tuple(image_hw), None if mask is None else mask.shape,
+                                                     action))
+            log.warning("%s: mask size differs from image %s; mask %s (rule: same aspect -> nearest resize, "
+                        "else skip)", stem, image_hw, action)
+        return mask
+
+    def __iter__(self) -> Iterator[tuple[Sample, np.ndarray, Optional[np.ndarray]]]:
+        for i, sample in enumerate(self.samples):
+            image, mask = self.load(i)
+            yield sample, image, mask
+
+
