@@ -45,7 +45,7 @@ class RawMapping:
         return np.clip(out, 0.0, 255.0, out=out)
 
 
-def _as_channels(frame: np.ndarray, contract: ModelContract, raw: RawMapping) -> np.ndarray:
+def to_channels(frame: np.ndarray, contract: ModelContract, raw: RawMapping = RawMapping()) -> np.ndarray:
     """HxWxC (C = contract.channels) in the contract's channel order, uint8 or float32 in 0..255."""
     if not isinstance(frame, np.ndarray):
         raise InputError(f"frame must be a numpy array, got {type(frame).__name__}")
@@ -78,17 +78,26 @@ def preprocess(
 
     With size None and a dynamic contract the frame keeps its own size (the caller pads to the stride).
     """
-    img = _as_channels(frame, contract, raw)
+    img = to_channels(frame, contract, raw)
     target = size or contract.input_size
     if target is not None and img.shape[:2] != tuple(target):
         interp = _INTERPOLATION.get(contract.resize_interpolation, cv2.INTER_LINEAR)
         img = cv2.resize(img, (int(target[1]), int(target[0])), interpolation=interp)
         if img.ndim == 2:
             img = img[:, :, None]
+    return normalize(img, contract)[None]
+
+
+def normalize(img: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """HxWxC image in 0..255 (contract channel order) -> float32 CxHxW, (pixel * scale - mean) / std.
+
+    The single place the normalisation is written: the runtime and training both call it, so a trained model
+    and its deployed artifacts see identical tensors.
+    """
     scale = np.asarray(contract.scale, np.float32) / np.asarray(contract.std, np.float32)
     shift = -np.asarray(contract.mean, np.float32) / np.asarray(contract.std, np.float32)
     tensor = img.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1))
 
 
 def read_image(path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
