@@ -1,0 +1,305 @@
+"""Training: the paper's recipe (SoftIoU loss, SGD momentum 0.9, weight decay 1e-4, lr 0.05 with poly decay).
+
+Deterministic for a seed on one device: the sample order and every augmentation draw come from a numpy Generator
+seeded by (seed, epoch); torch's RNG (dropout) is saved with the resume state. Resumable: `last.pt` (model,
+optimizer, epoch, iteration, RNG, history) is written atomically after every epoch, `--resume` continues exactly
+there. The best epoch by validation IoU is saved as `best.pt` in the edge-irst checkpoint format (loadable with
+`torch.load(weights_only=True)`, exportable as is). Inputs go through `edge_irst.preprocess` — the same code the
+runtime uses — so a trained model needs no glue to deploy.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_irst.contract import AUTHORS_CONTRACT, ModelContract
+from edge_irst.datasets import IrstdDataset
+from edge_irst.errors import InputError
+from edge_irst.preprocess import normalize, preprocess, to_channels
+from edge_irst.progress import Progress
+
+from .augment import AugmentConfig, augment
+from .checkpoint import save_checkpoint
+from .registry import create_model, model_entry
+
+log = logging.getLogger(__name__)
+RESUME_FORMAT = "edge-irst/train-state"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint and log so a run can be reproduced."""
+
+    train: list[str]  # dataset specs "ROOT" or "ROOT:SPLIT" (split relative to ROOT)
+    val: list[str] = field(default_factory=list)  # empty: every `holdout`-th training stem validates
+    holdout: int = 10
+    model: str = "lw_irstnet"
+    model_overrides: dict = field(default_factory=dict)
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    size: int = 256
+    blur_prob: float = 0.5
+    synthetic_targets_prob: float = 0.0
+    seed: int = 0
+    threads: Optional[int] = None
+    device: str = "auto"
+    out: str = "runs/train"
+    max_iters_per_epoch: Optional[int] = None  # for smoke tests
+
+
+def _parse_spec(spec: str) -> tuple[str, Optional[str]]:
+    root, _, split = spec.partition(":")
+    return root, (split or None)
+
+
+def _load_images(specs: list[str], contract: ModelContract, holdout: int, take_holdout: bool):
+    """[(stem, rgb uint8 HxWx3, mask bool HxW)] for the specs; holdout>0 keeps (or drops) every holdout-th stem."""
+    out = []
+    for spec in specs:
+        ds = IrstdDataset(*_parse_spec(spec))
+        for i, sample in enumerate(ds.samples):
+            held = holdout > 0 and i % holdout == holdout - 1
+            if held != take_holdout:
+                continue
+            image, mask = ds.load(i)
+            if mask is None:
+                continue  # reported by the dataset's mismatch rule
+            out.append((f"{Path(spec.split(':')[0]).name}/{sample.stem}", to_channels(image, contract), mask))
+    return out
+
+
+def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - mean over the batch of (|P.T| + s) / (|P| + |T| - |P.T| + s), P = sigmoid(logits). Shapes [N,1,H,W]."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=(1, 2, 3))
+    union = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) - inter
+    return 1.0 - ((inter + smooth) / (union + smooth)).mean()
+
+
+def _poly_lr(cfg: TrainConfig, iteration: int, total: int) -> float:
+    return cfg.lr * (1.0 - min(iteration, total - 1) / total) ** cfg.poly_power
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def validate(model, samples, contract: ModelContract, device, batch: int = 16) -> dict:
+    """Pixel IoU (dataset level), nIoU (mean per image) and Pd / Fa at 3 px on 256x256 (image bilinear, mask
+    nearest), logit > threshold; the runtime's preprocessing exactly."""
+    model.eval()
+    labels, maps = [], []
+    size = contract.input_size
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        x = np.concatenate([preprocess(rgb[:, :, ::-1].copy(), contract, size=size) for _, rgb, _ in chunk])
+        logits = model(torch.from_numpy(x).to(device)).float().cpu().numpy()[:, 0]
+        maps.extend(logits)
+        labels.extend(_resize_mask(mask, size) for _, _, mask in chunk)
+    return _validation_metrics(labels, maps, contract.threshold)
+
+
+def _components(mask: np.ndarray):
+    import cv2
+
+    n, lab, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return lab, stats[1:, cv2.CC_STAT_AREA], cents[1:]
+
+
+def _validation_metrics(labels, maps, threshold: float) -> dict:
+    # TEMPORARY until edge_irst.metrics lands: IoU, nIoU, Pd/Fa (centroid distance < 3 px, greedy).
+    inter = union = 0
+    per_image, n_targets, n_found, fa_pixels, pixels = [], 0, 0, 0, 0
+    for label, logit in zip(labels, maps):
+        pred = logit > threshold
+        i, u = np.logical_and(pred, label).sum(), np.logical_or(pred, label).sum()
+        inter, union = inter + i, union + u
+        per_image.append(i / u if u else 0.0)
+        _, _, gt_c = _components(label)
+        _, pred_area, pred_c = _components(pred)
+        used = np.zeros(len(pred_c), bool)
+        for c in gt_c:
+            d = np.hypot(*(pred_c - c).T) if len(pred_c) else np.empty(0)
+            cand = np.flatnonzero((d < 3) & ~used)
+            if cand.size:
+                used[cand[0]] = True
+                n_found += 1
+        n_targets += len(gt_c)
+        fa_pixels += int(pred_area[~used].sum())
+        pixels += label.size
+    return {"iou": inter / union if union else 0.0, "niou": float(np.mean(per_image)),
+            "pd": n_found / n_targets if n_targets else 0.0, "fa": fa_pixels / pixels}
+
+
+def _resize_mask(mask: np.ndarray, size) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = _device(cfg.device)
+        self.contract = AUTHORS_CONTRACT.replace(
+            architecture=cfg.model, input_size=(cfg.size, cfg.size), provenance="edge-irst training")
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, **cfg.model_overrides).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.train_samples = _load_images(cfg.train, self.contract, cfg.holdout if not cfg.val else 0, False)
+        self.val_samples = (_load_images(cfg.val, self.contract, 0, False) if cfg.val
+                            else _load_images(cfg.train, self.contract, cfg.holdout, True))
+        if not self.train_samples:
+            raise InputError(f"no training samples in {cfg.train}")
+        self.aug = AugmentConfig(size=cfg.size, blur_prob=cfg.blur_prob,
+                                 synthetic_targets_prob=cfg.synthetic_targets_prob)
+        per_epoch = len(self.train_samples) // cfg.batch_size
+        if cfg.max_iters_per_epoch:
+            per_epoch = min(per_epoch, cfg.max_iters_per_epoch)
+        self.iters_per_epoch = max(per_epoch, 1)
+        self.total_iters = self.iters_per_epoch * cfg.epochs
+        self.epoch, self.iteration, self.best_iou, self.history = 0, 0, -1.0, []
+
+    # --- resume state -------------------------------------------------------------------------------------------
+    def save_state(self) -> Path:
+        state = {
+            "format": RESUME_FORMAT, "config": dataclasses.asdict(self.cfg), "epoch": self.epoch,
+            "iteration": self.iteration, "best_iou": self.best_iou, "history": self.history,
+            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = self.out / "last.pt"
+        torch.save(state, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+        return path
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("format") != RESUME_FORMAT:
+            raise InputError(f"{path} is not an edge-irst training state (format {state.get('format')!r})")
+        if state["config"]["model"] != self.cfg.model:
+            raise InputError(f"{path} trains {state['config']['model']!r}, not {self.cfg.model!r}")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.best_iou, self.history = state["best_iou"], state["history"]
+        log.warning("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iteration)
+
+    # --- loop ---------------------------------------------------------------------------------------------------
+    def _batches(self, epoch: int):
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        order = rng.permutation(len(self.train_samples))
+        bs = self.cfg.batch_size
+        for b in range(self.iters_per_epoch):
+            images, masks = [], []
+            for idx in order[b * bs:(b + 1) * bs]:
+                _, rgb, mask = self.train_samples[idx]
+                img, m = augment(rgb, mask, self.aug, rng)
+                images.append(normalize(img, self.contract))
+                masks.append(m[None].astype(np.float32))
+            yield torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+    def train_epoch(self) -> dict:
+        self.model.train()
+        losses, seen, start = [], 0, time.perf_counter()
+        with Progress(self.iters_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}") as bar:
+            for x, y in self._batches(self.epoch):
+                lr = _poly_lr(self.cfg, self.iteration, self.total_iters)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = soft_iou_loss(self.model(x.to(self.device)), y.to(self.device))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.iteration += 1
+                losses.append(loss.item())
+                seen += x.shape[0]
+                bar.update(postfix=f"loss {np.mean(losses):.4f} lr {lr:.4f}")
+        return {"loss": float(np.mean(losses)), "lr": lr, "images_per_s": seen / (time.perf_counter() - start)}
+
+    def fit(self) -> dict:
+        while self.epoch < self.cfg.epochs:
+            stats = self.train_epoch()
+            val = validate(self.model, self.val_samples, self.contract, self.device)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "iteration": self.iteration, **stats,
+                   **{f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))}}
+            self.history.append(row)
+            if val["iou"] > self.best_iou:
+                self.best_iou = val["iou"]
+                self.save_best(row)
+            self.save_state()
+            self._write_logs()
+            log.warning("epoch %d: loss %.4f, val IoU %.4f nIoU %.4f Pd %.4f Fa %.2e (best IoU %.4f), %.1f img/s",
+                        self.epoch, stats["loss"], val["iou"], val["niou"], val["pd"], val["fa"], self.best_iou,
+                        stats["images_per_s"])
+        self._plot()
+        return {"best_iou": self.best_iou, "epochs": self.epoch, "out": str(self.out)}
+
+    def save_best(self, row: dict) -> Path:
+        meta = {"train_config": dataclasses.asdict(self.cfg), "epoch": row["epoch"], "validation": row,
+                "trained_with": "edge-irst train"}
+        return save_checkpoint(self.out / "best.pt", self.model, self.cfg.model, self.cfg.model_overrides,
+                               self.contract, meta)
+
+    def _write_logs(self) -> None:
+        (self.out / "log.json").write_text(json.dumps(
+            {"config": dataclasses.asdict(self.cfg), "history": self.history}, indent=1) + "\n")
+        with open(self.out / "log.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def _plot(self) -> Optional[Path]:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            log.warning("matplotlib not installed: no curves.png (pip install matplotlib)")
+            return None
+        epochs = [r["epoch"] for r in self.history]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(epochs, [r["loss"] for r in self.history], label="train SoftIoU loss")
+        ax1.set_xlabel("epoch"), ax1.legend()
+        for key in ("val_iou", "val_niou", "val_pd"):
+            ax2.plot(epochs, [r[key] for r in self.history], label=key)
+        ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend()
+        fig.tight_layout()
+        path = self.out / "curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    model_entry(cfg.model)  # unknown names fail before any data is read
+    trainer = Trainer(cfg)
+    if resume and (trainer.out / "last.pt").is_file():
+        trainer.load_state(trainer.out / "last.pt")
+    return trainer.fit()
