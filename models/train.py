@@ -166,7 +166,11 @@ class Trainer:
         self.contract = AUTHORS_CONTRACT.replace(
             architecture=cfg.model, input_size=(cfg.size, cfg.size), provenance="edge-irst training")
         torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.model, **cfg.model_overrides).to(self.device)
+        self.model = create_model(cfg.model, **cfg.model_overrides)
+        prior = getattr(self.model, "init_background_prior", None)  # a model may define its own output prior
+        if prior is not None:
+            prior()
+        self.model = self.model.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.train_samples = _load_images(cfg.train, self.contract, cfg.holdout if not cfg.val else 0, False)
