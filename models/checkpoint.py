@@ -244,8 +244,13 @@ def load_checkpoint(path: str | Path, architecture: str | None = None, eval_mode
         try:
             doc = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # torch words every failure the same way; the detail line tells a forbidden global from garbage.
+            detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln or "GLOBAL" in ln),
+                          str(exc).splitlines()[0])
+            if "global" not in detail.lower():
+                raise ModelFileError(f"{path}: not a PyTorch checkpoint ({detail})") from exc
             raise UnsafePickleError(
-                f"{path}: refused by torch's weights-only loader ({str(exc).splitlines()[0]}); only edge-irst "
+                f"{path}: refused by torch's weights-only loader ({detail}); only edge-irst "
                 f"checkpoints, plain state dicts and the authors' LW-IRSTNet pickle are accepted"
             ) from exc
         except Exception as exc:

@@ -1,0 +1,134 @@
+"""The PyTorch side: registry, exact LW-IRSTNet, FLOP conventions, safe loading of the authors' pickle."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the PyTorch side needs the [export] extra (torch==2.13.0)")
+
+from edge_irst.contract import AUTHORS_CONTRACT  # noqa: E402
+from edge_irst.errors import ModelFileError, UnknownNameError, UnsafePickleError  # noqa: E402
+from edge_irst.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint  # noqa
+from edge_irst.models.checkpoint import load_authors_pickle  # noqa: E402
+from edge_irst.models.flops import count_complexity  # noqa: E402
+from edge_irst.preprocess import preprocess, read_image  # noqa: E402
+
+
+def test_registry_lists_and_rejects_unknown_names_with_a_suggestion():
+    assert "lw_irstnet" in list_models()
+    with pytest.raises(UnknownNameError, match="lw_irstnet"):
+        create_model("lw_irstnett")
+
+
+def test_registry_ignores_none_overrides_and_refuses_double_registration():
+    model = create_model("lw_irstnet", asymmetric_kernel=None, channels=None)
+    assert model.stage3[0].asymmetric.body[0].kernel_size == (7, 1)
+    assert create_model("lw_irstnet", asymmetric_kernel=5).stage3[0].asymmetric.body[0].kernel_size == (5, 1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("lw_irstnet")(lambda **kw: None)
+
+
+def test_parameter_count_and_flops_match_the_paper():
+    report = count_complexity(create_model("lw_irstnet"), (1, 3, 256, 256))
+    assert report.parameters == 163_232
+    assert round(report.thop_flops / 1e6, 2) == 303.53
+    # True MACs are lower: BN is folded and a stride-2 transposed conv costs input (not output) pixels x kernel.
+    assert report.conv_macs < report.thop_flops
+    assert round(report.conv_macs / 1e6, 2) == 192.94
+
+
+def test_true_macs_formula_on_a_two_layer_net():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False),
+                              torch.nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, bias=False))
+    report = count_complexity(net, (1, 3, 8, 8))
+    conv = 8 * 8 * 4 * 3 * 9          # output pixels x out ch x in ch x kernel
+    tconv = 8 * 8 * 4 * 2 * 9         # input pixels x in ch x out ch x kernel
+    assert report.conv_macs == conv + tconv
+    assert report.thop_flops == conv + 16 * 16 * 2 * 4 * 9  # thop charges output pixels for the transposed conv
+
+
+def test_output_shape_and_dynamic_sizes():
+    model = create_model("lw_irstnet").eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 256, 256)).shape == (2, 1, 256, 256)
+        assert model(torch.zeros(1, 3, 120, 200)).shape == (1, 1, 120, 200)
+
+
+def test_authors_checkpoint_matches_their_onnx(authors_dir, sample_paths):
+    ort = pytest.importorskip("onnxruntime")
+    model = load_checkpoint(authors_dir / "LW_IRST.pkl").model
+    session = ort.InferenceSession(str(authors_dir / "LW_IRST.onnx"), providers=["CPUExecutionProvider"])
+    assert len(sample_paths) == 5
+    for path in sample_paths:
+        x = preprocess(read_image(path), AUTHORS_CONTRACT)
+        with torch.no_grad():
+            ours = model(torch.from_numpy(x)).numpy()
+        theirs = session.run(None, {"input": x})[0]
+        assert np.abs(ours - theirs).max() < 1e-3, path.name
+        assert np.array_equal(ours > 0, theirs > 0), path.name
+        assert (theirs > 0).any(), f"{path.name}: the sample should contain a target"
+
+
+def _malicious(marker):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    return Payload()
+
+
+def test_pickle_that_runs_a_command_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    # 1) a torch zip pickle naming the authors' module path (goes through the allow-list unpickler)
+    bad = tmp_path / "LW_IRST.pkl"
+    torch.save({"models.LW_IRST_Net.LW_IRST_ablation": _malicious(marker)}, bad)
+    with pytest.raises(UnsafePickleError, match="system"):
+        load_checkpoint(bad)
+    with pytest.raises(UnsafePickleError, match="system"):
+        load_authors_pickle(bad)
+    # 2) any other torch file (goes through torch's weights-only loader)
+    other = tmp_path / "model.pt"
+    torch.save({"state_dict": _malicious(marker)}, other)
+    with pytest.raises(UnsafePickleError, match="weights-only"):
+        load_checkpoint(other)
+    assert not marker.exists()
+
+
+def test_authors_pickle_names_only_allowed_globals(authors_dir):
+    """The allow-list is exactly what the published file needs: every global it references resolves."""
+    with zipfile.ZipFile(authors_dir / "LW_IRST.pkl") as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    assert b"LW_IRST_ablation" in data
+    state = load_authors_pickle(authors_dir / "LW_IRST.pkl")
+    assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == 163_232
+
+
+def test_our_checkpoint_round_trip_is_weights_only_loadable(tmp_path, authors_dir):
+    loaded = load_checkpoint(authors_dir / "LW_IRST.pkl")
+    path = save_checkpoint(tmp_path / "lw.pt", loaded.model, "lw_irstnet", contract=loaded.contract,
+                           meta={"note": "converted"})
+    doc = torch.load(path, weights_only=True)
+    assert doc["format"] == "edge-irst/checkpoint" and doc["architecture"] == "lw_irstnet"
+    assert doc["contract"]["mean"] == [0.485, 0.456, 0.406] and doc["contract"]["threshold"] == 0.0
+    again = load_checkpoint(path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), loaded.model(x))
+
+
+def test_state_dict_of_another_architecture_is_named(tmp_path):
+    wrong = create_model("lw_irstnet", channels=(8, 32, 48)).state_dict()
+    path = tmp_path / "wrong.pt"
+    torch.save(wrong, path)
+    with pytest.raises(ModelFileError, match="shape mismatches"):
+        load_checkpoint(path)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFileError, match="junk.pt: not a PyTorch checkpoint") as err:
+        load_checkpoint(junk)
+    assert not isinstance(err.value, UnsafePickleError)
