@@ -1,0 +1,64 @@
+"""The wheel: edge_irst.models / edge_irst.export inside the namespace, nothing top-level, no torch on import."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(out), str(REPO)], check=True)
+    (path,) = out.glob("edge_irst-*.whl")
+    return path
+
+
+def test_wheel_has_no_top_level_models_or_export(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert not {"models", "export"} & top, sorted(top)
+    assert "edge_irst/models/lw_irstnet.py" in names
+    assert "edge_irst/export/__init__.py" in names
+
+
+def test_installed_wheel_imports_both_names_without_torch_on_import(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # Install the wheel's files into the fresh venv (no network, no deps) ...
+    zipfile.ZipFile(wheel).extractall(site)
+    # ... and let it see the dependencies (numpy, cv2, torch) of this test's environment, AFTER its own site dir,
+    # so edge_irst itself can only come from the fresh install.
+    (Path(site) / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = (
+        "import sys, edge_irst\n"
+        "assert 'torch' not in sys.modules, 'import edge_irst pulled in torch'\n"
+        f"assert edge_irst.__file__.startswith({site!r}), edge_irst.__file__\n"
+        "import edge_irst.export, edge_irst.models\n"
+        "assert edge_irst.models.create_model('lw_irstnet') is not None\n"
+        "import importlib.util as u\n"
+        "assert u.find_spec('models') is None and u.find_spec('export') is None, 'top-level module leaked'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_cli_help_is_torch_free():
+    probe = ("import sys\nfrom edge_irst.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "assert 'torch' not in sys.modules\nprint('clean')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "edge-irst" in result.stdout and "clean" in result.stdout
