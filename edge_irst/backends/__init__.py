@@ -1,1 +1,168 @@
-"""(filled in by its issue)"""
+"""Backend registry and artifact resolution.
+
+    backend = load_backend("lw_irstnet.onnx", threads=2)        # backend inferred from the file
+    backend = load_backend("exported/", backend="ncnn")          # a model folder written by the exporter
+    logits = backend.run(batch)                                  # float32 [N,C,H,W] -> float32 [N,1,H,W]
+
+Each runtime lives in its own module, imported the first time its name is used, so `import edge_irst.backends`
+costs nothing and a missing runtime only matters to whoever asks for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from edge_irst.contract import ModelContract
+from edge_irst.errors import ModelFileError, UnknownNameError
+
+from .base import Backend, BackendOptions, TensorSpec, physical_cores
+
+# name -> (module, class), in preference order (the first installed one wins where nothing is asked for).
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("edge_irst.backends.onnxruntime", "OnnxRuntimeBackend"),
+}
+
+MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def list_backends() -> list[str]:
+    return list(BACKENDS)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class registered as `name` (imports its module, not its runtime)."""
+    if name not in BACKENDS:
+        raise UnknownNameError("backend", name, BACKENDS)
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def backend_status() -> list[dict]:
+    """One row per registered backend: name, installed, version, accelerators it can see, reason if unusable."""
+    rows = []
+    for name in BACKENDS:
+        cls = backend_class(name)
+        row = {"name": name, "installed": cls.installed(), "version": None, "accelerators": [], "reason": None,
+               "formats": list(cls.suffixes), "extra": cls.extra}
+        if not row["installed"]:
+            row["reason"] = f"{cls.runtime} not installed: pip install 'edge-irst[{cls.extra}]'"
+        else:
+            try:
+                row.update(cls.probe())
+            except Exception as exc:  # a broken install must not hide the other rows
+                row["installed"], row["reason"] = False, f"{cls.runtime} fails to import: {type(exc).__name__}: {exc}"
+        rows.append(row)
+    return rows
+
+
+def _backends_for_suffix(suffix: str) -> list[str]:
+    return [name for name in BACKENDS if suffix in backend_class(name).suffixes]
+
+
+def _all_suffixes() -> list[str]:
+    return sorted({s for name in BACKENDS for s in backend_class(name).suffixes})
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ModelFileError(f"{folder} is a folder without {MANIFEST}: pass an artifact file, or a model folder "
+                             f"written by `edge-irst export`")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("artifacts"), list):
+        raise ModelFileError(f"{path}: expected an object with an 'artifacts' list")
+    return doc
+
+
+def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
+                 allow_unverified: bool) -> tuple[Path, str]:
+    manifest = _read_manifest(folder)
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise UnknownNameError("precision", precision, PRECISIONS)
+    candidates = [backend] if backend else [n for n in BACKENDS if backend_class(n).installed()]
+    seen = []
+    for name in candidates:
+        suffixes = backend_class(name).suffixes
+        for entry in manifest["artifacts"]:
+            files = [f for f in entry.get("files", []) if Path(f).suffix in suffixes]
+            if not files:
+                continue
+            seen.append(f"{entry.get('format')}/{entry.get('precision')}"
+                        f"{'' if entry.get('verified') else ' (unverified)'}")
+            if entry.get("precision", "fp32") != precision or not (entry.get("verified") or allow_unverified):
+                continue
+            path = folder / files[0]
+            if not path.is_file():
+                raise ModelFileError(f"{folder / MANIFEST} lists {files[0]}, which is missing from {folder}")
+            return path, name
+    wanted = f"backend {backend!r}" if backend else f"any installed backend ({', '.join(candidates) or 'none'})"
+    raise ModelFileError(
+        f"{folder}: no {'' if allow_unverified else 'verified '}{precision} artifact for {wanted}; the folder has: "
+        f"{', '.join(seen) or 'nothing those backends read'} (pass precision=, another backend, or "
+        f"allow_unverified=True)")
+
+
+def resolve_artifact(path, backend: Optional[str] = None, precision: Optional[str] = None,
+                     allow_unverified: bool = False) -> tuple[Path, str]:
+    """(artifact file, backend name) for a file or an exporter's model folder.
+
+    A file: its suffix names the default backend (.onnx -> onnxruntime, .param -> ncnn, .mnn -> mnn, .tflite ->
+    tflite, .pt/.pth/.pkl -> torch); a named backend must read that suffix. A folder: its manifest's artifact for
+    the backend (default: the first installed one in preference order that has one) at `precision` (default fp32),
+    verified ones only unless `allow_unverified`.
+    """
+    path = Path(path)
+    if backend is not None and backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+    if path.is_dir():
+        return _from_folder(path, backend, precision, allow_unverified)
+    if not path.exists():
+        raise ModelFileError(f"artifact not found: {path}")
+    suffix = path.suffix.lower()
+    readers = _backends_for_suffix(suffix)
+    if not readers:
+        hint = " (an ncnn model is opened by its .param; the .bin must sit beside it)" if suffix == ".bin" else ""
+        raise ModelFileError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}{hint}; accepted: "
+                             f"{', '.join(_all_suffixes())} or a model folder with {MANIFEST}")
+    if backend is None:
+        return path, readers[0]
+    if backend not in readers:
+        raise ModelFileError(f"{path}: the {backend} backend cannot read {suffix} files (it reads "
+                             f"{', '.join(backend_class(backend).suffixes)}); use backend {' or '.join(readers)} "
+                             f"or an artifact in {backend}'s format")
+    return path, backend
+
+
+def load_backend(artifact, backend: Optional[str] = None, options: Optional[BackendOptions] = None,
+                 contract: Optional[ModelContract] = None, *, artifact_precision: Optional[str] = None,
+                 allow_unverified: bool = False, **option_overrides) -> Backend:
+    """Load `artifact` (a file or a model folder) on `backend` (default: inferred) and return it ready to run.
+
+    options: BackendOptions; option_overrides (threads=, device=, delegate=, fallback=, precision=, spin=, ...)
+    replace fields of it, None values ignored so unset CLI flags keep the defaults. `precision` is what the
+    runtime computes in (fp16/bf16 on ncnn, MNN's modes); `artifact_precision` (fp32/fp16/int8) picks which
+    stored artifact of a model folder is loaded. contract: overrides the artifact's own (sidecar JSON, ONNX
+    metadata, else AUTHORS_CONTRACT).
+    """
+    overrides = {k: v for k, v in option_overrides.items() if v is not None}
+    for key in overrides:
+        if key not in BackendOptions.names():
+            raise UnknownNameError("backend option", key, BackendOptions.names())
+    options = dataclasses.replace(options or BackendOptions(), **overrides)
+    path, name = resolve_artifact(artifact, backend, artifact_precision, allow_unverified)
+    instance = backend_class(name)(path, options, contract)
+    if options.warmup:
+        instance.warm_up(options.warmup)
+    return instance
+
+
+__all__ = ["Backend", "BackendOptions", "TensorSpec", "BACKENDS", "backend_class", "backend_status",
+           "list_backends", "load_backend", "physical_cores", "resolve_artifact"]

@@ -2,20 +2,34 @@
 
 A backend loads ONE artifact, takes a preprocessed float32 NCHW batch and returns float32 NCHW logits, whatever
 the runtime wants inside (NHWC, quantised int8 I/O, blob names). It never thresholds, labels or rescales
-coordinates: that is the pipeline's job. One instance is used from one thread at a time (runtimes differ in what
-they allow; the pipeline gives each worker its own instance).
+coordinates: that is the pipeline's job.
+
+Thread safety: one instance is used from ONE thread at a time. Runtimes differ in what they allow (an ncnn
+Extractor or a TFLite Interpreter must never be shared; onnxruntime sessions could be), so the protocol promises
+the least common denominator and the pipeline gives each worker its own instance.
+
+A runtime module subclasses `Backend`, loads the artifact in `__init__` (raising ModelFileError /
+MissingDependencyError / DeviceUnavailableError, never crashing), sets `inputs` / `outputs` and implements
+`_forward` on a batch that `run` has already validated and cut to the artifact's batch size.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Optional
 
 import numpy as np
 
-from edge_irst.contract import ModelContract
+from edge_irst.contract import ModelContract, contract_for
+from edge_irst.errors import DeviceUnavailableError, InputError, MissingDependencyError, ModelFileError
+
+log = logging.getLogger("edge_irst.backends")
 
 
 def physical_cores() -> int:
@@ -39,24 +53,61 @@ def physical_cores() -> int:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input/output as the artifact declares it. shape uses None for a dynamic dimension."""
+    """One input/output as the artifact declares it, in the artifact's own layout.
+
+    shape: per-dimension int, or None for a dynamic dimension. dtype: numpy dtype name as the runtime sees it
+    ("float32", "int8", ...). layout: "NCHW" or "NHWC". scale / zero_point: quantisation of an integer tensor
+    (real = scale * (q - zero_point)), None for float tensors.
+    """
 
     name: str
     shape: tuple
     dtype: str
     layout: str = "NCHW"
+    scale: Optional[float] = None
+    zero_point: Optional[int] = None
+
+    def _axis(self, letter: str) -> int:
+        return self.layout.index(letter)
+
+    @property
+    def batch(self) -> Optional[int]:
+        return self.shape[0] if len(self.shape) == 4 else None
+
+    @property
+    def channels(self) -> Optional[int]:
+        return self.shape[self._axis("C")] if len(self.shape) == 4 else None
+
+    @property
+    def hw(self) -> tuple:
+        """(H, W), each an int or None when dynamic."""
+        if len(self.shape) != 4:
+            return (None, None)
+        return (self.shape[self._axis("H")], self.shape[self._axis("W")])
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.scale is not None:
+            d.update(scale=self.scale, zero_point=self.zero_point)
+        return d
+
+
+_FALLBACKS = (None, "cpu")
+_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "low", "normal", "high")
 
 
 @dataclass(frozen=True)
 class BackendOptions:
     """What the caller asks for. What the runtime actually applied is `Backend.options_in_effect()`.
 
-    threads: None = physical cores. device: "cpu" or an accelerator name the backend understands ("cuda",
-    "vulkan", "opencl", "nnapi", ...). delegate: a TFLite external-delegate library path (or a named one).
-    fallback: "cpu" turns a missing accelerator into a warning + CPU run instead of an error.
-    precision: "auto" (runtime default), "fp32", "fp16", "bf16" where the runtime decides at run time.
+    threads: None or 0 = physical cores. device: "cpu" or an accelerator name the backend understands ("cuda",
+    "vulkan", "opencl", "openvino", ...). delegate: a TFLite external-delegate library path.
+    delegate_options: passed to that delegate, or to the onnxruntime execution provider / MNN backend chosen.
+    fallback: "cpu" turns a missing accelerator into a warning + CPU run instead of DeviceUnavailableError.
+    precision: "auto" (runtime default), "fp32" (pure fp32 arithmetic), "fp16", "bf16" where the runtime decides
+    at run time (ncnn), or MNN's modes "low" / "normal" / "high". Backends refuse values they cannot apply.
     spin: onnxruntime intra-op spinning (None = runtime default). big_cores: pin to big cores where offered.
-    xnnpack: TFLite's XNNPACK delegate on/off.
+    xnnpack: TFLite's XNNPACK delegate on/off. warmup: runs on a zero batch right after loading.
     """
 
     threads: Optional[int] = None
@@ -70,32 +121,119 @@ class BackendOptions:
     xnnpack: bool = True
     warmup: int = 0
 
+    def __post_init__(self):
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
+            raise InputError(f"threads={self.threads!r}: expected a non-negative int (0 or None = physical cores)")
+        if self.fallback not in _FALLBACKS:
+            raise InputError(f"fallback={self.fallback!r}: accepted values are None (error) and 'cpu'")
+        if self.precision not in _PRECISIONS:
+            raise InputError(f"precision={self.precision!r}: accepted values are {', '.join(_PRECISIONS)}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InputError(f"warmup={self.warmup!r}: expected a non-negative int (number of runs)")
+        object.__setattr__(self, "device", str(self.device or "cpu").lower())
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
     def resolved_threads(self) -> int:
         return self.threads if self.threads and self.threads > 0 else physical_cores()
 
 
 class Backend(ABC):
-    """Base class of every runtime module. Subclasses set `name`, `suffixes`, `requires` (the pip extra)."""
+    """Base class of every runtime module.
+
+    Subclasses set: `name` (registry name), `suffixes` (artifact file suffixes it reads), `runtime` (the Python
+    module it imports, checked without importing it), `extra` (the pip extra that installs it; None for a core
+    dependency), `precisions` (what `options.precision` may be), `delegates` (True if it takes external
+    delegate libraries). Accelerators are named through `options.device` and checked by the runtime module.
+    """
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
-    extra: ClassVar[str]
-
-    def __init__(self, path: str | Path, options: BackendOptions, contract: ModelContract):
-        self.path = Path(path)
-        self.options = options
-        self.contract = contract
+    runtime: ClassVar[str]
+    extra: ClassVar[Optional[str]]
+    precisions: ClassVar[tuple[str, ...]] = ("auto", "fp32")
+    delegates: ClassVar[bool] = False
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
+    def __init__(self, path: str | Path, options: BackendOptions, contract: Optional[ModelContract] = None):
+        self.path = Path(path)
+        self.options = options
+        self.contract = contract  # a subclass resolves None once it can read the artifact's own metadata
+        self.fallback_reason: Optional[str] = None
+        if options.precision not in self.precisions:
+            raise InputError(f"{self.name} cannot apply precision={options.precision!r} at run time (accepted: "
+                             f"{', '.join(self.precisions)}); to run at another precision export an artifact "
+                             f"at that precision")
+        if options.delegate and not self.delegates:
+            raise InputError(f"delegate={options.delegate!r} applies to the tflite backend only; {self.name} "
+                             f"takes accelerators through device=")
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.name}: artifact not found: {self.path}")
+
+    @classmethod
     @abstractmethod
+    def probe(cls) -> dict:
+        """{"version": str, "accelerators": [str, ...]} as the installed runtime reports them (imports it)."""
+
+    # ---- helpers for subclasses -------------------------------------------------------------------------------
+    @classmethod
+    def installed(cls) -> bool:
+        return importlib.util.find_spec(cls.runtime) is not None
+
+    @classmethod
+    def import_runtime(cls, module: Optional[str] = None):
+        """Import the runtime module, or raise MissingDependencyError naming the pip extra."""
+        module = module or cls.runtime
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            error = MissingDependencyError(f"the {cls.name} backend's runtime ({module})", cls.extra or "", str(exc))
+            if not cls.extra:  # a core dependency: there is no extra to name, reinstalling edge-irst brings it
+                error.args = (f"the {cls.name} backend's runtime ({module}) is not installed although edge-irst "
+                              f"requires it: pip install --force-reinstall edge-irst ({exc})",)
+            raise error from exc
+
+    def _resolve_contract(self, metadata: Optional[dict] = None) -> None:
+        if self.contract is None:
+            self.contract = contract_for(self.path, metadata)
+
+    def _device_unavailable(self, what: str, fix: str) -> None:
+        """Raise DeviceUnavailableError, or under fallback='cpu' warn, remember why, and return to run on CPU."""
+        if self.options.fallback == "cpu":
+            self.fallback_reason = what
+            message = f"{self.name}: {what}; running on the CPU (fallback='cpu')"
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            return
+        raise DeviceUnavailableError(f"{self.name}: {what}. {fix}, or pass fallback='cpu' to run on the CPU")
+
+    def _base_effect(self) -> dict:
+        return {"backend": self.name, "artifact": str(self.path), "fallback": self.fallback_reason}
+
+    # ---- the protocol ------------------------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, C, H, W] -> float32 [N, 1, H, W] logits."""
+        """float32 [N, C, H, W] (preprocessed, NCHW) -> float32 [N, 1, H, W] logits.
+
+        NaN / Inf in the batch is refused with InputError: runtimes propagate them differently (some silently
+        produce finite garbage), so a mask computed from them would mean nothing.
+        """
+        batch = self._validate(batch)
+        if self.inputs[0].batch == 1 and batch.shape[0] > 1:  # a batch-1 fixed artifact: loop
+            return np.concatenate([self._forward(batch[i:i + 1]) for i in range(batch.shape[0])])
+        return self._forward(batch)
+
+    @abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Validated C-contiguous float32 NCHW batch the artifact accepts -> float32 [N, 1, H, W] logits."""
 
     @abstractmethod
     def options_in_effect(self) -> dict:
-        """Threads, precision, device/delegate as the runtime reports them (read back where it can tell)."""
+        """Threads, precision, device/delegate as the runtime reports them (read back where it can tell; a key
+        `<option>_source` says where a value came from or that the runtime could not tell)."""
 
     def close(self) -> None:
         """Release the runtime's resources. Idempotent."""
@@ -105,3 +243,59 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    def warm_up(self, runs: int) -> None:
+        """Run `runs` zero batches at the artifact's (or the contract's) input size."""
+        h, w = self.input_size()
+        c = self.inputs[0].channels or self.contract.channels
+        for _ in range(runs):
+            self.run(np.zeros((1, c, h, w), np.float32))
+
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) this artifact takes: its fixed size, else the contract's, else 256x256."""
+        h, w = self.inputs[0].hw
+        if h and w:
+            return int(h), int(w)
+        return tuple(self.contract.input_size or (256, 256))
+
+    def _validate(self, batch: np.ndarray) -> np.ndarray:
+        spec = self.inputs[0]
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"{self.name}: batch must be a numpy array, got {type(batch).__name__}")
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            raise InputError(f"{self.name}: batch shape {batch.shape} is not NCHW [N, C, H, W] with N >= 1 "
+                             f"(preprocess() returns [1, C, H, W])")
+        if batch.dtype.kind != "f":
+            raise InputError(f"{self.name}: batch dtype {batch.dtype} is not floating point; pass the float32 "
+                             f"tensor from preprocess(), not raw pixels")
+        channels = spec.channels or self.contract.channels
+        if batch.shape[1] != channels:
+            raise InputError(f"{self.name}: batch has {batch.shape[1]} channels, {self.path.name} takes {channels}")
+        h, w = batch.shape[2:]
+        fixed = spec.hw
+        if (fixed[0] and fixed[0] != h) or (fixed[1] and fixed[1] != w):
+            raise InputError(f"{self.name}: {self.path.name} takes {fixed[0]}x{fixed[1]} (HxW) frames only, got "
+                             f"{h}x{w}; resize or tile to {fixed[0]}x{fixed[1]} (the pipeline's resize/tile policy)")
+        stride = self.contract.stride
+        if (not fixed[0] or not fixed[1]) and (h % stride or w % stride):
+            raise InputError(f"{self.name}: {h}x{w} is not a multiple of the model stride {stride}; pad the frame "
+                             f"to a multiple of {stride}")
+        if not np.isfinite(batch).all():
+            raise InputError(f"{self.name}: batch contains NaN or Inf; refusing to run (check the frame source "
+                             f"and preprocessing)")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def layout_from_shape(shape: tuple, channels: int, declared: str, where: str) -> str:
+    """The layout of a 4-D input shape: the one axis (1 or 3) that holds `channels`; `declared` breaks a tie."""
+    if len(shape) != 4:
+        raise ModelFileError(f"{where}: input shape {list(shape)} is not 4-D; LW-IRSTNet artifacts take NCHW or "
+                             f"NHWC images")
+    candidates = [layout for layout, axis in (("NCHW", 1), ("NHWC", 3)) if shape[axis] == channels]
+    if not candidates:
+        raise ModelFileError(f"{where}: input shape {list(shape)} has no axis of {channels} channels (the "
+                             f"contract's channel count); the artifact does not match its contract")
+    if len(candidates) == 1 and declared != candidates[0]:
+        log.debug("%s: shape %s is %s although the contract says %s; going by the shape",
+                  where, list(shape), candidates[0], declared)
+    return declared if declared in candidates else candidates[0]

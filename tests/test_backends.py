@@ -1,0 +1,165 @@
+"""The backend layer against the real runtimes: the authors' published artifacts of every format agree on the
+sample frames; threads, devices/delegates and fallback are plumbed for real up to the hardware boundary; bad
+artifacts and bad batches fail with errors that name the file and the problem."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_irst.backends import (BackendOptions, backend_status, list_backends, load_backend, physical_cores,
+                                resolve_artifact)
+from edge_irst.contract import AUTHORS_CONTRACT, write_sidecar
+from edge_irst.errors import DeviceUnavailableError, InputError, ModelFileError, UnknownNameError
+from edge_irst.preprocess import preprocess, read_image
+
+ATOL = 1e-2
+
+
+@pytest.fixture(scope="module")
+def batch(sample_paths) -> np.ndarray:
+    """The five sample frames, preprocessed with the authors' contract: float32 [5, 3, 256, 256]."""
+    assert len(sample_paths) == 5
+    return np.concatenate([preprocess(read_image(p), AUTHORS_CONTRACT) for p in sample_paths])
+
+
+@pytest.fixture(scope="module")
+def ort_backend(authors_dir):
+    with load_backend(authors_dir / "LW_IRST.onnx", threads=1) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def reference(ort_backend, batch) -> np.ndarray:
+    """onnxruntime's logits on the samples: every other backend is compared with these."""
+    return ort_backend.run(batch)
+
+
+def assert_agrees(logits: np.ndarray, reference: np.ndarray) -> None:
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    np.testing.assert_allclose(logits, reference, atol=ATOL, rtol=0)
+    assert np.array_equal(logits > 0, reference > 0)
+
+
+# ---- registry and resolution -----------------------------------------------------------------------------------
+def test_registry_lists_names_and_answers_unknown_ones_with_close_matches():
+    assert list_backends()[0] == "onnxruntime"
+    with pytest.raises(UnknownNameError, match="onnxruntime"):
+        load_backend("x.onnx", backend="onnxrt")
+    status = {row["name"]: row for row in backend_status()}
+    assert status["onnxruntime"]["installed"] and status["onnxruntime"]["version"]
+
+
+def test_unknown_option_and_invalid_option_values_are_refused(authors_dir):
+    with pytest.raises(UnknownNameError, match="threads"):
+        load_backend(authors_dir / "LW_IRST.onnx", thread=2)
+    with pytest.raises(InputError, match="fallback"):
+        BackendOptions(fallback="gpu")
+
+
+def test_file_resolution_by_suffix_and_mismatch(authors_dir, tmp_path):
+    assert resolve_artifact(authors_dir / "LW_IRST.onnx") == (authors_dir / "LW_IRST.onnx", "onnxruntime")
+    with pytest.raises(ModelFileError, match="not found"):
+        resolve_artifact(tmp_path / "absent.onnx")
+    odd = tmp_path / "model.xyz"
+    odd.write_bytes(b"x")
+    with pytest.raises(ModelFileError, match=r"model\.xyz.*\.onnx"):
+        resolve_artifact(odd)
+
+
+def _model_folder(tmp_path, authors_dir, entries):
+    """A model folder like the exporter writes, holding symlinks to the authors' files (nothing is copied)."""
+    for entry in entries:
+        for name in entry["files"]:
+            (tmp_path / name).symlink_to(authors_dir / name)
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": "lw_irstnet", "artifacts": entries}))
+    return tmp_path
+
+
+def test_model_folder_picks_the_verified_artifact_at_the_asked_precision(authors_dir, tmp_path):
+    folder = _model_folder(tmp_path, authors_dir, [
+        {"format": "onnx", "precision": "fp16", "files": ["LW_IRST.onnx"], "verified": True},
+        {"format": "onnx", "precision": "fp32", "files": ["LW_IRST-sim.onnx"], "verified": False},
+    ])
+    with pytest.raises(ModelFileError, match="no verified fp32 artifact.*allow_unverified"):
+        resolve_artifact(folder)
+    assert resolve_artifact(folder, allow_unverified=True) == (folder / "LW_IRST-sim.onnx", "onnxruntime")
+    assert resolve_artifact(folder, "onnxruntime", "fp16") == (folder / "LW_IRST.onnx", "onnxruntime")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="without manifest.json"):
+        resolve_artifact(tmp_path / "empty")
+
+
+# ---- onnxruntime -----------------------------------------------------------------------------------------------
+def test_onnxruntime_reads_spec_and_contract(ort_backend):
+    assert ort_backend.inputs[0].name == "input" and ort_backend.inputs[0].shape == (1, 3, 256, 256)
+    assert ort_backend.outputs[0].shape == (1, 1, 256, 256)
+    assert ort_backend.contract == AUTHORS_CONTRACT
+
+
+def test_onnxruntime_simplified_graph_agrees(authors_dir, batch, reference):
+    with load_backend(authors_dir / "LW_IRST-sim.onnx") as backend:
+        assert_agrees(backend.run(batch), reference)
+    assert (reference > 0).any(), "the samples must contain targets for the mask comparison to mean something"
+
+
+def test_onnxruntime_threads_are_read_back(authors_dir, batch, reference, ort_backend):
+    effect = ort_backend.options_in_effect()
+    assert effect["threads"] == 1 and effect["providers"] == ["CPUExecutionProvider"]
+    with load_backend(authors_dir / "LW_IRST.onnx", threads=2, spin=False) as backend:
+        effect = backend.options_in_effect()
+        assert (effect["threads"], effect["spin"]) == (2, False)
+        np.testing.assert_allclose(backend.run(batch), reference, atol=1e-4, rtol=0)
+    with load_backend(authors_dir / "LW_IRST.onnx") as backend:
+        assert backend.options_in_effect()["threads"] == physical_cores()
+
+
+def test_onnxruntime_unavailable_provider_errors_or_falls_back(authors_dir, batch, reference):
+    with pytest.raises(DeviceUnavailableError, match="'cuda'.*CPUExecutionProvider.*fallback='cpu'"):
+        load_backend(authors_dir / "LW_IRST.onnx", device="cuda")
+    with pytest.warns(RuntimeWarning, match="cuda"):
+        backend = load_backend(authors_dir / "LW_IRST.onnx", device="cuda", fallback="cpu")
+    effect = backend.options_in_effect()
+    assert effect["device"] == "cpu" and "cuda" in effect["fallback"]
+    assert_agrees(backend.run(batch[:1]), reference[:1])
+
+
+def test_onnxruntime_sidecar_contract_wins(authors_dir, tmp_path):
+    artifact = tmp_path / "m.onnx"
+    artifact.symlink_to(authors_dir / "LW_IRST.onnx")
+    write_sidecar(artifact, AUTHORS_CONTRACT.replace(provenance="test", threshold=0.5))
+    with load_backend(artifact) as backend:
+        assert backend.contract.provenance == "test" and backend.contract.threshold == 0.5
+
+
+def test_corrupt_onnx_is_a_model_file_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ModelFileError, match="bad.onnx"):
+        load_backend(bad)
+
+
+# ---- bad batches (checked once, in the shared run()) ---------------------------------------------------------
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((1, 3, 128, 128), np.float32), "takes 256x256"),
+    (np.zeros((1, 1, 256, 256), np.float32), "1 channels"),
+    (np.zeros((3, 256, 256), np.float32), "not NCHW"),
+    (np.zeros((1, 3, 256, 256), np.uint8), "not floating point"),
+    ([[0.0]], "numpy array"),
+])
+def test_bad_batches_are_refused(ort_backend, bad, message):
+    with pytest.raises(InputError, match=message):
+        ort_backend.run(bad)
+
+
+def test_nan_in_the_batch_is_refused(ort_backend):
+    batch = np.zeros((1, 3, 256, 256), np.float32)
+    batch[0, 1, 7, 9] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        ort_backend.run(batch)
+
+
+def test_batch_larger_than_a_fixed_batch_one_artifact_is_looped(ort_backend, batch, reference):
+    assert ort_backend.inputs[0].batch == 1
+    np.testing.assert_allclose(ort_backend.run(batch[:2]), reference[:2], atol=1e-5, rtol=0)
