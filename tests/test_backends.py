@@ -163,3 +163,86 @@ def test_nan_in_the_batch_is_refused(ort_backend):
 def test_batch_larger_than_a_fixed_batch_one_artifact_is_looped(ort_backend, batch, reference):
     assert ort_backend.inputs[0].batch == 1
     np.testing.assert_allclose(ort_backend.run(batch[:2]), reference[:2], atol=1e-5, rtol=0)
+
+
+# ---- ncnn ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ncnn_param(authors_dir):
+    pytest.importorskip("ncnn", reason="the ncnn backend needs the [ncnn] extra")
+    return authors_dir / "ncnn" / "LW_IRST-sim-opt.param"
+
+
+@pytest.fixture(scope="module")
+def ncnn_backend(ncnn_param):
+    with load_backend(ncnn_param, threads=1) as backend:
+        yield backend
+
+
+def test_ncnn_agrees_in_pure_fp32_by_default(ncnn_backend, batch, reference):
+    assert (ncnn_backend.inputs[0].name, ncnn_backend.outputs[0].name) == ("input", "output")
+    effect = ncnn_backend.options_in_effect()
+    assert effect["precision"] == "fp32"
+    assert not any(effect[f] for f in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"))
+    assert_agrees(ncnn_backend.run(batch), reference)
+
+
+def test_ncnn_threads_and_precision_flags_are_read_back(ncnn_param, ncnn_backend, batch):
+    assert ncnn_backend.options_in_effect()["threads"] == 1
+    with load_backend(ncnn_param, threads=2, precision="fp16") as backend:
+        effect = backend.options_in_effect()
+        assert effect["threads"] == 2 and effect["precision"] == "fp16" and effect["use_fp16_storage"]
+    with load_backend(ncnn_param, threads=2) as backend:
+        np.testing.assert_allclose(backend.run(batch[:2]), ncnn_backend.run(batch[:2]), atol=1e-4, rtol=0)
+
+
+def test_ncnn_vulkan_without_gpu_errors_or_falls_back(ncnn_param, batch, reference):
+    with pytest.raises(DeviceUnavailableError, match="Vulkan GPU 0 requested but ncnn sees 0"):
+        load_backend(ncnn_param, device="vulkan")
+    with pytest.warns(RuntimeWarning, match="Vulkan"):
+        backend = load_backend(ncnn_param, device="vulkan", fallback="cpu")
+    assert backend.options_in_effect()["device"] == "cpu" and "Vulkan" in backend.options_in_effect()["fallback"]
+    assert_agrees(backend.run(batch[:1]), reference[:1])
+
+
+def _ncnn_pair(tmp_path, ncnn_param, param: bytes | None = None, weights: bytes | None = None):
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    target = folder / "m.param"
+    if param is None:
+        target.symlink_to(ncnn_param)
+    else:
+        target.write_bytes(param)
+    if weights is not None:
+        (folder / "m.bin").write_bytes(weights)
+    return target
+
+
+def test_ncnn_param_without_its_bin(tmp_path, ncnn_param):
+    with pytest.raises(ModelFileError, match=r"m\.bin are missing"):
+        load_backend(_ncnn_pair(tmp_path, ncnn_param))
+
+
+def test_ncnn_truncated_and_empty_bin(tmp_path, ncnn_param):
+    data = ncnn_param.with_suffix(".bin").read_bytes()
+    with pytest.raises(ModelFileError, match=r"m\.bin.*truncated"):
+        load_backend(_ncnn_pair(tmp_path, ncnn_param, weights=data[: len(data) // 3]))
+    (tmp_path / "pair" / "m.bin").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"m\.bin: empty"):
+        load_backend(tmp_path / "pair" / "m.param")
+
+
+@pytest.mark.parametrize("param, message", [
+    (b"\x00\xffgarbage", "not a readable ncnn text .param"),
+    (b"123\n1 1\nInput input 0 1 input\n", "magic number 7767517"),
+    (b"7767517\n5 5\nInput input 0 1 input\n", "declares 5 layers but holds 1"),
+])
+def test_ncnn_corrupt_param_is_refused_before_ncnn_sees_it(tmp_path, ncnn_param, param, message):
+    with pytest.raises(ModelFileError, match=message):
+        load_backend(_ncnn_pair(tmp_path, ncnn_param, param=param, weights=b"\0" * 64))
+
+
+def test_format_mismatch_names_file_and_backend(authors_dir):
+    with pytest.raises(ModelFileError, match=r"LW_IRST\.onnx.*ncnn backend cannot read \.onnx"):
+        load_backend(authors_dir / "LW_IRST.onnx", backend="ncnn")
+    with pytest.raises(ModelFileError, match=r"\.bin.*opened by its \.param"):
+        resolve_artifact(authors_dir / "ncnn" / "LW_IRST-sim-opt.bin")
