@@ -246,3 +246,54 @@ def test_format_mismatch_names_file_and_backend(authors_dir):
         load_backend(authors_dir / "LW_IRST.onnx", backend="ncnn")
     with pytest.raises(ModelFileError, match=r"\.bin.*opened by its \.param"):
         resolve_artifact(authors_dir / "ncnn" / "LW_IRST-sim-opt.bin")
+
+
+# ---- MNN -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnn_path(authors_dir):
+    pytest.importorskip("MNN", reason="the mnn backend needs the [mnn] extra")
+    return authors_dir / "LW_IRST.mnn"
+
+
+@pytest.fixture(scope="module")
+def mnn_backend(mnn_path):
+    with load_backend(mnn_path, threads=1) as backend:
+        yield backend
+
+
+def test_mnn_agrees(mnn_backend, batch, reference):
+    assert mnn_backend.inputs[0].shape == (1, 3, 256, 256) and mnn_backend.inputs[0].layout == "NCHW"
+    assert_agrees(mnn_backend.run(batch), reference)
+
+
+def test_mnn_threads_and_precision_mode_are_read_back(mnn_path, mnn_backend, batch):
+    assert mnn_backend.options_in_effect()["threads"] == 1
+    with load_backend(mnn_path, threads=2, precision="fp32") as backend:
+        effect = backend.options_in_effect()
+        assert (effect["threads"], effect["precision"]) == (2, "high")
+        np.testing.assert_allclose(backend.run(batch[:2]), mnn_backend.run(batch[:2]), atol=1e-4, rtol=0)
+
+
+def test_mnn_forward_type_missing_from_the_wheel_errors_or_falls_back(mnn_path, batch, reference, capfd):
+    with pytest.raises(DeviceUnavailableError, match="no OPENCL forward type"):
+        load_backend(mnn_path, device="opencl")
+    with pytest.warns(RuntimeWarning, match="OPENCL"):
+        backend = load_backend(mnn_path, device="opencl", fallback="cpu")
+    assert backend.options_in_effect()["device"] == "cpu"
+    assert_agrees(backend.run(batch[:1]), reference[:1])
+    assert "Can't Find" not in capfd.readouterr().out, "MNN's console must not reach our stdout"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x1c\x00\x00\x00garbage" * 8])
+def test_mnn_corrupt_file_is_a_model_file_error(mnn_path, tmp_path, content):
+    bad = tmp_path / "bad.mnn"
+    bad.write_bytes(content)
+    with pytest.raises(ModelFileError, match=r"bad\.mnn: MNN cannot load it"):
+        load_backend(bad)
+
+
+def test_mnn_truncated_file_is_a_model_file_error(mnn_path, tmp_path):
+    bad = tmp_path / "trunc.mnn"
+    bad.write_bytes(mnn_path.read_bytes()[:50_000])
+    with pytest.raises(ModelFileError, match=r"trunc\.mnn"):
+        load_backend(bad)

@@ -24,6 +24,7 @@ from .base import Backend, BackendOptions, TensorSpec, physical_cores
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("edge_irst.backends.onnxruntime", "OnnxRuntimeBackend"),
     "ncnn": ("edge_irst.backends.ncnn", "NcnnBackend"),
+    "mnn": ("edge_irst.backends.mnn", "MnnBackend"),
 }
 
 MANIFEST = "manifest.json"

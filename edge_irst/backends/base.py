@@ -14,10 +14,14 @@ MissingDependencyError / DeviceUnavailableError, never crashing), sets `inputs` 
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import importlib.util
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
@@ -49,6 +53,41 @@ def physical_cores() -> int:
         except OSError:
             cores.add(("cpu", cpu))
     return max(1, len(cores))
+
+
+class NativeOutput:
+    """Text that native code wrote to the redirected file descriptors (filled when the block ends)."""
+
+    text = ""
+
+
+@contextlib.contextmanager
+def capture_native_output(fds: tuple[int, ...] = (1, 2)):
+    """Redirect the process's file descriptors `fds` (1 = stdout, 2 = stderr) into a buffer meanwhile.
+
+    Runtimes print from C where sys.stdout cannot catch it (MNN to stdout, which would corrupt `--json`
+    results; ncnn's Vulkan loader to stderr). Process-wide while it lasts: use it around loading and probing
+    only, never around the inference hot path.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    result = NativeOutput()
+    libc = ctypes.CDLL(None)
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(fd) for fd in fds]
+        try:
+            for fd in fds:
+                os.dup2(sink.fileno(), fd)
+            yield result
+        finally:
+            libc.fflush(None)  # C stdio buffers what it printed to a file: push it into the sink, not our stdout
+            for fd, copy in zip(fds, saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            result.text = sink.read().decode("utf-8", "replace")
+            if result.text.strip():
+                log.debug("native output: %s", result.text.strip())
 
 
 @dataclass(frozen=True)
@@ -188,8 +227,11 @@ class Backend(ABC):
     def import_runtime(cls, module: Optional[str] = None):
         """Import the runtime module, or raise MissingDependencyError naming the pip extra."""
         module = module or cls.runtime
+        if module in sys.modules:
+            return sys.modules[module]
         try:
-            return importlib.import_module(module)
+            with capture_native_output((1,)):  # MNN 3.6 prints its CPU features to stdout when imported
+                return importlib.import_module(module)
         except ImportError as exc:
             error = MissingDependencyError(f"the {cls.name} backend's runtime ({module})", cls.extra or "", str(exc))
             if not cls.extra:  # a core dependency: there is no extra to name, reinstalling edge-irst brings it

@@ -8,14 +8,13 @@ switch the reduced-precision paths on.
 """
 from __future__ import annotations
 
-import contextlib
-import os
+import functools
 
 import numpy as np
 
 from edge_irst.errors import InputError, ModelFileError
 
-from .base import Backend, TensorSpec, log
+from .base import Backend, TensorSpec, capture_native_output, log
 
 PARAM_MAGIC = "7767517"
 _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, bf16 storage, bf16 packed)
@@ -27,18 +26,12 @@ _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, b
 _FLAG_NAMES = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed")
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2: ncnn 1.0.2026x prints one 'dlopen failed libvulkan.so.1' line per probe on
-    machines without Vulkan, from C, where Python's sys.stderr cannot catch it."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+@functools.lru_cache(maxsize=None)
+def _gpu_count(ncnn) -> int:
+    """Vulkan GPUs ncnn sees. Cached: without a driver ncnn 1.0.2026x retries dlopen (about a second) and prints
+    one 'dlopen failed libvulkan.so.1' line per attempt on stderr, on every call."""
+    with capture_native_output((2,)):
+        return ncnn.get_gpu_count()
 
 
 def _read_param(path) -> dict:
@@ -75,14 +68,13 @@ class NcnnBackend(Backend):
     @classmethod
     def probe(cls) -> dict:
         ncnn = cls.import_runtime()
-        with _quiet_stderr():
-            gpus = ncnn.get_gpu_count()
+        gpus = _gpu_count(ncnn)
         accelerators = [f"vulkan:{i} {ncnn.get_gpu_info(i).device_name()}" for i in range(gpus)]
         return {"version": ncnn.__version__, "accelerators": accelerators}
 
     def __init__(self, path, options, contract=None):
         super().__init__(path, options, contract)
-        ncnn = self.import_runtime()
+        self._ncnn = ncnn = self.import_runtime()
         self.weights = self.path.with_suffix(".bin")
         declared = _read_param(self.path)
         if not self.weights.is_file():
@@ -101,12 +93,16 @@ class NcnnBackend(Backend):
         if self.gpu is not None:
             opt.use_vulkan_compute = True
             self.net.set_vulkan_device(self.gpu)
-        if self.net.load_param(str(self.path)) != 0:
-            raise ModelFileError(f"{self.path}: ncnn rejected the .param (load_param failed; see ncnn's message "
-                                 f"above); re-export the model")
-        if self.net.load_model(str(self.weights)) != 0:
-            raise ModelFileError(f"{self.weights}: ncnn could not read the weights the .param declares "
-                                 f"({self.weights.stat().st_size} bytes): truncated or not this model's .bin")
+        with capture_native_output((2,)) as said:
+            param_ret = self.net.load_param(str(self.path))
+            model_ret = self.net.load_model(str(self.weights)) if param_ret == 0 else None
+        if param_ret != 0:
+            raise ModelFileError(f"{self.path}: ncnn rejected the .param (load_param returned {param_ret}; ncnn "
+                                 f"says: {said.text.strip() or 'nothing'}); re-export the model")
+        if model_ret != 0:
+            raise ModelFileError(f"{self.weights}: ncnn could not read the weights the .param declares from its "
+                                 f"{self.weights.stat().st_size} bytes (ncnn says: {said.text.strip()!r}): "
+                                 f"truncated, or not this model's .bin")
         self._resolve_contract()
         in_names, out_names = list(self.net.input_names()), list(self.net.output_names())
         if not in_names or not out_names:
@@ -123,8 +119,7 @@ class NcnnBackend(Backend):
         kind, _, index = device.partition(":")
         if kind not in ("vulkan", "gpu") or (index and not index.isdigit()):
             raise InputError(f"ncnn device {device!r} not understood: accepted 'cpu', 'vulkan', 'vulkan:N'")
-        with _quiet_stderr():
-            count = ncnn.get_gpu_count()
+        count = _gpu_count(ncnn)
         if index:
             wanted = int(index)
         else:
@@ -142,9 +137,8 @@ class NcnnBackend(Backend):
         return TensorSpec(blob, (1, c or self.contract.channels, *hw), "float32")
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        ncnn = self.import_runtime()
         extractor = self.net.create_extractor()
-        extractor.input(self.inputs[0].name, ncnn.Mat(batch[0]))
+        extractor.input(self.inputs[0].name, self._ncnn.Mat(batch[0]))
         ret, out = extractor.extract(self.outputs[0].name)
         if ret != 0:
             raise InputError(f"ncnn failed to compute {self.outputs[0].name!r} of {self.path.name} for a "
@@ -153,7 +147,6 @@ class NcnnBackend(Backend):
         return logits.reshape(1, 1, *logits.shape[-2:])
 
     def options_in_effect(self) -> dict:
-        ncnn = self.import_runtime()
         opt = self.net.opt
         flags = {flag: bool(getattr(opt, flag)) for flag in _FLAG_NAMES}
         precision = "bf16" if flags["use_bf16_storage"] else "fp16" if flags["use_fp16_arithmetic"] else "fp32"
@@ -165,7 +158,7 @@ class NcnnBackend(Backend):
             "precision_source": "net.opt fp16/bf16 flags read back",
             **flags,
             "device": f"vulkan:{self.gpu}" if opt.use_vulkan_compute else "cpu",
-            "big_cores": ncnn.get_cpu_powersave() == 2,
+            "big_cores": self._ncnn.get_cpu_powersave() == 2,
             "big_cores_source": "ncnn.get_cpu_powersave() read back (process-wide)",
         }
 

@@ -1,0 +1,138 @@
+"""MNN: .mnn artifacts through MNN's Interpreter/Session API, on the CPU or a forward type the wheel has.
+
+MNN never fails on a forward type it lacks: it prints "Can't Find type=N backend, use 0 instead" to stdout and
+runs on the CPU. That line is the only signal, so session creation runs inside `capture_native_output` and the
+text is read: it decides DeviceUnavailableError / fallback, and keeps MNN's chatter out of our stdout.
+"""
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+
+from edge_irst.errors import InputError, ModelFileError
+
+from .base import Backend, TensorSpec, capture_native_output, layout_from_shape
+
+# options.device -> MNN's config name; the forward types its Python config accepts besides CPU.
+FORWARD_TYPES = {"opencl": "OPENCL", "vulkan": "VULKAN", "cuda": "CUDA", "nn": "NN", "metal": "METAL",
+                 "opengl": "OPENGL", "trt": "TRT", "hiai": "HIAI"}
+# options.precision -> MNN precision mode. "auto" keeps MNN's default (Normal: fp32 on the CPU).
+_PRECISION_MODES = {"auto": "normal", "fp32": "high", "fp16": "low", "bf16": "lowBF16", "low": "low",
+                    "normal": "normal", "high": "high"}
+_MISSING = re.compile(r"Can't Find type=(\d+) backend")
+_SAID_PRECISION = re.compile(r"MNN use (\w+) precision")
+_THREAD_NUMBER = 4  # MNN::Interpreter::SessionInfoCode::THREAD_NUMBER
+_DIMENSION_TYPES = {0: "NHWC", 1: "NCHW", 2: "NCHW"}  # Tensorflow, Caffe, Caffe_C4 (NC4HW4 inside, NCHW outside)
+
+
+def _missing_forward_type(text: str) -> bool:
+    return _MISSING.search(text) is not None
+
+
+class MnnBackend(Backend):
+    name = "mnn"
+    suffixes = (".mnn",)
+    runtime = "MNN"
+    extra = "mnn"
+    precisions = tuple(_PRECISION_MODES)
+
+    @classmethod
+    def probe(cls) -> dict:
+        mnn = cls.import_runtime()
+        found = []
+        for device, forward in FORWARD_TYPES.items():
+            with capture_native_output() as said:
+                try:
+                    mnn.Interpreter.createRuntime(({"backend": forward, "numThread": 1},))
+                except Exception:  # a forward type this binding cannot even name
+                    continue
+            if not _missing_forward_type(said.text):
+                found.append(device)
+        return {"version": mnn.version(), "accelerators": found}
+
+    def __init__(self, path, options, contract=None):
+        super().__init__(path, options, contract)
+        self._mnn = mnn = self.import_runtime()
+        self.device = options.device
+        if self.device != "cpu" and self.device not in FORWARD_TYPES:
+            raise InputError(f"mnn device {self.device!r} not understood: accepted cpu, {', '.join(FORWARD_TYPES)}")
+        config = {"backend": FORWARD_TYPES.get(self.device, "CPU"), "numThread": options.resolved_threads(),
+                  "precision": _PRECISION_MODES[options.precision]}
+        with capture_native_output() as said:
+            try:
+                self.interpreter = mnn.Interpreter(str(self.path))
+            except Exception as exc:  # MNN raises a bare Exception; its reason went to the captured console
+                error = exc
+            else:
+                error = None
+                self.session = self.interpreter.createSession(config)
+        if error is not None:
+            raise ModelFileError(f"{self.path}: MNN cannot load it ({said.text.strip() or error}); expected an "
+                                 f".mnn model written by MNNConvert") from error
+        self.said = said.text
+        if self.device != "cpu" and _missing_forward_type(said.text):
+            self._device_unavailable(f"this MNN wheel has no {config['backend']} forward type (MNN said "
+                                     f"{_MISSING.search(said.text)[0]!r})",
+                                     "Build MNN with that backend (e.g. -DMNN_OPENCL=ON)")
+            self.device = "cpu"
+        self._resolve_contract()
+        self._input = self.interpreter.getSessionInput(self.session)
+        self._output = self.interpreter.getSessionOutput(self.session)
+        in_name = next(iter(self.interpreter.getSessionInputAll(self.session)))
+        out_name = next(iter(self.interpreter.getSessionOutputAll(self.session)))
+        self.inputs = [self._spec(in_name, self._input, self.contract.channels)]
+        self.outputs = [self._spec(out_name, self._output, 1)]
+        self._host_output = None
+
+    def _spec(self, name: str, tensor, channels: int) -> TensorSpec:
+        shape = tuple(d if d > 0 else None for d in tensor.getShape())
+        declared = _DIMENSION_TYPES.get(tensor.getDimensionType(), "NCHW")
+        return TensorSpec(name, shape, "float32", layout_from_shape(shape, channels, declared, str(self.path)))
+
+    def _host_dimension_type(self, layout: str):
+        mnn = self._mnn
+        return mnn.Tensor_DimensionType_Caffe if layout == "NCHW" else mnn.Tensor_DimensionType_Tensorflow
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        mnn, spec = self._mnn, self.inputs[0]
+        data = batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        dim_type = self._host_dimension_type(spec.layout)
+        if tuple(self._input.getShape()) != data.shape:  # a dynamic artifact: resize once per new frame size
+            self.interpreter.resizeTensor(self._input, data.shape)
+            self.interpreter.resizeSession(self.session)
+            self._host_output = None
+        self._input.copyFrom(mnn.Tensor(data.shape, mnn.Halide_Type_Float, data, dim_type))
+        self.interpreter.runSession(self.session)
+        if self._host_output is None:
+            self._host_output = mnn.Tensor(self._output.getShape(), mnn.Halide_Type_Float,
+                                           np.zeros(self._output.getShape(), np.float32),
+                                           self._host_dimension_type(self.outputs[0].layout))
+        self._output.copyToHostTensor(self._host_output)
+        logits = np.array(self._host_output.getNumpyData(), dtype=np.float32)
+        return logits if self.outputs[0].layout == "NCHW" else logits.transpose(0, 3, 1, 2)
+
+    def _threads_applied(self) -> int:
+        value = self.interpreter.getSessionInfo(self.session, _THREAD_NUMBER)
+        if value >= 1:
+            return int(value)
+        # MNN 3.6's binding returns the int it got as a float of the same bits (2 -> 2.8e-45): reinterpret them.
+        return struct.unpack("<i", struct.pack("<f", value))[0]
+
+    def options_in_effect(self) -> dict:
+        said = _SAID_PRECISION.search(self.said)
+        return {
+            **self._base_effect(),
+            "threads": self._threads_applied(),
+            "threads_source": "Interpreter.getSessionInfo(THREAD_NUMBER) read back",
+            "precision": said[1] if said else "normal",
+            "precision_source": "MNN's own line at session creation ('MNN use ... precision'; none = normal)",
+            "device": self.device,
+            "device_source": "MNN's console at session creation (it names a missing forward type)",
+            "big_cores": "not offered by MNN's Python API" if self.options.big_cores else False,
+        }
+
+    def close(self) -> None:
+        if getattr(self, "interpreter", None) is not None:
+            self.interpreter = self.session = self._input = self._output = self._host_output = None
