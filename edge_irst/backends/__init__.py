@@ -25,6 +25,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("edge_irst.backends.onnxruntime", "OnnxRuntimeBackend"),
     "ncnn": ("edge_irst.backends.ncnn", "NcnnBackend"),
     "mnn": ("edge_irst.backends.mnn", "MnnBackend"),
+    "tflite": ("edge_irst.backends.tflite", "TFLiteBackend"),
 }
 
 MANIFEST = "manifest.json"
