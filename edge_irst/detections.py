@@ -1,0 +1,285 @@
+"""Detections: the targets found in one frame, as a frozen dataclass of numpy columns (one row per target).
+
+Coordinate convention (every coordinate column): x = column, y = row, in pixels, with pixel CENTRES at integer
+coordinates; (0, 0) is the centre of the top-left pixel. Straight out of the labeller, coordinates are in the grid
+of the labelled map (the model's output); `scaled()` maps them to source-frame pixels.
+
+Box convention: x_min, y_min, x_max, y_max are INCLUSIVE pixel-centre coordinates: in the labelled grid the target's
+pixels span columns x_min..x_max and rows y_min..y_max, so the box is x_max - x_min + 1 pixels wide (the paper's
+width). The box therefore covers the area [x_min - 0.5, x_max + 0.5] x [y_min - 0.5, y_max + 0.5].
+
+Adapters to other libraries (drawing, supervision, COCO) live outside this class.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .errors import InputError
+
+_FLOAT = np.dtype(np.float64)
+_INT = np.dtype(np.int64)
+
+# Column name -> dtype, in the order rows and tables show them.
+COLUMNS: dict = {
+    "x": _FLOAT, "y": _FLOAT,
+    "weighted_x": _FLOAT, "weighted_y": _FLOAT,
+    "x_min": _FLOAT, "y_min": _FLOAT, "x_max": _FLOAT, "y_max": _FLOAT,
+    "size": _INT, "aspect_ratio": _FLOAT,
+    "peak_logit": _FLOAT, "peak_x": _FLOAT, "peak_y": _FLOAT, "mean_logit": _FLOAT,
+    "label": _INT,
+}
+# Columns that are positions (points) in the frame, mapped by scaled() as pixel centres.
+_POINT_X = ("x", "weighted_x", "peak_x")
+_POINT_Y = ("y", "weighted_y", "peak_y")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Detections:
+    """Targets of one frame, one row per target, every column a read-only 1-D numpy array of length n.
+
+    x, y: float64, centroid = unweighted mean of the target's pixel coordinates.
+    weighted_x, weighted_y: float64, centroid weighted by (logit - threshold); a target holding +inf logits is
+        weighted by its +inf pixels only (their plain mean).
+    x_min, y_min, x_max, y_max: float64, the inclusive box (module docstring); integer-valued in the labelled grid.
+    size: int64, pixel count, in the labelled grid (never rescaled).
+    aspect_ratio: float64, (x_max - x_min + 1) / (y_max - y_min + 1) in the labelled grid (never rescaled).
+    peak_logit: float64, largest logit; peak_x, peak_y: float64, its position (first in raster order on ties).
+    mean_logit: float64, mean logit over the target's pixels (+inf if one is +inf).
+    label: int64, the target's value in the label image of the labelling that produced it (rows keep it through
+        indexing and filtering, so the pixels of a kept target can still be found).
+    frame_index: the frame's index in its stream, or None. timestamp: seconds (the source's clock), or None.
+    frame_shape: (height, width[, channels]) of the source frame the coordinates refer to, or None.
+
+    Rows straight from the labeller are in the raster order of each target's first pixel (row, then column).
+    Indexing with an int, a slice, a boolean mask of length n or an integer array returns a new Detections:
+    `d[d.size > 4]`, `d[0]` (one row), `d[np.argsort(-d.peak_logit)]`.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    weighted_x: np.ndarray
+    weighted_y: np.ndarray
+    x_min: np.ndarray
+    y_min: np.ndarray
+    x_max: np.ndarray
+    y_max: np.ndarray
+    size: np.ndarray
+    aspect_ratio: np.ndarray
+    peak_logit: np.ndarray
+    peak_x: np.ndarray
+    peak_y: np.ndarray
+    mean_logit: np.ndarray
+    label: np.ndarray
+    frame_index: Optional[int] = None
+    timestamp: Optional[float] = None
+    frame_shape: Optional[tuple] = None
+
+    def __post_init__(self):
+        length = None
+        for name, dtype in COLUMNS.items():
+            column = _checked_column(name, getattr(self, name), dtype)
+            if length is None:
+                length = len(column)
+            elif len(column) != length:
+                raise InputError(f"Detections.{name}: expected shape ({length},) like Detections.x, "
+                                 f"received shape {column.shape}; every column needs one value per target")
+            object.__setattr__(self, name, column)
+        object.__setattr__(self, "frame_index", _checked_frame_index(self.frame_index))
+        object.__setattr__(self, "timestamp", _checked_timestamp(self.timestamp))
+        object.__setattr__(self, "frame_shape", _checked_frame_shape(self.frame_shape))
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, frame_index: Optional[int] = None, timestamp: Optional[float] = None,
+              frame_shape: Optional[tuple] = None) -> "Detections":
+        """No targets (every column of length 0), with the given frame metadata."""
+        columns = {name: np.empty(0, dtype) for name, dtype in COLUMNS.items()}
+        return cls(**columns, frame_index=frame_index, timestamp=timestamp, frame_shape=frame_shape)
+
+    @classmethod
+    def from_records(cls, records: np.ndarray, frame_index: Optional[int] = None, timestamp: Optional[float] = None,
+                     frame_shape: Optional[tuple] = None) -> "Detections":
+        """From a 1-D numpy structured array with one field per column (the labeller's output); no copy."""
+        names = getattr(records.dtype, "names", None) or ()
+        missing = [name for name in COLUMNS if name not in names]
+        if missing:
+            raise InputError(f"records lack the field(s) {', '.join(missing)}; expected the fields "
+                             f"{', '.join(COLUMNS)}, received {', '.join(names) or 'no fields'}")
+        return cls(**{name: records[name] for name in COLUMNS}, frame_index=frame_index, timestamp=timestamp,
+                   frame_shape=frame_shape)
+
+    @classmethod
+    def concatenate(cls, parts: Iterable["Detections"]) -> "Detections":
+        """Rows of several Detections of the SAME frame (e.g. tiles already mapped by scaled()), in order.
+
+        All parts must carry the same frame metadata; an empty list gives `Detections.empty()`.
+        """
+        parts = list(parts)
+        if not parts:
+            return cls.empty()
+        first = parts[0]
+        for i, part in enumerate(parts):
+            if not isinstance(part, Detections):
+                raise InputError(f"concatenate: part {i} is a {type(part).__name__}, expected Detections")
+            if part._metadata() != first._metadata():
+                raise InputError(f"concatenate: part {i} has frame metadata {part._metadata()}, part 0 has "
+                                 f"{first._metadata()}; only detections of one frame can be concatenated")
+        columns = {name: np.concatenate([getattr(part, name) for part in parts]) for name in COLUMNS}
+        return cls(**columns, **first._metadata())
+
+    # -- sequence behaviour ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key) -> "Detections":
+        count = len(self)
+        if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            index = int(key)
+            if not -count <= index < count:
+                raise IndexError(f"target index {index} is out of range for {count} targets")
+            key = slice(index % count, index % count + 1)
+        elif not isinstance(key, slice):
+            key = np.asarray(key)
+            if key.dtype == np.bool_:
+                if key.shape != (count,):
+                    raise IndexError(f"boolean mask: expected shape ({count},) (one flag per target), "
+                                     f"received shape {key.shape}")
+            elif key.ndim == 1 and (key.dtype.kind in "iu" or key.size == 0):
+                key = key.astype(np.intp)
+            else:
+                raise InputError(f"Detections index: expected an int, a slice, a boolean mask of shape ({count},) "
+                                 f"or a 1-D integer array, received {key.dtype} of shape {key.shape}")
+        return type(self)(**{name: getattr(self, name)[key] for name in COLUMNS}, **self._metadata())
+
+    # -- geometry ----------------------------------------------------------------------------------------------
+    def scaled(self, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0,
+               frame_shape: Optional[tuple] = None) -> "Detections":
+        """Maps positions from the labelled grid to source-frame pixels; sizes and ratios stay as they are.
+
+        A grid pixel covers sx x sy source pixels, and the grid's top-left corner sits at source pixel-edge
+        (ox, oy) (the tile's origin; 0 for a whole frame). Points (centroids, peak) map as pixel centres:
+        x' = (x + 0.5) * sx - 0.5 + ox, which is cv2.resize's pixel-area geometry and reduces to x + ox when
+        sx = 1 (native tiles). The inclusive box maps to the source pixels it covers:
+        x_min' = x_min * sx + ox, x_max' = (x_max + 1) * sx - 1 + ox (fractional when sx is not an integer).
+        frame_shape: the source frame's shape, stored as the new metadata (default: unchanged).
+        size and aspect_ratio remain in labelled-grid pixels (the target filter's units).
+        """
+        for name, value in (("sx", sx), ("sy", sy)):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise InputError(f"scaled: {name} = {value!r}; expected a finite scale > 0 (source pixels per "
+                                 f"grid pixel, e.g. 640 / 256)")
+        for name, value in (("ox", ox), ("oy", oy)):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value)):
+                raise InputError(f"scaled: {name} = {value!r}; expected a finite offset in source pixels")
+        columns = {name: getattr(self, name) for name in COLUMNS}
+        for names, scale, offset in ((_POINT_X, sx, ox), (_POINT_Y, sy, oy)):
+            for name in names:
+                columns[name] = (columns[name] + 0.5) * scale - 0.5 + offset
+        columns["x_min"] = self.x_min * sx + ox
+        columns["x_max"] = (self.x_max + 1.0) * sx - 1.0 + ox
+        columns["y_min"] = self.y_min * sy + oy
+        columns["y_max"] = (self.y_max + 1.0) * sy - 1.0 + oy
+        metadata = self._metadata()
+        if frame_shape is not None:
+            metadata["frame_shape"] = frame_shape
+        return type(self)(**columns, **metadata)
+
+    # -- output ------------------------------------------------------------------------------------------------
+    def to_rows(self) -> list:
+        """One plain dict per target (Python ints/floats), frame_index and timestamp first, then COLUMNS."""
+        columns = [getattr(self, name).tolist() for name in COLUMNS]
+        head = {"frame_index": self.frame_index, "timestamp": self.timestamp}
+        return [{**head, **dict(zip(COLUMNS, values))} for values in zip(*columns)]
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """Strict JSON: {"frame_index", "timestamp", "frame_shape", "targets": [{column: value}, ...]}.
+
+        Non-finite values (a +inf peak logit) become null, since JSON has no infinity.
+        """
+        columns = [getattr(self, name).tolist() for name in COLUMNS]
+        targets = [{name: _finite_or_none(value) for name, value in zip(COLUMNS, values)} for values in zip(*columns)]
+        document = {**self._metadata(), "frame_shape": list(self.frame_shape) if self.frame_shape else None,
+                    "targets": targets}
+        return json.dumps(document, indent=indent, allow_nan=False)
+
+    def table(self, max_rows: int = 20) -> str:
+        """A fixed-width text table of the first max_rows targets (centroid, box, size, ratio, logits)."""
+        header = f"{'label':>6} {'x':>9} {'y':>9} {'box (x_min,y_min,x_max,y_max)':>31} {'size':>6} {'ratio':>6} " \
+                 f"{'peak':>8} {'mean':>8}"
+        lines = [repr(self), header]
+        for i in range(min(len(self), max_rows)):
+            box = f"{self.x_min[i]:g},{self.y_min[i]:g},{self.x_max[i]:g},{self.y_max[i]:g}"
+            lines.append(f"{self.label[i]:>6} {self.x[i]:>9.2f} {self.y[i]:>9.2f} {box:>31} {self.size[i]:>6} "
+                         f"{self.aspect_ratio[i]:>6.2f} {self.peak_logit[i]:>8.3g} {self.mean_logit[i]:>8.3g}")
+        if len(self) > max_rows:
+            lines.append(f"... {len(self) - max_rows} more")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        meta = ", ".join(f"{k}={v!r}" for k, v in self._metadata().items() if v is not None)
+        return f"Detections({len(self)} targets{', ' + meta if meta else ''})"
+
+    __str__ = table
+
+    def _metadata(self) -> dict:
+        return {"frame_index": self.frame_index, "timestamp": self.timestamp, "frame_shape": self.frame_shape}
+
+
+def _checked_column(name: str, value, dtype: np.dtype) -> np.ndarray:
+    """value as a read-only 1-D array of dtype; the common case (already right) costs no copy."""
+    if not (type(value) is np.ndarray and value.dtype == dtype):
+        array = np.asarray(value)
+        if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+            raise InputError(f"Detections.{name}: expected dtype {dtype} (or one that casts to it losslessly in "
+                             f"kind), received {array.dtype}")
+        value = array.astype(dtype)
+    if value.ndim != 1:
+        raise InputError(f"Detections.{name}: expected a 1-D array of shape (n,), received shape {value.shape}")
+    if value.flags.writeable:  # a read-only view, so the caller's own array keeps its flags
+        value = value.view()
+        value.flags.writeable = False
+    return value
+
+
+def _checked_frame_index(value) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
+        raise InputError(f"Detections.frame_index = {value!r}; expected None or an int >= 0")
+    return int(value)
+
+
+def _checked_timestamp(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InputError(f"Detections.timestamp = {value!r}; expected None or a finite number of seconds")
+    return float(value)
+
+
+def _checked_frame_shape(value) -> Optional[tuple]:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value)
+        valid = len(shape) in (2, 3) and all(v > 0 for v in shape) and all(
+            isinstance(v, (numbers.Integral, np.integer)) for v in value)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InputError(f"Detections.frame_shape = {value!r}; expected None or (height, width[, channels]) "
+                         f"positive ints, e.g. frame.shape")
+    return shape
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+__all__ = ["COLUMNS", "Detections"]

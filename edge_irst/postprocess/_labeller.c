@@ -1,0 +1,167 @@
+/* CPython binding of irst_label(). Takes the map through the buffer protocol (no numpy headers at build time),
+ * releases the GIL while labelling, and returns the target records as bytes that the Python side reads as a
+ * numpy structured array (edge_irst/postprocess/records.py). User-facing validation and messages live in the
+ * Python wrapper; the checks here only keep memory access safe if this private function is called directly.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <string.h>
+
+#include "labeller_core.h"
+
+#if defined(__clang__)
+#define COMPILER_NAME "clang " __clang_version__
+#elif defined(__GNUC__)
+#define COMPILER_NAME "gcc " __VERSION__
+#else
+#define COMPILER_NAME "an unknown C compiler"
+#endif
+
+static int is_native_format(const char *format, char code)
+{
+    /* '@' and '=' mean native byte order on the platforms the extension builds on; no prefix means '@'. */
+    if (format[0] == '@' || format[0] == '=')
+        format++;
+    return format[0] == code && format[1] == '\0';
+}
+
+static int check_map(const Py_buffer *view)
+{
+    if (view->ndim != 2 || view->itemsize != (Py_ssize_t)sizeof(float) || !view->format ||
+        !is_native_format(view->format, 'f')) {
+        PyErr_SetString(PyExc_TypeError, "logits must be a 2-D buffer of native float32");
+        return -1;
+    }
+    if (view->strides[0] % (Py_ssize_t)sizeof(float) || view->strides[1] % (Py_ssize_t)sizeof(float) ||
+        (uintptr_t)view->buf % sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "logits must be aligned to 4 bytes with strides a multiple of 4");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_labels(const Py_buffer *view, const Py_buffer *map)
+{
+    if (view->ndim != 2 || view->itemsize != (Py_ssize_t)sizeof(int32_t) || !view->format ||
+        !is_native_format(view->format, 'i') || view->shape[0] != map->shape[0] ||
+        view->shape[1] != map->shape[1]) {
+        PyErr_SetString(PyExc_TypeError, "labels must be a writable C-contiguous int32 buffer shaped like logits");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(label_doc,
+"label(logits, threshold, labels) -> bytes\n\n"
+"logits: 2-D native float32 buffer, any strides. threshold: float (used as float32).\n"
+"labels: None, or a zero-filled C-contiguous int32 buffer of the same shape, filled with target labels.\n"
+"Returns count * sizeof(record) bytes of target records, fields as in TARGET_FIELDS.");
+
+static PyObject *label(PyObject *module, PyObject *args)
+{
+    PyObject *logits_obj, *labels_obj;
+    float threshold;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OfO:label", &logits_obj, &threshold, &labels_obj))
+        return NULL;
+
+    Py_buffer map_view, labels_view;
+    if (PyObject_GetBuffer(logits_obj, &map_view, PyBUF_STRIDES | PyBUF_FORMAT) != 0)
+        return NULL;
+    if (check_map(&map_view) != 0) {
+        PyBuffer_Release(&map_view);
+        return NULL;
+    }
+    int32_t *labels = NULL;
+    if (labels_obj != Py_None) {
+        if (PyObject_GetBuffer(labels_obj, &labels_view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) != 0) {
+            PyBuffer_Release(&map_view);
+            return NULL;
+        }
+        if (check_labels(&labels_view, &map_view) != 0) {
+            PyBuffer_Release(&labels_view);
+            PyBuffer_Release(&map_view);
+            return NULL;
+        }
+        labels = (int32_t *)labels_view.buf;
+    }
+
+    const irst_map map = {
+        (const float *)map_view.buf, map_view.shape[0], map_view.shape[1],
+        map_view.strides[0] / (Py_ssize_t)sizeof(float), map_view.strides[1] / (Py_ssize_t)sizeof(float),
+    };
+    irst_result result;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = irst_label(&map, threshold, labels, &result);
+    Py_END_ALLOW_THREADS
+
+    if (labels)
+        PyBuffer_Release(&labels_view);
+    PyBuffer_Release(&map_view);
+    if (status == IRST_TOO_LARGE)
+        return PyErr_Format(PyExc_ValueError, "logits has more than %zd pixels", (Py_ssize_t)IRST_MAX_PIXELS);
+    if (status != IRST_OK)
+        return PyErr_NoMemory();
+    PyObject *records = PyBytes_FromStringAndSize((const char *)result.targets,
+                                                  (Py_ssize_t)(result.count * (ptrdiff_t)sizeof(irst_target)));
+    irst_result_free(&result);
+    return records;
+}
+
+static PyMethodDef methods[] = {
+    {"label", label, METH_VARARGS, label_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_labeller", "Run-based 8-connected labeller of float32 logit maps (C99).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+/* (name, numpy dtype string) per record field, in struct order: the Python side builds its dtype from this. */
+static PyObject *target_fields(void)
+{
+    PyObject *fields = PyList_New(0);
+    if (!fields)
+        return NULL;
+#define APPEND_FIELD(name, kind)                                                                                \
+    do {                                                                                                        \
+        PyObject *pair = Py_BuildValue("(ss)", #name, kind);                                                    \
+        if (!pair || PyList_Append(fields, pair) != 0) {                                                        \
+            Py_XDECREF(pair);                                                                                   \
+            Py_DECREF(fields);                                                                                  \
+            return NULL;                                                                                        \
+        }                                                                                                       \
+        Py_DECREF(pair);                                                                                        \
+    } while (0);
+#define APPEND_INT(name) APPEND_FIELD(name, "i8")
+#define APPEND_REAL(name) APPEND_FIELD(name, "f8")
+    IRST_TARGET_FIELDS(APPEND_INT, APPEND_REAL)
+#undef APPEND_INT
+#undef APPEND_REAL
+#undef APPEND_FIELD
+    PyObject *tuple = PyList_AsTuple(fields);
+    Py_DECREF(fields);
+    return tuple;
+}
+
+PyMODINIT_FUNC PyInit__labeller(void)
+{
+    PyObject *module = PyModule_Create(&module_def);
+    if (!module)
+        return NULL;
+    PyObject *fields = target_fields();
+    if (!fields || PyModule_AddObject(module, "TARGET_FIELDS", fields) != 0) {
+        Py_XDECREF(fields);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "RECORD_SIZE", (long)sizeof(irst_target)) != 0 ||
+        PyModule_AddStringConstant(module, "COMPILER", COMPILER_NAME) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,155 @@
+"""label_targets(): eight-connected targets of `logit > threshold`, by the C labeller or the OpenCV fallback.
+
+Which implementation runs is decided once, at import:
+- EDGE_IRST_POSTPROCESS=auto (default): the C extension if it is built and current, else the OpenCV fallback with
+  a one-line RuntimeWarning;
+- EDGE_IRST_POSTPROCESS=c: the C extension, or an error saying why it is unusable;
+- EDGE_IRST_POSTPROCESS=opencv: the fallback.
+IMPLEMENTATION names the active one; implementation_info() says more (for `edge-irst info`). Both produce
+identical Detections (same order, same values, bit for bit); the tests hold them to it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..detections import Detections
+from ..errors import EdgeIrstError, InputError
+from .records import TARGET_FIELDS, TARGET_RECORD
+
+ENVIRONMENT_VARIABLE = "EDGE_IRST_POSTPROCESS"
+_CHOICES = ("auto", "c", "opencv")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
+
+# A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels)
+# -> 1-D TARGET_RECORD array.
+Labeller = Callable[[np.ndarray, float, Optional[np.ndarray]], np.ndarray]
+
+
+def _load_c_labeller() -> tuple:
+    """(labeller, None), or (None, why the C extension cannot be used)."""
+    try:
+        from . import _labeller
+    except ImportError as exc:
+        return None, f"the C extension is not built ({exc})"
+    if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != TARGET_RECORD.itemsize:
+        return None, "the C extension is stale (its record layout differs from records.py)"
+
+    def label_records(logits, threshold, labels):
+        return np.frombuffer(_labeller.label(logits, threshold, labels), dtype=TARGET_RECORD)
+
+    label_records.compiler = _labeller.COMPILER
+    return label_records, None
+
+
+def _opencv_labeller() -> Labeller:
+    from .opencv_fallback import label_records  # imports cv2 only when the fallback is used
+
+    return label_records
+
+
+def _select() -> tuple:
+    requested = os.environ.get(ENVIRONMENT_VARIABLE, "auto").strip().lower() or "auto"
+    if requested not in _CHOICES:
+        raise InputError(f"{ENVIRONMENT_VARIABLE}={requested!r} is not a postprocess implementation; "
+                         f"expected one of {', '.join(_CHOICES)} (or unset it)")
+    c_labeller, why_not = _load_c_labeller()
+    available = {"c": c_labeller} if c_labeller else {}
+    if requested == "opencv":
+        return "opencv", "forced by " + ENVIRONMENT_VARIABLE, available
+    if c_labeller:
+        return "c", "C extension built with " + c_labeller.compiler, available
+    fix = "rebuild it with a C compiler: pip install -e . (EDGE_IRST_REQUIRE_EXT=1 turns a failed build into an error)"
+    if requested == "c":
+        raise EdgeIrstError(f"{ENVIRONMENT_VARIABLE}=c but {why_not}; {fix}, or set {ENVIRONMENT_VARIABLE}=opencv")
+    warnings.warn(f"edge_irst.postprocess: {why_not}; using the slower OpenCV fallback ({fix})", RuntimeWarning,
+                  stacklevel=2)
+    return "opencv", f"fallback: {why_not}", available
+
+
+IMPLEMENTATION, _REASON, _AVAILABLE = _select()
+
+
+def available_implementations() -> tuple:
+    """Names usable as label_targets(implementation=...): 'c' when the extension is built, and 'opencv'."""
+    return (*_AVAILABLE, "opencv")
+
+
+def implementation_info() -> dict:
+    """{"implementation": active name, "detail": why / which compiler, "available": usable names}."""
+    return {"implementation": IMPLEMENTATION, "detail": _REASON, "available": list(available_implementations())}
+
+
+def _resolve(name: Optional[str]) -> Labeller:
+    name = IMPLEMENTATION if name is None else name
+    if name == "opencv":
+        return _opencv_labeller()
+    if name in _AVAILABLE:
+        return _AVAILABLE[name]
+    raise InputError(f"postprocess implementation {name!r} is not available here; available: "
+                     f"{', '.join(available_implementations())}")
+
+
+def checked_threshold(threshold) -> float:
+    """The threshold as the float32 value the map is compared with (returned as a Python float).
+
+    Comparing in float32 is what `logits > threshold` does in numpy for a float32 map; the weights of the weighted
+    centroid use the same float32 value.
+    """
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+        raise InputError(f"threshold = {threshold!r}; expected a finite real number (a logit, e.g. 0.0)")
+    value = float(np.float32(threshold)) if abs(float(threshold)) <= _FLOAT32_MAX else math.inf
+    if not math.isfinite(value):
+        raise InputError(f"threshold = {threshold!r}; expected a finite logit within float32 range "
+                         f"(|threshold| <= {_FLOAT32_MAX:.4g}), e.g. 0.0 (the paper's value)")
+    return value
+
+
+def _checked_map(logits) -> np.ndarray:
+    if not isinstance(logits, np.ndarray):
+        raise InputError(f"logits: expected a numpy float32 array of shape (H, W), received {type(logits).__name__}")
+    if logits.ndim != 2:
+        hint = " (for a backend's (N, 1, H, W) output pass out[i, 0])" if logits.ndim == 4 else ""
+        raise InputError(f"logits: expected a 2-D map of shape (H, W), received shape {logits.shape}{hint}")
+    if logits.dtype != np.float32 or not logits.dtype.isnative:
+        raise InputError(f"logits: expected native float32, received {logits.dtype}; convert explicitly with "
+                         f"logits.astype(np.float32) (no implicit conversion: it would copy every frame)")
+    if logits.size == 0:
+        raise InputError(f"logits: expected at least one pixel, received shape {logits.shape}")
+    if logits.size > _MAX_PIXELS:
+        raise InputError(f"logits: {logits.size} pixels, more than the {_MAX_PIXELS} supported; label in tiles")
+    if not logits.flags.aligned or any(stride % 4 for stride in logits.strides):
+        # Only byte-misaligned views (np.frombuffer at an odd offset) land here; the C code reads whole floats.
+        logits = np.ascontiguousarray(logits)
+    return logits
+
+
+def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: bool = False, *,
+                  implementation: Optional[str] = None, frame_index: Optional[int] = None,
+                  timestamp: Optional[float] = None, frame_shape: Optional[tuple] = None):
+    """Eight-connected targets of `logits > threshold`, with their statistics, in one pass.
+
+    logits: numpy float32 array of shape (H, W) (any H, W >= 1), any strides (views such as a[::2, ::3], a.T
+        or a[::-1] are read in place, no copy). Other dtypes are rejected, not converted. NaN is never a target,
+        +inf always is, -inf never.
+    threshold: a pixel is a target pixel where logit > threshold, compared in float32 (default 0.0, the paper's).
+    return_labels: also return the label image, int32 (H, W) row-major: 0 = background, k = pixels of row k - 1.
+    implementation: 'c' or 'opencv' to override the active IMPLEMENTATION (tests, benchmarks).
+    frame_index, timestamp, frame_shape: metadata stored in the Detections (frame_shape defaults to (H, W)).
+
+    Returns Detections in the grid of `logits` (x = column, y = row, pixel centres at integers), one row per
+    target in the raster order of its first pixel (row, then column); with return_labels, (Detections, labels).
+    """
+    logits = _checked_map(logits)
+    threshold = checked_threshold(threshold)
+    labels = np.zeros(logits.shape, np.int32) if return_labels else None
+    records = _resolve(implementation)(logits, threshold, labels)
+    detections = Detections.from_records(records, frame_index=frame_index, timestamp=timestamp,
+                                         frame_shape=logits.shape if frame_shape is None else frame_shape)
+    return (detections, labels) if return_labels else detections

@@ -1,0 +1,67 @@
+/* Eight-connected labelling of `logit > threshold` on a float32 map, fused with per-target statistics.
+ *
+ * Plain C99, no Python, no numpy: the CPython binding (_labeller.c) and the AddressSanitizer driver
+ * (tests/c/labeller_asan.c) both call irst_label().
+ *
+ * Coordinates: x = column, y = row, pixel centres at integer coordinates, origin at element (0, 0) of the map.
+ * Targets are numbered 1..count in the raster order of their first pixel (row, then column).
+ */
+#ifndef EDGE_IRST_LABELLER_CORE_H
+#define EDGE_IRST_LABELLER_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The per-target record, one list for the C struct and the Python side (which reads the records as a numpy
+ * structured array built from the TARGET_FIELDS the binding exports). Every field is 8 bytes wide so the struct
+ * has no padding on any platform. INT fields are int64, REAL fields are double. */
+#define IRST_TARGET_FIELDS(INT, REAL)                                                                           \
+    INT(label) INT(size)                                                                                        \
+    REAL(x) REAL(y) REAL(weighted_x) REAL(weighted_y)                                                           \
+    REAL(x_min) REAL(y_min) REAL(x_max) REAL(y_max) REAL(aspect_ratio)                                          \
+    REAL(peak_logit) REAL(peak_x) REAL(peak_y) REAL(mean_logit)
+
+#define IRST_DECLARE_INT(name) int64_t name;
+#define IRST_DECLARE_REAL(name) double name;
+typedef struct {
+    IRST_TARGET_FIELDS(IRST_DECLARE_INT, IRST_DECLARE_REAL)
+} irst_target;
+#undef IRST_DECLARE_INT
+#undef IRST_DECLARE_REAL
+
+/* A read-only 2-D view of float32 logits. Strides are in elements (not bytes) and may be negative (reversed
+ * views) or anything else a strided array allows: element (y, x) is data[y * row_stride + x * col_stride]. */
+typedef struct {
+    const float *data;
+    ptrdiff_t height, width;
+    ptrdiff_t row_stride, col_stride;
+} irst_map;
+
+typedef struct {
+    irst_target *targets; /* count records, malloc'd; release with irst_result_free() */
+    ptrdiff_t count;
+} irst_result;
+
+enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
+
+/* Largest height * width accepted: run indices and labels are int32. */
+#define IRST_MAX_PIXELS ((ptrdiff_t)INT32_MAX)
+
+/* Labels the pixels with logit > threshold (NaN never; +inf always; -inf never) into 8-connected targets.
+ *
+ * labels: NULL, or height * width int32 in row-major order, ALL ZERO on entry (background stays 0; the pixels of
+ *         target k are set to k). Its layout does not follow the map's strides.
+ * Statistics per target (see IRST_TARGET_FIELDS): size = pixel count; box x_min..x_max, y_min..y_max = inclusive
+ * pixel indices; aspect_ratio = (x_max - x_min + 1) / (y_max - y_min + 1); x, y = mean pixel coordinates;
+ * weighted_x, weighted_y = coordinates weighted by (double)logit - (double)threshold, except that a target holding
+ * any +inf logit is weighted by its +inf pixels only (their plain mean: the limit of the weighting as those
+ * weights grow without bound); peak_logit = the largest logit, peak_x, peak_y = its first raster position;
+ * mean_logit = mean of the logits (+inf if any is +inf). Every double sum is accumulated pixel by pixel in raster
+ * order, so a reference that sums in that order reproduces the values bit for bit.
+ * Returns IRST_OK, IRST_NO_MEMORY or IRST_TOO_LARGE (more than IRST_MAX_PIXELS); on failure result is empty.
+ * Thread-safe: no global state. Memory: O(number of runs + number of targets), never per pixel. */
+int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_result *result);
+
+void irst_result_free(irst_result *result);
+
+#endif

@@ -1,0 +1,89 @@
+"""The OpenCV fallback labeller, used where the C extension could not be built (or EDGE_IRST_POSTPROCESS=opencv).
+
+cv2.connectedComponentsWithStats(connectivity=8) gives the components, their areas and boxes; numpy completes the
+statistics. The records are bit-identical to the C labeller's: the same target order (OpenCV numbers components
+in its own block-scan order, so they are renumbered by first raster pixel) and every double sum accumulated
+pixel by pixel in raster order (np.bincount adds its weights sequentially, like the C loop).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .records import TARGET_RECORD
+
+
+def label_records(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray]) -> np.ndarray:
+    """Targets of `logits > threshold` as a 1-D TARGET_RECORD array (the contract of labeller_core.h).
+
+    logits: float32, shape (H, W), any strides (validated by the caller). threshold: a float32-representable
+    finite float. labels: None, or a zero-filled C-contiguous int32 (H, W) array that receives the target labels.
+    """
+    threshold = np.float32(threshold)
+    # `>` keeps NaN out of the foreground; ascontiguousarray because a transposed view yields a Fortran-ordered mask.
+    mask = np.ascontiguousarray(logits > threshold)
+    count, cv_labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8,
+                                                                  ltype=cv2.CV_32S)
+    targets = count - 1
+    records = np.zeros(targets, TARGET_RECORD)
+    if targets == 0:
+        return records
+
+    flat = cv_labels.reshape(-1)
+    pixels = np.flatnonzero(flat)  # foreground pixels in raster order
+    cv_of_pixel = flat[pixels]
+    cv_ids, first_pixel = np.unique(cv_of_pixel, return_index=True)
+    cv_in_order = cv_ids[np.argsort(first_pixel, kind="stable")]  # OpenCV label of target 1, 2, ...
+    renumber = np.empty(count, np.int64)
+    renumber[cv_in_order] = np.arange(1, count)
+    label = renumber[cv_of_pixel]
+    if labels is not None:
+        labels.reshape(-1)[pixels] = label
+
+    ys, xs = np.divmod(pixels, logits.shape[1])
+    values = logits[ys, xs].astype(np.float64)
+    xs = xs.astype(np.float64)
+    ys = ys.astype(np.float64)
+
+    def per_target(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(label, weights=weights, minlength=count)[1:]
+
+    # +inf logits carry an infinite weight: they are counted apart and the rest gets weight 0 (adding 0.0 leaves
+    # the C sums that skip them unchanged).
+    is_inf = values == np.inf
+    weights = np.where(is_inf, 0.0, values - np.float64(threshold))
+    inf_count = per_target(is_inf.astype(np.float64))
+    has_inf = inf_count > 0
+    sum_weight = per_target(weights)
+
+    size = stats[cv_in_order, cv2.CC_STAT_AREA].astype(np.int64)
+    left = stats[cv_in_order, cv2.CC_STAT_LEFT]
+    top = stats[cv_in_order, cv2.CC_STAT_TOP]
+    width = stats[cv_in_order, cv2.CC_STAT_WIDTH]
+    height = stats[cv_in_order, cv2.CC_STAT_HEIGHT]
+
+    peak = np.full(count, -np.inf)
+    np.maximum.at(peak, label, values)
+    at_peak = values == peak[label]
+    _, first_at_peak = np.unique(label[at_peak], return_index=True)
+    peak_pixel = pixels[at_peak][first_at_peak]
+
+    records["label"] = np.arange(1, count)
+    records["size"] = size
+    records["x"] = per_target(xs) / size
+    records["y"] = per_target(ys) / size
+    for name, coordinate in (("weighted_x", xs), ("weighted_y", ys)):
+        inf_mean = np.divide(per_target(coordinate * is_inf), inf_count, where=has_inf, out=np.zeros(targets))
+        weighted = np.divide(per_target(weights * coordinate), sum_weight, where=~has_inf, out=np.zeros(targets))
+        records[name] = np.where(has_inf, inf_mean, weighted)
+    records["x_min"] = left
+    records["y_min"] = top
+    records["x_max"] = left + width - 1
+    records["y_max"] = top + height - 1
+    records["aspect_ratio"] = width / height
+    records["peak_logit"] = peak[1:]
+    records["peak_y"], records["peak_x"] = np.divmod(peak_pixel, logits.shape[1])
+    records["mean_logit"] = per_target(values) / size
+    return records
