@@ -23,6 +23,7 @@ from .base import Backend, BackendOptions, TensorSpec, physical_cores
 # name -> (module, class), in preference order (the first installed one wins where nothing is asked for).
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("edge_irst.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "opencv": ("edge_irst.backends.opencv", "OpenCVBackend"),
     "ncnn": ("edge_irst.backends.ncnn", "NcnnBackend"),
     "mnn": ("edge_irst.backends.mnn", "MnnBackend"),
     "tflite": ("edge_irst.backends.tflite", "TFLiteBackend"),

@@ -1,0 +1,98 @@
+"""OpenCV DNN: .onnx artifacts with nothing but opencv-python, on the CPU or a DNN backend/target it was built with.
+
+OpenCV's thread pool is process-wide: `cv2.setNumThreads(threads)` here also changes the threads of every other
+OpenCV call in the process (resizes in preprocessing included) and of every other OpenCV backend instance; the
+last instance loaded wins. OpenCV DNN does not expose an ONNX file's input shape, so the spec comes from the
+contract, and the artifact is fed one frame at a time (graphs exported for batch 1 often pin it in constants).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_irst.errors import InputError, ModelFileError
+
+from .base import Backend, TensorSpec
+
+# options.device -> (cv2.dnn backend, target) attribute names.
+DEVICES = {
+    "cpu": ("DNN_BACKEND_OPENCV", "DNN_TARGET_CPU"),
+    "opencl": ("DNN_BACKEND_OPENCV", "DNN_TARGET_OPENCL"),
+    "opencl_fp16": ("DNN_BACKEND_OPENCV", "DNN_TARGET_OPENCL_FP16"),
+    "cuda": ("DNN_BACKEND_CUDA", "DNN_TARGET_CUDA"),
+    "cuda_fp16": ("DNN_BACKEND_CUDA", "DNN_TARGET_CUDA_FP16"),
+    "vulkan": ("DNN_BACKEND_VKCOM", "DNN_TARGET_VULKAN"),
+    "openvino": ("DNN_BACKEND_INFERENCE_ENGINE", "DNN_TARGET_CPU"),
+    "timvx": ("DNN_BACKEND_TIMVX", "DNN_TARGET_NPU"),
+    "cann": ("DNN_BACKEND_CANN", "DNN_TARGET_NPU"),
+}
+
+
+def _available(cv2, device: str) -> bool:
+    backend, target = (getattr(cv2.dnn, name, None) for name in DEVICES[device])
+    return backend is not None and target is not None and target in cv2.dnn.getAvailableTargets(backend)
+
+
+class OpenCVBackend(Backend):
+    name = "opencv"
+    suffixes = (".onnx",)
+    runtime = "cv2"
+    extra = None  # a core dependency
+
+    @classmethod
+    def probe(cls) -> dict:
+        cv2 = cls.import_runtime()
+        return {"version": cv2.__version__, "accelerators": [d for d in DEVICES if d != "cpu" and _available(cv2, d)]}
+
+    def __init__(self, path, options, contract=None):
+        super().__init__(path, options, contract)
+        self._cv2 = cv2 = self.import_runtime()
+        self.device = options.device
+        if self.device not in DEVICES:
+            raise InputError(f"opencv device {self.device!r} not understood: accepted {', '.join(DEVICES)}")
+        if not _available(cv2, self.device):
+            self._device_unavailable(f"this OpenCV build has no DNN target for {self.device!r} (it offers: cpu"
+                                     f"{''.join(', ' + d for d in DEVICES if d != 'cpu' and _available(cv2, d))})",
+                                     "Use an OpenCV build with that DNN backend")
+            self.device = "cpu"
+        # OpenCV 5's new graph engine (the default) runs on the CPU only and ignores targets; an accelerator
+        # needs the classic engine. OpenCV 4 has one engine and no `engine` argument.
+        engine = () if self.device == "cpu" or not hasattr(cv2.dnn, "ENGINE_CLASSIC") else (cv2.dnn.ENGINE_CLASSIC,)
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(self.path), *engine)
+        except cv2.error as exc:
+            raise ModelFileError(f"{self.path}: OpenCV DNN cannot read it as ONNX "
+                                 f"({str(exc).strip().splitlines()[-1]})") from exc
+        if self.device != "cpu":
+            backend, target = (getattr(cv2.dnn, name) for name in DEVICES[self.device])
+            self.net.setPreferableBackend(backend)
+            self.net.setPreferableTarget(target)
+        cv2.setNumThreads(options.resolved_threads())
+        self._resolve_contract()
+        (out_name,) = self.net.getUnconnectedOutLayersNames()[:1]
+        hw = tuple(self.contract.input_size) if self.contract.input_size else (None, None)
+        self.inputs = [TensorSpec(self.contract.input_name, (1, self.contract.channels, *hw), "float32")]
+        self.outputs = [TensorSpec(out_name, (1, 1, *hw), "float32")]
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        self.net.setInput(batch)
+        try:
+            logits = self.net.forward(self.outputs[0].name)
+        except self._cv2.error as exc:
+            raise InputError(f"OpenCV DNN failed on {self.path.name} for a {batch.shape[2]}x{batch.shape[3]} "
+                             f"input ({str(exc).strip().splitlines()[-1]})") from exc
+        return np.ascontiguousarray(logits, dtype=np.float32).reshape(batch.shape[0], 1, *logits.shape[-2:])
+
+    def options_in_effect(self) -> dict:
+        return {
+            **self._base_effect(),
+            "threads": self._cv2.getNumThreads(),
+            "threads_source": "cv2.getNumThreads() read back (process-wide: the last setNumThreads wins)",
+            "device": self.device,
+            "device_source": "checked with cv2.dnn.getAvailableTargets (OpenCV does not report the target it used)",
+            "precision": "fp16" if self.device.endswith("_fp16") else self.contract.precision,
+            "precision_source": "the DNN target and the artifact's contract",
+            "big_cores": "not offered by OpenCV" if self.options.big_cores else False,
+        }
+
+    def close(self) -> None:
+        self.net = None
