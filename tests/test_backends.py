@@ -4,6 +4,7 @@ artifacts and bad batches fail with errors that name the file and the problem.""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from edge_irst.backends import (BackendOptions, backend_status, list_backends, load_backend, physical_cores,
                                 resolve_artifact)
 from edge_irst.contract import AUTHORS_CONTRACT, write_sidecar
-from edge_irst.errors import DeviceUnavailableError, InputError, ModelFileError, UnknownNameError
+from edge_irst.errors import (DeviceUnavailableError, InputError, MissingDependencyError, ModelFileError,
+                              UnknownNameError)
 from edge_irst.preprocess import preprocess, read_image
 
 ATOL = 1e-2  # across runtimes (the authors measured <= 2e-4 on these logits of magnitude ~100)
@@ -476,3 +478,63 @@ def test_opencv_corrupt_onnx(tmp_path):
     bad.write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(ModelFileError, match=r"bad\.onnx: OpenCV DNN cannot read it"):
         load_backend(bad, backend="opencv")
+
+
+# ---- PyTorch ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch_backend(authors_dir):
+    pytest.importorskip("torch", reason="the torch backend needs the [torch] extra")
+    with load_backend(authors_dir / "LW_IRST.pkl", threads=1) as backend:
+        yield backend
+
+
+def test_torch_authors_pickle_through_the_safe_loader_agrees(torch_backend, batch, reference):
+    assert torch_backend.options_in_effect()["architecture"] == "lw_irstnet"
+    assert torch_backend.inputs[0].shape == (None, 3, None, None)
+    assert_agrees(torch_backend.run(batch), reference)
+
+
+def test_torch_checkpoint_and_state_dict_files(torch_backend, tmp_path, batch, reference):
+    import torch
+
+    from edge_irst.models import save_checkpoint
+
+    ours = save_checkpoint(tmp_path / "ours.pt", torch_backend.model, "lw_irstnet")
+    plain = tmp_path / "plain.pth"
+    torch.save(torch_backend.model.state_dict(), plain)
+    for path in (ours, plain):
+        with load_backend(path, threads=1) as backend:
+            np.testing.assert_allclose(backend.run(batch[:1]), reference[:1], atol=ATOL, rtol=0)
+
+
+def test_torch_threads_are_read_back_and_dynamic_sizes_run(authors_dir, torch_backend, batch):
+    with load_backend(authors_dir / "LW_IRST.pkl", threads=2) as backend:
+        assert backend.options_in_effect()["threads"] == 2
+        np.testing.assert_allclose(backend.run(batch[:1]), torch_backend.run(batch[:1]), **SAME_RUNTIME)
+        assert backend.run(np.zeros((2, 3, 64, 96), np.float32)).shape == (2, 1, 64, 96)
+    assert torch_backend.options_in_effect()["threads"] == 2, "torch threads are process-wide: the last wins"
+
+
+def test_torch_cuda_without_gpu_errors_or_falls_back(authors_dir, torch_backend):
+    with pytest.raises(DeviceUnavailableError, match="sees 0 CUDA device"):
+        load_backend(authors_dir / "LW_IRST.pkl", device="cuda")
+    with pytest.warns(RuntimeWarning, match="CUDA"):
+        backend = load_backend(authors_dir / "LW_IRST.pkl", device="cuda", fallback="cpu")
+    assert backend.options_in_effect()["device"] == "cpu"
+
+
+def test_torch_garbage_file(torch_backend, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint" * 4)
+    with pytest.raises(ModelFileError, match=r"bad\.pt"):
+        load_backend(bad)
+
+
+# ---- a runtime that is not installed ---------------------------------------------------------------------------
+def test_missing_runtime_names_the_pip_extra(authors_dir, monkeypatch):
+    """Blocks the import the way Python documents (sys.modules[name] = None); the backend's real code path runs."""
+    monkeypatch.setitem(sys.modules, "MNN", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edge-irst\[mnn\]'"):
+        load_backend(authors_dir / "LW_IRST.mnn")
+    row = next(r for r in backend_status() if r["name"] == "mnn")
+    assert row["installed"] is False and "edge-irst[mnn]" in row["reason"]

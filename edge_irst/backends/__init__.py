@@ -27,6 +27,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "ncnn": ("edge_irst.backends.ncnn", "NcnnBackend"),
     "mnn": ("edge_irst.backends.mnn", "MnnBackend"),
     "tflite": ("edge_irst.backends.tflite", "TFLiteBackend"),
+    "torch": ("edge_irst.backends.torch", "TorchBackend"),
 }
 
 MANIFEST = "manifest.json"

@@ -221,13 +221,17 @@ class Backend(ABC):
     # ---- helpers for subclasses -------------------------------------------------------------------------------
     @classmethod
     def installed(cls) -> bool:
-        return importlib.util.find_spec(cls.runtime) is not None
+        """Whether the runtime can be imported, checked without importing it."""
+        try:
+            return importlib.util.find_spec(cls.runtime) is not None
+        except (ValueError, ImportError):  # a module blocked with sys.modules[name] = None, or a broken parent
+            return False
 
     @classmethod
     def import_runtime(cls, module: Optional[str] = None):
         """Import the runtime module, or raise MissingDependencyError naming the pip extra."""
         module = module or cls.runtime
-        if module in sys.modules:
+        if sys.modules.get(module) is not None:
             return sys.modules[module]
         try:
             with capture_native_output((1,)):  # MNN 3.6 prints its CPU features to stdout when imported
