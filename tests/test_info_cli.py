@@ -1,0 +1,63 @@
+"""`edge-irst info` end to end, as a user runs it: a subprocess, stdout parsed, exit codes checked."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge_irst.backends import list_backends, physical_cores
+
+
+def edge_irst(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_irst", "info", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_environment_summary():
+    done = edge_irst()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("edge-irst ")
+    assert "postprocess: " in done.stdout and f"physical cores: {physical_cores()}" in done.stdout
+    for name in list_backends():
+        assert f"\n{name} " in done.stdout
+
+
+def test_registry_model_figures_as_text():
+    pytest.importorskip("torch", reason="counting a registry model's FLOPs needs the [export] extra")
+    done = edge_irst("lw_irstnet")
+    assert done.returncode == 0, done.stderr
+    assert "163,232" in done.stdout and "303.53 M" in done.stdout
+
+
+def test_registry_model_and_backends_as_json():
+    pytest.importorskip("torch", reason="counting a registry model's FLOPs needs the [export] extra")
+    done = edge_irst("lw_irstnet", "--backends", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["parameters"] == 163_232 and round(report["thop_flops"] / 1e6, 2) == 303.53
+    assert report["physical_cores"] == physical_cores()
+    rows = {row["name"]: row for row in report["backends"]}
+    assert list(rows) == list_backends()
+    for row in rows.values():
+        assert isinstance(row["accelerators"], list)
+        assert row["version"] if row["installed"] else "pip install 'edge-irst[" in row["reason"]
+    assert rows["onnxruntime"]["installed"] and rows["opencv"]["installed"]  # core dependencies
+
+
+def test_artifact_spec_and_contract_as_json_with_a_chatty_runtime(authors_dir):
+    """MNN prints to stdout from C; the JSON on stdout must still parse."""
+    pytest.importorskip("MNN", reason="the mnn backend needs the [mnn] extra")
+    done = edge_irst(str(authors_dir / "LW_IRST.mnn"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["backend"] == "mnn" and report["inputs"][0]["shape"] == [1, 3, 256, 256]
+    assert report["contract"]["input_size"] == [256, 256] and report["options_in_effect"]["threads"] == 1
+
+
+def test_errors_exit_1_with_the_reason_on_stderr(tmp_path):
+    done = edge_irst("lw_irstnett")
+    assert done.returncode == 1 and "Did you mean 'lw_irstnet'" in done.stderr and done.stdout == ""
+    done = edge_irst(str(tmp_path / "absent.onnx"))
+    assert done.returncode == 1 and "artifact not found" in done.stderr
