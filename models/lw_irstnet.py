@@ -157,16 +157,24 @@ class LWIRSTNet(nn.Module):
         self.head = _upsample(c1, 1)
 
     @torch.no_grad()
-    def init_background_prior(self, gain: float = 4.0) -> None:
-        """Start training with strongly negative logits (background prior) by making the head's weights negative.
+    def init_background_prior(self, batch: torch.Tensor, target_logit: float = -4.0) -> None:
+        """Shift the head's weights by one constant so the mean initial logit on `batch` is `target_logit`.
 
         Why: SoftIoU's gradient scales with 1/|union|. From the default init the net predicts p ~ 0.3 everywhere,
-        the union is ~20 k pixels per 256x256 crop and SGD at lr 0.05 did not move the loss in 200 iterations
-        (measured here). With the head negative (its input is post-ReLU, so non-negative) the initial logits are
-        ~ -10, the union shrinks to the targets, and the loss falls within ~20 iterations. The architecture is
-        unchanged (the head has no bias), so deployment is unaffected.
+        the union is ~20 k pixels per 256x256 crop and SGD at lr 0.05 barely moved the loss in the first epochs
+        (measured here). Starting near p = sigmoid(-4) ~ 0.02 shrinks the union ~15x. The head has no bias, so the
+        offset goes into its weights: out(w - c) = out(w) - c * out(1), with out(1) the head applied with all-one
+        weights; the weights keep their spread, so positive logits stay reachable. Architecture unchanged.
         """
-        self.head.weight.copy_(-self.head.weight.abs() * gain)
+        weight = self.head.weight
+        was_training = self.training
+        self.train()  # BN batch statistics, as in the first training steps
+        original = weight.clone()
+        mean_logit = self(batch).mean()
+        weight.fill_(1.0)
+        mean_unit = self(batch).mean()
+        weight.copy_(original - (mean_logit - target_logit) / mean_unit.clamp_min(1e-6))
+        self.train(was_training)
 
     def forward(self, x):
         half = self.stem(x)
