@@ -87,9 +87,24 @@ def test_model_folder_picks_the_verified_artifact_at_the_asked_precision(authors
         resolve_artifact(folder)
     assert resolve_artifact(folder, allow_unverified=True) == (folder / "LW_IRST-sim.onnx", "onnxruntime")
     assert resolve_artifact(folder, "onnxruntime", "fp16") == (folder / "LW_IRST.onnx", "onnxruntime")
+    with load_backend(folder, artifact_precision="fp16", warmup=2) as backend:
+        assert backend.path == folder / "LW_IRST.onnx" and backend.options_in_effect()["warmup_runs"] == 2
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match="without manifest.json"):
         resolve_artifact(tmp_path / "empty")
+
+
+def test_model_folder_ncnn_pair_and_missing_files(authors_dir, tmp_path):
+    entry = {"format": "ncnn", "precision": "fp32", "files": ["ncnn/LW_IRST-sim-opt.param",
+                                                               "ncnn/LW_IRST-sim-opt.bin"], "verified": True}
+    (tmp_path / "ncnn").mkdir()
+    folder = _model_folder(tmp_path, authors_dir, [entry])
+    assert resolve_artifact(folder) == (folder / "ncnn" / "LW_IRST-sim-opt.param", "ncnn")
+    with pytest.raises(ModelFileError, match="no verified fp32 artifact for backend 'mnn'.*ncnn/fp32"):
+        resolve_artifact(folder, "mnn")
+    (folder / "ncnn" / "LW_IRST-sim-opt.param").unlink()
+    with pytest.raises(ModelFileError, match=r"lists ncnn/LW_IRST-sim-opt\.param, which is missing"):
+        resolve_artifact(folder)
 
 
 # ---- onnxruntime -----------------------------------------------------------------------------------------------

@@ -93,15 +93,12 @@ def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
     if precision not in PRECISIONS:
         raise UnknownNameError("precision", precision, PRECISIONS)
     candidates = [backend] if backend else [n for n in BACKENDS if backend_class(n).installed()]
-    seen = []
     for name in candidates:
         suffixes = backend_class(name).suffixes
         for entry in manifest["artifacts"]:
             files = [f for f in entry.get("files", []) if Path(f).suffix in suffixes]
             if not files:
                 continue
-            seen.append(f"{entry.get('format')}/{entry.get('precision')}"
-                        f"{'' if entry.get('verified') else ' (unverified)'}")
             if entry.get("precision", "fp32") != precision or not (entry.get("verified") or allow_unverified):
                 continue
             path = folder / files[0]
@@ -109,9 +106,11 @@ def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
                 raise ModelFileError(f"{folder / MANIFEST} lists {files[0]}, which is missing from {folder}")
             return path, name
     wanted = f"backend {backend!r}" if backend else f"any installed backend ({', '.join(candidates) or 'none'})"
+    has = [f"{e.get('format')}/{e.get('precision')}{'' if e.get('verified') else ' (unverified)'}"
+           for e in manifest["artifacts"]]
     raise ModelFileError(
         f"{folder}: no {'' if allow_unverified else 'verified '}{precision} artifact for {wanted}; the folder has: "
-        f"{', '.join(seen) or 'nothing those backends read'} (pass precision=, another backend, or "
+        f"{', '.join(has) or 'no artifacts'} (ask for another artifact precision or backend, or "
         f"allow_unverified=True)")
 
 

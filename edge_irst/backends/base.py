@@ -203,6 +203,7 @@ class Backend(ABC):
         self.options = options
         self.contract = contract  # a subclass resolves None once it can read the artifact's own metadata
         self.fallback_reason: Optional[str] = None
+        self.warmup_runs = 0
         if options.precision not in self.precisions:
             raise InputError(f"{self.name} cannot apply precision={options.precision!r} at run time (accepted: "
                              f"{', '.join(self.precisions)}); to run at another precision export an artifact "
@@ -258,7 +259,8 @@ class Backend(ABC):
         raise DeviceUnavailableError(f"{self.name}: {what}. {fix}, or pass fallback='cpu' to run on the CPU")
 
     def _base_effect(self) -> dict:
-        return {"backend": self.name, "artifact": str(self.path), "fallback": self.fallback_reason}
+        return {"backend": self.name, "artifact": str(self.path), "fallback": self.fallback_reason,
+                "warmup_runs": self.warmup_runs}
 
     # ---- the protocol ------------------------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -296,6 +298,7 @@ class Backend(ABC):
         c = self.inputs[0].channels or self.contract.channels
         for _ in range(runs):
             self.run(np.zeros((1, c, h, w), np.float32))
+            self.warmup_runs += 1
 
     def input_size(self) -> tuple[int, int]:
         """(H, W) this artifact takes: its fixed size, else the contract's, else 256x256."""
