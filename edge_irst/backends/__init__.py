@@ -54,7 +54,7 @@ def backend_status() -> list[dict]:
         row = {"name": name, "installed": cls.installed(), "version": None, "accelerators": [], "reason": None,
                "formats": list(cls.suffixes), "extra": cls.extra}
         if not row["installed"]:
-            row["reason"] = f"{cls.runtime} not installed: pip install 'edge-irst[{cls.extra}]'"
+            row["reason"] = f"{cls.runtime} not installed: {cls.install_hint()}"
         else:
             try:
                 row.update(cls.probe())
@@ -102,6 +102,9 @@ def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
             if entry.get("precision", "fp32") != precision or not (entry.get("verified") or allow_unverified):
                 continue
             path = folder / files[0]
+            if Path(files[0]).is_absolute() or ".." in Path(files[0]).parts:
+                raise ModelFileError(f"{folder / MANIFEST} lists {files[0]!r}: artifact files must be relative "
+                                     f"paths inside the model folder")
             if not path.is_file():
                 raise ModelFileError(f"{folder / MANIFEST} lists {files[0]}, which is missing from {folder}")
             return path, name
@@ -163,8 +166,11 @@ def load_backend(artifact, backend: Optional[str] = None, options: Optional[Back
     options = dataclasses.replace(options or BackendOptions(), **overrides)
     path, name = resolve_artifact(artifact, backend, artifact_precision, allow_unverified)
     instance = backend_class(name)(path, options, contract)
-    if options.warmup:
+    try:
         instance.warm_up(options.warmup)
+    except BaseException:
+        instance.close()
+        raise
     return instance
 
 

@@ -166,7 +166,9 @@ class BackendOptions:
         if self.fallback not in _FALLBACKS:
             raise InputError(f"fallback={self.fallback!r}: accepted values are None (error) and 'cpu'")
         if self.precision not in _PRECISIONS:
-            raise InputError(f"precision={self.precision!r}: accepted values are {', '.join(_PRECISIONS)}")
+            raise InputError(f"precision={self.precision!r}: accepted values are {', '.join(_PRECISIONS)} (the "
+                             f"runtime's arithmetic; a stored fp16/int8 artifact of a model folder is chosen with "
+                             f"artifact_precision=)")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise InputError(f"warmup={self.warmup!r}: expected a non-negative int (number of runs)")
         object.__setattr__(self, "device", str(self.device or "cpu").lower())
@@ -239,10 +241,16 @@ class Backend(ABC):
                 return importlib.import_module(module)
         except ImportError as exc:
             error = MissingDependencyError(f"the {cls.name} backend's runtime ({module})", cls.extra or "", str(exc))
-            if not cls.extra:  # a core dependency: there is no extra to name, reinstalling edge-irst brings it
-                error.args = (f"the {cls.name} backend's runtime ({module}) is not installed although edge-irst "
-                              f"requires it: pip install --force-reinstall edge-irst ({exc})",)
+            if not cls.extra:  # MissingDependencyError always names an extra; a core dependency has none
+                error.args = (f"the {cls.name} backend's runtime ({module}) is not installed: {cls.install_hint()} "
+                              f"({exc})",)
             raise error from exc
+
+    @classmethod
+    def install_hint(cls) -> str:
+        if cls.extra:
+            return f"pip install 'edge-irst[{cls.extra}]'"
+        return "pip install --force-reinstall edge-irst (it is a core dependency)"
 
     def _resolve_contract(self, metadata: Optional[dict] = None) -> None:
         if self.contract is None:
