@@ -235,6 +235,16 @@ def test_ncnn_threads_and_precision_flags_are_read_back(ncnn_param, ncnn_backend
         np.testing.assert_allclose(backend.run(batch[:1]), published_logits["ncnn"][:1], **SAME_RUNTIME)
 
 
+def test_ncnn_big_core_pinning_is_read_back(ncnn_param):
+    import ncnn
+
+    try:
+        with load_backend(ncnn_param, threads=1, big_cores=True) as backend:
+            assert backend.options_in_effect()["big_cores"] is True
+    finally:
+        ncnn.set_cpu_powersave(0)  # process-wide: give the other tests ncnn's default back
+
+
 def test_ncnn_vulkan_without_gpu_errors_or_falls_back(ncnn_param, batch, reference):
     with pytest.raises(DeviceUnavailableError, match="Vulkan GPU 0 requested but ncnn sees 0"):
         load_backend(ncnn_param, device="vulkan")
