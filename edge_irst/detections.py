@@ -90,9 +90,8 @@ class Detections:
                 raise InputError(f"Detections.{name}: expected shape ({length},) like Detections.x, "
                                  f"received shape {column.shape}; every column needs one value per target")
             object.__setattr__(self, name, column)
-        object.__setattr__(self, "frame_index", _checked_frame_index(self.frame_index))
-        object.__setattr__(self, "timestamp", _checked_timestamp(self.timestamp))
-        object.__setattr__(self, "frame_shape", _checked_frame_shape(self.frame_shape))
+        for name, value in _checked_metadata(self.frame_index, self.timestamp, self.frame_shape).items():
+            object.__setattr__(self, name, value)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -105,14 +104,30 @@ class Detections:
     @classmethod
     def from_records(cls, records: np.ndarray, frame_index: Optional[int] = None, timestamp: Optional[float] = None,
                      frame_shape: Optional[tuple] = None) -> "Detections":
-        """From a 1-D numpy structured array with one field per column (the labeller's output); no copy."""
-        names = getattr(records.dtype, "names", None) or ()
-        missing = [name for name in COLUMNS if name not in names]
-        if missing:
-            raise InputError(f"records lack the field(s) {', '.join(missing)}; expected the fields "
-                             f"{', '.join(COLUMNS)}, received {', '.join(names) or 'no fields'}")
-        return cls(**{name: records[name] for name in COLUMNS}, frame_index=frame_index, timestamp=timestamp,
-                   frame_shape=frame_shape)
+        """From a 1-D numpy structured array with one field per column (the labellers' output), without copying.
+
+        The columns are read-only views of `records`.
+        """
+        if not isinstance(records, np.ndarray) or records.ndim != 1:
+            raise InputError(f"records: expected a 1-D numpy structured array, received "
+                             f"{getattr(records, 'shape', type(records).__name__)}")
+        if records.dtype not in _RECORD_DTYPES_SEEN:
+            _check_record_dtype(records.dtype)
+            _RECORD_DTYPES_SEEN.add(records.dtype)
+        if records.flags.writeable:
+            records = records.view()
+            records.flags.writeable = False
+        return cls._trusted({name: records[name] for name in COLUMNS},
+                            _checked_metadata(frame_index, timestamp, frame_shape))
+
+    @classmethod
+    def _trusted(cls, columns: dict, metadata: dict) -> "Detections":
+        """Construction without validation, for columns this module or the labellers produced: 1-D, the right
+        dtypes, equal lengths, read-only; metadata already checked. Everything else goes through __init__."""
+        detections = object.__new__(cls)
+        detections.__dict__.update(columns)
+        detections.__dict__.update(metadata)
+        return detections
 
     @classmethod
     def concatenate(cls, parts: Iterable["Detections"]) -> "Detections":
@@ -130,8 +145,8 @@ class Detections:
             if part._metadata() != first._metadata():
                 raise InputError(f"concatenate: part {i} has frame metadata {part._metadata()}, part 0 has "
                                  f"{first._metadata()}; only detections of one frame can be concatenated")
-        columns = {name: np.concatenate([getattr(part, name) for part in parts]) for name in COLUMNS}
-        return cls(**columns, **first._metadata())
+        columns = {name: _read_only(np.concatenate([getattr(part, name) for part in parts])) for name in COLUMNS}
+        return cls._trusted(columns, first._metadata())
 
     # -- sequence behaviour ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -155,7 +170,8 @@ class Detections:
             else:
                 raise InputError(f"Detections index: expected an int, a slice, a boolean mask of shape ({count},) "
                                  f"or a 1-D integer array, received {key.dtype} of shape {key.shape}")
-        return type(self)(**{name: getattr(self, name)[key] for name in COLUMNS}, **self._metadata())
+        # Views of read-only columns are read-only; copies (masks, integer arrays) are new arrays of ours.
+        return self._trusted({name: _read_only(getattr(self, name)[key]) for name in COLUMNS}, self._metadata())
 
     # -- geometry ----------------------------------------------------------------------------------------------
     def scaled(self, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0,
@@ -187,8 +203,8 @@ class Detections:
         columns["y_max"] = (self.y_max + 1.0) * sy - 1.0 + oy
         metadata = self._metadata()
         if frame_shape is not None:
-            metadata["frame_shape"] = frame_shape
-        return type(self)(**columns, **metadata)
+            metadata = _checked_metadata(self.frame_index, self.timestamp, frame_shape)
+        return self._trusted({name: _read_only(column) for name, column in columns.items()}, metadata)
 
     # -- output ------------------------------------------------------------------------------------------------
     def to_rows(self) -> list:
@@ -247,25 +263,31 @@ def _checked_column(name: str, value, dtype: np.dtype) -> np.ndarray:
     return value
 
 
-def _checked_frame_index(value) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
-        raise InputError(f"Detections.frame_index = {value!r}; expected None or an int >= 0")
-    return int(value)
+def _read_only(column: np.ndarray) -> np.ndarray:
+    column.flags.writeable = False  # only on arrays of ours or views of read-only columns: nobody else's flags
+    return column
 
 
-def _checked_timestamp(value) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise InputError(f"Detections.timestamp = {value!r}; expected None or a finite number of seconds")
-    return float(value)
+def _checked_metadata(frame_index, timestamp, frame_shape) -> dict:
+    """The frame metadata, validated and normalised (ints, float, tuple of ints)."""
+    if frame_index is not None:
+        if isinstance(frame_index, (bool, np.bool_)) or not isinstance(frame_index, (int, np.integer)) \
+                or frame_index < 0:
+            raise InputError(f"Detections.frame_index = {frame_index!r}; expected None or an int >= 0")
+        frame_index = int(frame_index)
+    if timestamp is not None:
+        if isinstance(timestamp, (bool, np.bool_)) or not isinstance(timestamp, numbers.Real) \
+                or not math.isfinite(timestamp):
+            raise InputError(f"Detections.timestamp = {timestamp!r}; expected None or a finite number of seconds")
+        timestamp = float(timestamp)
+    if frame_shape is not None:
+        frame_shape = _checked_frame_shape(frame_shape)
+    return {"frame_index": frame_index, "timestamp": timestamp, "frame_shape": frame_shape}
 
 
-def _checked_frame_shape(value) -> Optional[tuple]:
-    if value is None:
-        return None
+def _checked_frame_shape(value) -> tuple:
+    if type(value) is tuple and 2 <= len(value) <= 3 and all(type(v) is int and v > 0 for v in value):
+        return value  # the common case: an ndarray's .shape
     try:
         shape = tuple(int(v) for v in value)
         valid = len(shape) in (2, 3) and all(v > 0 for v in shape) and all(
@@ -276,6 +298,18 @@ def _checked_frame_shape(value) -> Optional[tuple]:
         raise InputError(f"Detections.frame_shape = {value!r}; expected None or (height, width[, channels]) "
                          f"positive ints, e.g. frame.shape")
     return shape
+
+
+def _check_record_dtype(dtype: np.dtype):
+    fields = dtype.fields or {}
+    problems = [f"{name} ({fields[name][0] if name in fields else 'missing'})" for name, expected in COLUMNS.items()
+                if name not in fields or fields[name][0] != expected]
+    if problems:
+        expected = ", ".join(f"{name} {dtype}" for name, dtype in COLUMNS.items())
+        raise InputError(f"records: expected the fields {expected}; wrong or missing: {', '.join(problems)}")
+
+
+_RECORD_DTYPES_SEEN: set = set()
 
 
 def _finite_or_none(value):

@@ -1,6 +1,8 @@
 /* CPython binding of irst_label(). Takes the map through the buffer protocol (no numpy headers at build time),
  * releases the GIL while labelling, and returns the target records as bytes that the Python side reads as a
- * numpy structured array (edge_irst/postprocess/records.py). User-facing validation and messages live in the
+ * numpy structured array (edge_irst/postprocess/records.py). A workspace (a capsule, one per Python thread, held
+ * by the caller) keeps the run buffers from call to call: on a VM, first-touch page faults of fresh buffers
+ * cost more than the labelling of a dense map. User-facing validation and messages live in the
  * Python wrapper; the checks here only keep memory access safe if this private function is called directly.
  */
 #define PY_SSIZE_T_CLEAN
@@ -52,19 +54,65 @@ static int check_labels(const Py_buffer *view, const Py_buffer *map)
     return 0;
 }
 
+static const char WORKSPACE_CAPSULE[] = "edge_irst.postprocess._labeller.workspace";
+
+/* `busy` is read and written with the GIL held: it refuses a workspace shared by two threads at once. */
+typedef struct {
+    irst_workspace *ws;
+    int busy;
+} workspace_handle;
+
+static void free_workspace(PyObject *capsule)
+{
+    workspace_handle *handle = PyCapsule_GetPointer(capsule, WORKSPACE_CAPSULE);
+    if (handle) {
+        irst_workspace_free(handle->ws);
+        PyMem_Free(handle);
+    }
+}
+
+static PyObject *new_workspace(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    workspace_handle *handle = PyMem_Malloc(sizeof *handle);
+    if (!handle)
+        return PyErr_NoMemory();
+    handle->busy = 0;
+    handle->ws = irst_workspace_new();
+    if (!handle->ws) {
+        PyMem_Free(handle);
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(handle, WORKSPACE_CAPSULE, free_workspace);
+    if (!capsule) {
+        irst_workspace_free(handle->ws);
+        PyMem_Free(handle);
+    }
+    return capsule;
+}
+
 PyDoc_STRVAR(label_doc,
-"label(logits, threshold, labels) -> bytes\n\n"
+"label(logits, threshold, labels, workspace) -> bytes\n\n"
 "logits: 2-D native float32 buffer, any strides. threshold: float (used as float32).\n"
 "labels: None, or a zero-filled C-contiguous int32 buffer of the same shape, filled with target labels.\n"
+"workspace: from new_workspace(), used by one thread at a time.\n"
 "Returns count * sizeof(record) bytes of target records, fields as in TARGET_FIELDS.");
 
 static PyObject *label(PyObject *module, PyObject *args)
 {
-    PyObject *logits_obj, *labels_obj;
+    PyObject *logits_obj, *labels_obj, *capsule;
     float threshold;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OfO:label", &logits_obj, &threshold, &labels_obj))
+    if (!PyArg_ParseTuple(args, "OfOO:label", &logits_obj, &threshold, &labels_obj, &capsule))
         return NULL;
+    workspace_handle *handle = PyCapsule_GetPointer(capsule, WORKSPACE_CAPSULE);
+    if (!handle)
+        return NULL;
+    if (handle->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this labeller workspace is in use by another thread; use one per thread");
+        return NULL;
+    }
 
     Py_buffer map_view, labels_view;
     if (PyObject_GetBuffer(logits_obj, &map_view, PyBUF_STRIDES | PyBUF_FORMAT) != 0)
@@ -93,9 +141,11 @@ static PyObject *label(PyObject *module, PyObject *args)
     };
     irst_result result;
     int status;
+    handle->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    status = irst_label(&map, threshold, labels, &result);
+    status = irst_label(&map, threshold, labels, handle->ws, &result);
     Py_END_ALLOW_THREADS
+    handle->busy = 0;
 
     if (labels)
         PyBuffer_Release(&labels_view);
@@ -104,14 +154,13 @@ static PyObject *label(PyObject *module, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "logits has more than %zd pixels", (Py_ssize_t)IRST_MAX_PIXELS);
     if (status != IRST_OK)
         return PyErr_NoMemory();
-    PyObject *records = PyBytes_FromStringAndSize((const char *)result.targets,
-                                                  (Py_ssize_t)(result.count * (ptrdiff_t)sizeof(irst_target)));
-    irst_result_free(&result);
-    return records;
+    return PyBytes_FromStringAndSize((const char *)result.targets,
+                                     (Py_ssize_t)(result.count * (ptrdiff_t)sizeof(irst_target)));
 }
 
 static PyMethodDef methods[] = {
     {"label", label, METH_VARARGS, label_doc},
+    {"new_workspace", new_workspace, METH_NOARGS, "new_workspace() -> capsule: reusable buffers for label()."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
 import warnings
 from typing import Callable, Optional
 
@@ -25,6 +26,7 @@ from .records import TARGET_FIELDS, TARGET_RECORD
 ENVIRONMENT_VARIABLE = "EDGE_IRST_POSTPROCESS"
 _CHOICES = ("auto", "c", "opencv")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NATIVE_FLOAT32 = np.dtype(np.float32)
 _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 
 # A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels)
@@ -41,8 +43,13 @@ def _load_c_labeller() -> tuple:
     if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != TARGET_RECORD.itemsize:
         return None, "the C extension is stale (its record layout differs from records.py)"
 
+    per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
+
     def label_records(logits, threshold, labels):
-        return np.frombuffer(_labeller.label(logits, threshold, labels), dtype=TARGET_RECORD)
+        workspace = getattr(per_thread, "workspace", None)
+        if workspace is None:
+            workspace = per_thread.workspace = _labeller.new_workspace()
+        return np.frombuffer(_labeller.label(logits, threshold, labels, workspace), dtype=TARGET_RECORD)
 
     label_records.compiler = _labeller.COMPILER
     return label_records, None
@@ -102,9 +109,10 @@ def checked_threshold(threshold) -> float:
     Comparing in float32 is what `logits > threshold` does in numpy for a float32 map; the weights of the weighted
     centroid use the same float32 value.
     """
-    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+    if type(threshold) is not float and (isinstance(threshold, (bool, np.bool_))
+                                         or not isinstance(threshold, numbers.Real)):
         raise InputError(f"threshold = {threshold!r}; expected a finite real number (a logit, e.g. 0.0)")
-    value = float(np.float32(threshold)) if abs(float(threshold)) <= _FLOAT32_MAX else math.inf
+    value = float(np.float32(threshold)) if -_FLOAT32_MAX <= threshold <= _FLOAT32_MAX else math.nan
     if not math.isfinite(value):
         raise InputError(f"threshold = {threshold!r}; expected a finite logit within float32 range "
                          f"(|threshold| <= {_FLOAT32_MAX:.4g}), e.g. 0.0 (the paper's value)")
@@ -112,12 +120,15 @@ def checked_threshold(threshold) -> float:
 
 
 def _checked_map(logits) -> np.ndarray:
+    if type(logits) is np.ndarray and logits.dtype is _NATIVE_FLOAT32 and logits.ndim == 2 \
+            and logits.flags.c_contiguous and logits.flags.aligned and logits.size:
+        return logits  # the pipeline's case, checked in a few attribute reads
     if not isinstance(logits, np.ndarray):
         raise InputError(f"logits: expected a numpy float32 array of shape (H, W), received {type(logits).__name__}")
     if logits.ndim != 2:
         hint = " (for a backend's (N, 1, H, W) output pass out[i, 0])" if logits.ndim == 4 else ""
         raise InputError(f"logits: expected a 2-D map of shape (H, W), received shape {logits.shape}{hint}")
-    if logits.dtype != np.float32 or not logits.dtype.isnative:
+    if logits.dtype != _NATIVE_FLOAT32:
         raise InputError(f"logits: expected native float32, received {logits.dtype}; convert explicitly with "
                          f"logits.astype(np.float32) (no implicit conversion: it would copy every frame)")
     if logits.size == 0:

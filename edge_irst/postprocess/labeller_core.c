@@ -1,11 +1,11 @@
 /* Run-based eight-connected labelling with fused thresholding and statistics (contract in labeller_core.h).
  *
- * Why runs: IR logit maps are very sparse (a few targets in 65 k .. 2 M pixels). One pass scans each row,
- * skipping background sixteen pixels at a time, and records the foreground runs [x0, x1] of the row. A run joins
- * every run of the previous row that it touches under the eight-neighbour rule (a0 <= b1 + 1 and b0 <= a1 + 1),
- * through a union-find over runs whose root is always the lowest run index, i.e. the component's first run in
- * raster order. A second pass over the runs only (not the image) numbers the components and accumulates their
- * statistics from the pixels of the runs. Work and memory grow with the foreground, not with the image.
+ * Why runs: IR logit maps are very sparse (a few targets in 65 k .. 2 M pixels). Pass 1 reads each row 64 pixels
+ * at a time as a bit word (an all-background word costs one SIMD test) and records the foreground runs [x0, x1]
+ * of the row. A run joins every run of the previous row that it touches under the eight-neighbour rule
+ * (a0 <= b1 + 1 and b0 <= a1 + 1) through a union-find over runs whose root is always the lowest run index, i.e.
+ * the component's first run in raster order. Pass 2 numbers the components; pass 3 visits the runs only (not the
+ * image) to accumulate the statistics from their pixels. Work and memory grow with the foreground.
  */
 #include "labeller_core.h"
 
@@ -21,138 +21,220 @@ typedef struct {
 } run_t;
 
 typedef struct {
-    run_t *items;
-    ptrdiff_t count, capacity;
-} run_list;
-
-typedef struct {
     int64_t size, sum_x, sum_y, inf_count, inf_sum_x, inf_sum_y;
     double sum_weight, sum_weight_x, sum_weight_y, sum_logit;
     float peak;
     int32_t peak_x, peak_y, x_min, x_max, y_min, y_max;
 } accumulator;
 
-/* Pixels tested together while skipping; a fixed-count inner loop that gcc/clang turn into SIMD compares on
- * SSE2 and NEON without intrinsics. */
-#define SKIP_BLOCK 16
+/* A target's slot holds its accumulator during pass 3 and is overwritten in place by its final record. */
+typedef union {
+    accumulator acc;
+    irst_target target;
+} slot_t;
+/* The slots are returned as an irst_target array, so both must have the same stride. */
+typedef char slot_is_a_target[sizeof(slot_t) == sizeof(irst_target) ? 1 : -1];
+
+struct irst_workspace {
+    run_t *runs;
+    ptrdiff_t run_capacity;
+    slot_t *slots;
+    ptrdiff_t slot_capacity;
+};
+
 #define FIRST_RUN_CAPACITY 1024
+/* A buffer more than 4x larger than the last call needed, and over 1 MiB, is released (a dense frame must not
+ * pin its memory for the sparse frames after it). */
+#define EXCESS_FACTOR 4
+#define EXCESS_BYTES ((size_t)1 << 20)
 
-/* First x >= start on the row with value > t, or width. `!(v > t)` keeps NaN in the background. */
-static inline ptrdiff_t next_foreground(const float *row, ptrdiff_t step, ptrdiff_t x, ptrdiff_t width, float t)
+/* Foreground bits of `count` (<= 64) pixels p[0], p[step], ...: bit k set iff p[k * step] > t. `>` is false for
+ * NaN, so NaN stays background. */
+static inline uint64_t mask_strided(const float *p, ptrdiff_t step, int count, float t)
 {
-    if (step == 1) {
-        while (x + SKIP_BLOCK <= width) {
-            int any = 0;
-            for (int k = 0; k < SKIP_BLOCK; k++)
-                any |= row[x + k] > t;
-            if (any)
-                break;
-            x += SKIP_BLOCK;
-        }
-        while (x < width && !(row[x] > t))
-            x++;
-    } else {
-        while (x < width && !(row[x * step] > t))
-            x++;
-    }
-    return x;
+    uint64_t bits = 0;
+    for (int k = 0; k < count; k++)
+        bits |= (uint64_t)(p[k * step] > t) << k;
+    return bits;
 }
 
-/* First x >= start on the row with !(value > t), or width. */
-static inline ptrdiff_t next_background(const float *row, ptrdiff_t step, ptrdiff_t x, ptrdiff_t width, float t)
+/* The same for 64 contiguous pixels, with SIMD where the target has it (the scan is the whole cost on sparse maps:
+ * one OR of sixteen compares answers "all background" for 64 pixels). Define IRST_PORTABLE to test the plain C
+ * path on any machine. Both SIMD compares are ordered: false for NaN, like the C `>`. */
+#if defined(__SSE2__) && !defined(IRST_PORTABLE)
+#include <emmintrin.h>
+static inline uint64_t mask64(const float *p, float t)
 {
-    if (step == 1) {
-        while (x + SKIP_BLOCK <= width) {
-            int all = 1;
-            for (int k = 0; k < SKIP_BLOCK; k++)
-                all &= row[x + k] > t;
-            if (!all)
-                break;
-            x += SKIP_BLOCK;
-        }
-        while (x < width && row[x] > t)
-            x++;
-    } else {
-        while (x < width && row[x * step] > t)
-            x++;
+    const __m128 tv = _mm_set1_ps(t);
+    __m128 above[16], any = _mm_setzero_ps();
+    for (int k = 0; k < 16; k++) {
+        above[k] = _mm_cmpgt_ps(_mm_loadu_ps(p + 4 * k), tv);
+        any = _mm_or_ps(any, above[k]);
     }
-    return x;
+    if (_mm_movemask_ps(any) == 0)
+        return 0;
+    uint64_t bits = 0;
+    for (int k = 0; k < 16; k++)
+        bits |= (uint64_t)_mm_movemask_ps(above[k]) << (4 * k);
+    return bits;
 }
-
-/* Appends a run whose own index is its parent; grows the buffer geometrically. Returns 0, or -1 out of memory. */
-static int append_run(run_list *list, ptrdiff_t x0, ptrdiff_t x1, ptrdiff_t y)
+#elif defined(__aarch64__) && !defined(IRST_PORTABLE)
+#include <arm_neon.h>
+static inline uint64_t mask64(const float *p, float t)
 {
-    if (list->count == list->capacity) {
-        ptrdiff_t capacity = list->capacity ? 2 * list->capacity : FIRST_RUN_CAPACITY;
-        if ((size_t)capacity > SIZE_MAX / sizeof(run_t))
-            return -1;
-        run_t *grown = realloc(list->items, (size_t)capacity * sizeof(run_t));
-        if (!grown)
-            return -1;
-        list->items = grown;
-        list->capacity = capacity;
+    static const uint32_t lane_bits[4] = {1, 2, 4, 8};
+    const float32x4_t tv = vdupq_n_f32(t);
+    const uint32x4_t weights = vld1q_u32(lane_bits);
+    uint32x4_t above[16], any = vdupq_n_u32(0);
+    for (int k = 0; k < 16; k++) {
+        above[k] = vcgtq_f32(vld1q_f32(p + 4 * k), tv);
+        any = vorrq_u32(any, above[k]);
     }
-    run_t *run = &list->items[list->count];
-    run->x0 = (int32_t)x0;
-    run->x1 = (int32_t)x1;
-    run->y = (int32_t)y;
-    run->link = (int32_t)list->count;
-    list->count++;
+    if (vmaxvq_u32(any) == 0)
+        return 0;
+    uint64_t bits = 0;
+    for (int k = 0; k < 16; k++)
+        bits |= (uint64_t)vaddvq_u32(vandq_u32(above[k], weights)) << (4 * k);
+    return bits;
+}
+#else
+static inline uint64_t mask64(const float *p, float t)
+{
+    return mask_strided(p, 1, 64, t);
+}
+#endif
+
+#if defined(__GNUC__)
+#define lowest_bit(v) __builtin_ctzll(v)
+#else
+static inline int lowest_bit(uint64_t v)
+{
+    int n = 0;
+    while (!(v & 1)) {
+        v >>= 1;
+        n++;
+    }
+    return n;
+}
+#endif
+
+/* Makes room for `needed` elements of `size` bytes, growing geometrically from `first`. Returns 0 or -1. */
+static int reserve(void **buffer, ptrdiff_t *capacity, ptrdiff_t needed, size_t size, ptrdiff_t first)
+{
+    if (needed <= *capacity)
+        return 0;
+    ptrdiff_t grown = *capacity > 0 ? *capacity : first;
+    while (grown < needed)
+        grown *= 2;
+    if ((size_t)grown > SIZE_MAX / size)
+        return -1;
+    void *larger = realloc(*buffer, (size_t)grown * size);
+    if (!larger)
+        return -1;
+    *buffer = larger;
+    *capacity = grown;
     return 0;
+}
+
+/* Frees a buffer far larger than `used` elements of `size` bytes (see EXCESS_FACTOR); reserve() regrows it. */
+static void release_excess(void **buffer, ptrdiff_t *capacity, ptrdiff_t used, size_t size)
+{
+    if (*capacity > EXCESS_FACTOR * used && (size_t)*capacity * size > EXCESS_BYTES) {
+        free(*buffer);
+        *buffer = NULL;
+        *capacity = 0;
+    }
 }
 
 /* Root of run i, halving the path on the way (every parent has a lower index, so the invariant holds). */
 static inline int32_t find_root(run_t *runs, int32_t i)
 {
     while (runs[i].link != i) {
-        int32_t grandparent = runs[runs[i].link].link;
+        const int32_t grandparent = runs[runs[i].link].link;
         runs[i].link = grandparent;
         i = grandparent;
     }
     return i;
 }
 
-/* Joins the components of runs a and b under the lower root index (= the earlier first pixel). */
-static inline void unite(run_t *runs, int32_t a, int32_t b)
+/* Joins run `current` (x0..x1) to the runs of the row above that it touches (a0 <= x1 + 1 and x0 <= a1 + 1),
+ * the lower root index (earlier first pixel) staying the root. Runs [*above, above_end) of the row above are
+ * still to be matched; runs of a row come left to right. */
+static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdiff_t x1, ptrdiff_t *above,
+                              ptrdiff_t above_end)
 {
-    int32_t root_a = find_root(runs, a), root_b = find_root(runs, b);
-    if (root_a < root_b)
-        runs[root_b].link = root_a;
-    else if (root_b < root_a)
-        runs[root_a].link = root_b;
+    ptrdiff_t k = *above;
+    while (k < above_end && runs[k].x1 + 1 < x0)
+        k++;
+    *above = k; /* the last run touched may also touch the next run of this row: do not go past it */
+    int32_t root = current;
+    for (; k < above_end && runs[k].x0 <= x1 + 1; k++) {
+        int32_t other = runs[k].link;
+        if (runs[other].link != other) /* most runs point straight at their root */
+            other = find_root(runs, other);
+        if (other < root) {
+            if (root != current)
+                runs[root].link = other;
+            root = other;
+        } else if (other > root) {
+            runs[other].link = root;
+        }
+    }
+    runs[current].link = root;
 }
 
-/* Pass 1: runs of every row, united with the runs of the row above that they touch. */
-static int collect_runs(const irst_map *map, float threshold, run_list *runs)
+/* Pass 1: the runs of every row, joined to the runs of the row above that they touch. Returns the run count,
+ * or -1 out of memory. A row is read as 64-pixel bit words: the set bits of word ^ (word << 1 | carry) are where
+ * the foreground starts or stops, so runs come out of a bit loop with no per-pixel branch on dense maps, and an
+ * all-background word costs one test. */
+static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspace *ws)
 {
     const ptrdiff_t width = map->width, step = map->col_stride;
-    ptrdiff_t above_begin = 0, above_end = 0;
+    /* One more (empty) word when width is a multiple of 64, so a run reaching the last pixel still sees its end
+     * as an edge (at x = width). */
+    const ptrdiff_t scan_end = width % 64 ? width : width + 1;
+    run_t *runs = ws->runs;
+    ptrdiff_t count = 0, above_begin = 0, above_end = 0;
     for (ptrdiff_t y = 0; y < map->height; y++) {
         const float *row = map->data + y * map->row_stride;
-        const ptrdiff_t row_begin = runs->count;
-        ptrdiff_t above = above_begin; /* first run above that may still touch a run of this row */
-        ptrdiff_t x = next_foreground(row, step, 0, width, threshold);
-        while (x < width) {
-            const ptrdiff_t end = next_background(row, step, x + 1, width, threshold); /* run is x..end-1 */
-            if (append_run(runs, x, end - 1, y) != 0)
-                return IRST_NO_MEMORY;
-            run_t *items = runs->items;
-            const int32_t current = (int32_t)(runs->count - 1);
-            while (above < above_end && items[above].x1 + 1 < x)
-                above++;
-            for (ptrdiff_t k = above; k < above_end && items[k].x0 <= end; k++)
-                unite(items, (int32_t)k, current);
-            /* `above` stays: the last run touched may also touch the next run of this row. */
-            x = next_foreground(row, step, end + 1, width, threshold);
+        ptrdiff_t above = above_begin, start = -1;
+        uint64_t carry = 0; /* 1 if the pixel before this word is foreground */
+        for (ptrdiff_t base = 0; base < scan_end; base += 64) {
+            const int pixels = width - base < 64 ? (int)(width - base) : 64;
+            const float *p = row + base * step;
+            const uint64_t word = step == 1 && pixels == 64 ? mask64(p, threshold)
+                                                            : mask_strided(p, step, pixels, threshold);
+            uint64_t edges = word ^ ((word << 1) | carry);
+            carry = word >> 63;
+            while (edges) {
+                const ptrdiff_t x = base + lowest_bit(edges);
+                edges &= edges - 1;
+                if (start < 0) {
+                    start = x;
+                    continue;
+                }
+                if (count == ws->run_capacity) {
+                    if (reserve((void **)&ws->runs, &ws->run_capacity, count + 1, sizeof(run_t),
+                                FIRST_RUN_CAPACITY) != 0)
+                        return -1;
+                    runs = ws->runs;
+                }
+                runs[count].x0 = (int32_t)start;
+                runs[count].x1 = (int32_t)(x - 1);
+                runs[count].y = (int32_t)y;
+                join_above(runs, (int32_t)count, start, x - 1, &above, above_end);
+                count++;
+                start = -1;
+            }
         }
-        above_begin = row_begin;
-        above_end = runs->count;
+        above_begin = above_end;
+        above_end = count;
     }
-    return IRST_OK;
+    return count;
 }
 
-/* Numbers the components 1..count in the order of their root (first) runs; each run's link becomes its label.
- * A run's parent has a lower index, so it is already numbered when the run is reached. */
+/* Pass 2: numbers the components 1..count in the order of their root (first) runs; each run's link becomes its
+ * label. A run's parent has a lower index, so it is already numbered when the run is reached. */
 static int32_t number_components(run_t *runs, ptrdiff_t run_count)
 {
     int32_t count = 0;
@@ -163,97 +245,127 @@ static int32_t number_components(run_t *runs, ptrdiff_t run_count)
     return count;
 }
 
-/* Pass 2: statistics from the pixels of the runs, visited in raster order; writes the label image if asked. */
+/* Adds the pixels of one run to its component's accumulator. The running sums grow in the same order as pixel
+ * by pixel into the component, so they are bit-identical to a raster-order reference. */
+static inline void add_run_pixels(accumulator *a, const run_t run, const float *row, ptrdiff_t step,
+                                  double weight_origin)
+{
+    const int64_t length = (int64_t)run.x1 - run.x0 + 1;
+    a->size += length;
+    a->sum_x += ((int64_t)run.x0 + run.x1) * length / 2;
+    a->sum_y += (int64_t)run.y * length;
+    if (run.x0 < a->x_min)
+        a->x_min = run.x0;
+    if (run.x1 > a->x_max)
+        a->x_max = run.x1;
+    a->y_max = run.y;
+    const double y = (double)run.y;
+    for (int32_t x = run.x0; x <= run.x1; x++) {
+        const float v = row[x * step];
+        a->sum_logit += (double)v;
+        if (v > a->peak) {
+            a->peak = v;
+            a->peak_x = x;
+            a->peak_y = run.y;
+        }
+        if (v == INFINITY) { /* an infinite weight: counted apart, see the header */
+            a->inf_count++;
+            a->inf_sum_x += x;
+            a->inf_sum_y += run.y;
+        } else {
+            const double weight = (double)v - weight_origin;
+            a->sum_weight += weight;
+            a->sum_weight_x += weight * (double)x;
+            a->sum_weight_y += weight * y;
+        }
+    }
+}
+
+/* Pass 3: statistics from the pixels of the runs, visited in raster order; writes the label image if asked.
+ * The accumulator of the component being fed is a local copy (kept in registers: the map is float like the
+ * peak, so a pointer into the slots would be reloaded at every pixel), written back when the component changes:
+ * on dense maps consecutive runs mostly belong to the same large component. */
 static void accumulate(const irst_map *map, float threshold, const run_t *runs, ptrdiff_t run_count,
-                       accumulator *acc, int32_t *labels)
+                       slot_t *slots, int32_t *labels)
 {
     const double weight_origin = (double)threshold;
-    const ptrdiff_t step = map->col_stride;
-    int32_t seen = 0;
+    accumulator current;
+    int32_t current_label = 0, seen = 0;
     for (ptrdiff_t i = 0; i < run_count; i++) {
         const run_t run = runs[i];
-        accumulator *a = &acc[run.link - 1];
-        if (run.link > seen) { /* the component's first run: labels appear in increasing order */
-            seen = run.link;
-            memset(a, 0, sizeof *a);
-            a->peak = -INFINITY;
-            a->x_min = run.x0;
-            a->x_max = run.x1;
-            a->y_min = run.y;
-        }
-        const int64_t length = (int64_t)run.x1 - run.x0 + 1;
-        a->size += length;
-        a->sum_x += ((int64_t)run.x0 + run.x1) * length / 2;
-        a->sum_y += (int64_t)run.y * length;
-        if (run.x0 < a->x_min)
-            a->x_min = run.x0;
-        if (run.x1 > a->x_max)
-            a->x_max = run.x1;
-        a->y_max = run.y;
-
-        /* Local copies of the running sums: the additions happen in the same order as pixel by pixel into the
-         * component, so the result is bit-identical to a raster-order reference. */
-        double sum_weight = a->sum_weight, sum_weight_x = a->sum_weight_x, sum_weight_y = a->sum_weight_y;
-        double sum_logit = a->sum_logit;
-        const float *row = map->data + (ptrdiff_t)run.y * map->row_stride;
-        for (int32_t x = run.x0; x <= run.x1; x++) {
-            const float v = row[x * step];
-            sum_logit += (double)v;
-            if (v > a->peak) {
-                a->peak = v;
-                a->peak_x = x;
-                a->peak_y = run.y;
-            }
-            if (v == INFINITY) { /* an infinite weight: counted apart, see the header */
-                a->inf_count++;
-                a->inf_sum_x += x;
-                a->inf_sum_y += run.y;
+        if (run.link != current_label) {
+            if (current_label)
+                slots[current_label - 1].acc = current;
+            current_label = run.link;
+            if (current_label > seen) { /* the component's first run: labels appear in increasing order */
+                seen = current_label;
+                memset(&current, 0, sizeof current);
+                current.peak = -INFINITY;
+                current.x_min = run.x0;
+                current.x_max = run.x1;
+                current.y_min = run.y;
             } else {
-                const double weight = (double)v - weight_origin;
-                sum_weight += weight;
-                sum_weight_x += weight * (double)x;
-                sum_weight_y += weight * (double)run.y;
+                current = slots[current_label - 1].acc;
             }
         }
-        a->sum_weight = sum_weight;
-        a->sum_weight_x = sum_weight_x;
-        a->sum_weight_y = sum_weight_y;
-        a->sum_logit = sum_logit;
-
+        const float *row = map->data + (ptrdiff_t)run.y * map->row_stride;
+        if (map->col_stride == 1) /* a constant stride spares the compiler's stride-1 loop versioning per run */
+            add_run_pixels(&current, run, row, 1, weight_origin);
+        else
+            add_run_pixels(&current, run, row, map->col_stride, weight_origin);
         if (labels) {
             int32_t *out = labels + (ptrdiff_t)run.y * map->width;
             for (int32_t x = run.x0; x <= run.x1; x++)
                 out[x] = run.link;
         }
     }
+    if (current_label)
+        slots[current_label - 1].acc = current;
 }
 
-static void finish(const accumulator *a, int64_t label, irst_target *t)
+/* Replaces a slot's accumulator by the target's record. */
+static void finish(slot_t *slot, int64_t label)
 {
-    const double size = (double)a->size;
+    const accumulator a = slot->acc;
+    irst_target *t = &slot->target;
+    const double size = (double)a.size;
     t->label = label;
-    t->size = a->size;
-    t->x = (double)a->sum_x / size;
-    t->y = (double)a->sum_y / size;
-    if (a->inf_count > 0) {
-        t->weighted_x = (double)a->inf_sum_x / (double)a->inf_count;
-        t->weighted_y = (double)a->inf_sum_y / (double)a->inf_count;
+    t->size = a.size;
+    t->x = (double)a.sum_x / size;
+    t->y = (double)a.sum_y / size;
+    if (a.inf_count > 0) {
+        t->weighted_x = (double)a.inf_sum_x / (double)a.inf_count;
+        t->weighted_y = (double)a.inf_sum_y / (double)a.inf_count;
     } else { /* every weight is > 0 (logit > threshold), so sum_weight > 0 */
-        t->weighted_x = a->sum_weight_x / a->sum_weight;
-        t->weighted_y = a->sum_weight_y / a->sum_weight;
+        t->weighted_x = a.sum_weight_x / a.sum_weight;
+        t->weighted_y = a.sum_weight_y / a.sum_weight;
     }
-    t->x_min = a->x_min;
-    t->y_min = a->y_min;
-    t->x_max = a->x_max;
-    t->y_max = a->y_max;
-    t->aspect_ratio = (double)(a->x_max - a->x_min + 1) / (double)(a->y_max - a->y_min + 1);
-    t->peak_logit = (double)a->peak;
-    t->peak_x = a->peak_x;
-    t->peak_y = a->peak_y;
-    t->mean_logit = a->sum_logit / size;
+    t->x_min = a.x_min;
+    t->y_min = a.y_min;
+    t->x_max = a.x_max;
+    t->y_max = a.y_max;
+    t->aspect_ratio = (double)(a.x_max - a.x_min + 1) / (double)(a.y_max - a.y_min + 1);
+    t->peak_logit = (double)a.peak;
+    t->peak_x = a.peak_x;
+    t->peak_y = a.peak_y;
+    t->mean_logit = a.sum_logit / size;
 }
 
-int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_result *result)
+irst_workspace *irst_workspace_new(void)
+{
+    return calloc(1, sizeof(irst_workspace));
+}
+
+void irst_workspace_free(irst_workspace *ws)
+{
+    if (ws) {
+        free(ws->runs);
+        free(ws->slots);
+        free(ws);
+    }
+}
+
+int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_workspace *ws, irst_result *result)
 {
     result->targets = NULL;
     result->count = 0;
@@ -262,38 +374,19 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_resul
     if (map->height > IRST_MAX_PIXELS / map->width)
         return IRST_TOO_LARGE;
 
-    run_list runs = {NULL, 0, 0};
-    int status = collect_runs(map, threshold, &runs);
-    if (status != IRST_OK) {
-        free(runs.items);
-        return status;
-    }
-    const int32_t count = number_components(runs.items, runs.count);
-    if (count == 0) {
-        free(runs.items);
-        return IRST_OK;
-    }
-    accumulator *acc = malloc((size_t)count * sizeof *acc);
-    irst_target *targets = malloc((size_t)count * sizeof *targets);
-    if (!acc || !targets) {
-        free(acc);
-        free(targets);
-        free(runs.items);
+    const ptrdiff_t run_count = collect_runs(map, threshold, ws);
+    if (run_count < 0)
         return IRST_NO_MEMORY;
-    }
-    accumulate(map, threshold, runs.items, runs.count, acc, labels);
+    const int32_t count = number_components(ws->runs, run_count);
+    release_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t)); /* the last result expires */
+    if (reserve((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t), 16) != 0)
+        return IRST_NO_MEMORY;
+    accumulate(map, threshold, ws->runs, run_count, ws->slots, labels);
     for (int32_t k = 0; k < count; k++)
-        finish(&acc[k], (int64_t)k + 1, &targets[k]);
-    free(acc);
-    free(runs.items);
-    result->targets = targets;
+        finish(&ws->slots[k], (int64_t)k + 1);
+    release_excess((void **)&ws->runs, &ws->run_capacity, run_count, sizeof(run_t));
+    result->targets = count ? &ws->slots[0].target : NULL;
     result->count = count;
     return IRST_OK;
 }
 
-void irst_result_free(irst_result *result)
-{
-    free(result->targets);
-    result->targets = NULL;
-    result->count = 0;
-}

@@ -38,9 +38,16 @@ typedef struct {
 } irst_map;
 
 typedef struct {
-    irst_target *targets; /* count records, malloc'd; release with irst_result_free() */
+    const irst_target *targets; /* count records, owned by the workspace: valid until its next use or its free */
     ptrdiff_t count;
 } irst_result;
+
+/* Buffers reused from call to call (runs, per-target slots), grown geometrically and released when a call needs
+ * far less than they hold. One workspace serves one thread at a time. */
+typedef struct irst_workspace irst_workspace;
+
+irst_workspace *irst_workspace_new(void); /* NULL when out of memory */
+void irst_workspace_free(irst_workspace *ws);
 
 enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
 
@@ -58,10 +65,8 @@ enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
  * weights grow without bound); peak_logit = the largest logit, peak_x, peak_y = its first raster position;
  * mean_logit = mean of the logits (+inf if any is +inf). Every double sum is accumulated pixel by pixel in raster
  * order, so a reference that sums in that order reproduces the values bit for bit.
- * Returns IRST_OK, IRST_NO_MEMORY or IRST_TOO_LARGE (more than IRST_MAX_PIXELS); on failure result is empty.
- * Thread-safe: no global state. Memory: O(number of runs + number of targets), never per pixel. */
-int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_result *result);
-
-void irst_result_free(irst_result *result);
+ * Returns IRST_OK, IRST_NO_MEMORY or IRST_TOO_LARGE (more than IRST_MAX_PIXELS); on failure result is empty and
+ * the workspace stays usable. Memory: O(number of runs + number of targets), never per pixel; no global state. */
+int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_workspace *ws, irst_result *result);
 
 #endif
