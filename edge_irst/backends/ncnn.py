@@ -1,8 +1,9 @@
 """ncnn: a `.param` text graph with its `.bin` weights beside it, on CPU threads or a Vulkan GPU.
 
-ncnn answers a bad file with a nonzero return code (and on some garbage with a crash), so the pair is checked
-before ncnn sees it: the .param's magic number and header, the .bin's presence and size. Blob names are read from
-the net, never assumed. ncnn's own default turns fp16 storage/arithmetic on where the CPU has it; here
+ncnn answers a bad file with a nonzero return code, and may crash on garbage, so the pair is checked before ncnn
+sees it: the .param's magic number, header and layer count, the .bin's presence and non-zero size (a truncated
+.bin is then caught by load_model's return code, checked on 1.0.20261020). Blob names are read from the net,
+never assumed. ncnn's own default turns fp16 storage/arithmetic on where the CPU has it; here
 precision "auto" and "fp32" mean pure fp32 (what an exported artifact is verified against), "fp16" and "bf16"
 switch the reduced-precision paths on.
 """
@@ -54,7 +55,11 @@ def _read_param(path) -> dict:
     for fields in layers:
         if fields[0] == "Input" and len(fields) >= 5:
             params = dict(f.split("=", 1) for f in fields[5:] if "=" in f)
-            shapes[fields[4]] = tuple(int(params.get(k, 0)) for k in ("2", "1", "0"))
+            try:
+                shapes[fields[4]] = tuple(int(params.get(k, 0)) for k in ("2", "1", "0"))
+            except ValueError:
+                raise ModelFileError(f"{path}: Input layer {fields[1]!r} has non-integer shape parameters "
+                                     f"{fields[5:]}") from None
     return shapes
 
 
