@@ -61,3 +61,11 @@ def test_errors_exit_1_with_the_reason_on_stderr(tmp_path):
     assert done.returncode == 1 and "Did you mean 'lw_irstnet'" in done.stderr and done.stdout == ""
     done = edge_irst(str(tmp_path / "absent.onnx"))
     assert done.returncode == 1 and "artifact not found" in done.stderr
+
+
+def test_registry_model_without_torch_names_the_export_extra():
+    """torch blocked the way Python documents (sys.modules entry None): the real import-failure path runs."""
+    code = ("import sys; sys.modules['torch'] = None; from edge_irst.cli import main; "
+            "sys.exit(main(['info', 'lw_irstnet']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "pip install 'edge-irst[export]'" in done.stderr, done.stderr
