@@ -90,10 +90,11 @@ class IrstdMetrics(Metric):
 
     def __init__(self, *, compat: Optional[str] = None, matching: Optional[str] = None, gate: Optional[str] = None,
                  distances=DEFAULT_DISTANCES, threshold: Optional[float] = None, confidence_thresholds=None,
-                 pixel_thresholds=None, curves: bool = True, report_distance: float = REPORT_DISTANCE,
-                 workers: Optional[int] = None):
+                 pixel_thresholds=None, connectivity: Optional[int] = None, curves: bool = True,
+                 report_distance: float = REPORT_DISTANCE, workers: Optional[int] = None):
         super().__init__(workers)
-        self.conventions = make_conventions(compat, matching=matching, gate=gate, threshold=threshold)
+        self.conventions = make_conventions(compat, matching=matching, gate=gate, threshold=threshold,
+                                            connectivity=connectivity)
         self.pixel = PixelMetrics(conventions=self.conventions, thresholds=pixel_thresholds, curves=curves,
                                   workers=1)
         self.target = TargetMetrics(conventions=self.conventions, distances=distances, curves=curves,

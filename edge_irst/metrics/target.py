@@ -102,20 +102,21 @@ class TargetMetrics(Metric):
     """Target-level metrics over a dataset.
 
     compat: None, "stdeval" or "dnanet"; matching: "hungarian" (default) or "greedy"; gate: "none", "mask" or
-    "box" (a pair also needs IoU > 0); distances: centroid-distance thresholds in px (default 1..10, strict <);
-    threshold: operating point as a probability; confidence_thresholds: the AP / Pd-Fa ROC sweep (probabilities
-    or a count; default per compat mode); curves=False skips the sweep (one labelling per image: the fast path
-    for training validation); workers: see Metric.
+    "box" (a pair also needs IoU > 0); connectivity: 8 (default) or 4; distances: centroid-distance thresholds
+    in px (default 1..10, strict <); threshold: operating point as a probability; confidence_thresholds: the
+    AP / Pd-Fa ROC sweep (probabilities or a count; default per compat mode); curves=False skips the sweep (one
+    labelling per image: the fast path for training validation); workers: see Metric.
     """
 
     name = "target"
 
     def __init__(self, *, compat: Optional[str] = None, matching: Optional[str] = None, gate: Optional[str] = None,
                  distances=DEFAULT_DISTANCES, threshold: Optional[float] = None, confidence_thresholds=None,
-                 curves: bool = True, conventions: Optional[Conventions] = None, workers: Optional[int] = None):
+                 connectivity: Optional[int] = None, curves: bool = True, conventions: Optional[Conventions] = None,
+                 workers: Optional[int] = None):
         super().__init__(workers)
         self.conventions = conventions or make_conventions(compat, matching=matching, gate=gate,
-                                                           threshold=threshold)
+                                                           threshold=threshold, connectivity=connectivity)
         self.distances = as_distances(distances)
         self.curves = curves
         self.confidence_thresholds = (

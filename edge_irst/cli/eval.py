@@ -1,0 +1,98 @@
+"""`edge-irst eval`: evaluate saved prediction maps against an IRSTD dataset's labels (no model needed).
+
+    edge-irst eval --data ../shared/data/sirst --split idx_427/test.txt --preds runs/preds [--logits]
+    edge-irst eval --images DIR --masks DIR --preds DIR --json metrics.json --plots plots/
+
+Prints the standard table (IoU, nIoU, Pd, Fa at 3 px, F1, AUC) with the conventions it follows on stdout; logs and
+the progress bar go to stderr. The evaluation loop is edge_irst.metrics.evaluate(dataset, predict_fn): a source
+of predictions other than a folder only has to supply predict_fn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data (a dataset root, or a plain pair of folders)")
+    data.add_argument("--data", metavar="DIR", help="dataset root holding images/ and masks/")
+    data.add_argument("--split", metavar="FILE", help="split list of stems (a path, or relative to --data)")
+    data.add_argument("--images", metavar="DIR", help="image folder (instead of DIR/images)")
+    data.add_argument("--masks", metavar="DIR", help="mask folder (instead of DIR/masks)")
+    preds = p.add_argument_group("predictions")
+    preds.add_argument("--preds", metavar="DIR",
+                       help="saved maps <stem>.npy (float) or <stem>.png (8/16-bit probabilities or 0/1 masks)")
+    preds.add_argument("--logits", action="store_true", help=".npy maps hold logits (threshold logit > 0)")
+    preds.add_argument("--resize-labels", action="store_true",
+                       help="resize a label to its prediction's size (centre-aligned nearest), e.g. for maps saved "
+                            "at 256x256 (the authors' protocol)")
+    conv = p.add_argument_group("conventions")
+    conv.add_argument("--compat", choices=COMPAT_MODES, default="none",
+                      help="stdeval: STD-EvalKit's figures; dnanet: DNANet's DEFECTIVE Pd/Fa, for comparison with "
+                           "published tables only (default: %(default)s)")
+    conv.add_argument("--matching", choices=MATCHING_RULES, default=None,
+                      help="target matching (default: hungarian; greedy under --compat)")
+    conv.add_argument("--connectivity", type=int, choices=(4, 8), default=None,
+                      help="component connectivity (default 8; 4 is scipy.ndimage.label's default)")
+    conv.add_argument("--gate", choices=OVERLAP_GATES, default=None, help="pairs also need mask/box IoU > 0")
+    conv.add_argument("--threshold", type=float, default=None,
+                      help="operating point as a probability (default 0.5, i.e. logit 0)")
+    conv.add_argument("--distance", type=float, default=REPORT_DISTANCE,
+                      help="centroid distance (px) of the headline Pd/Fa/F1 (default: %(default)s)")
+    out = p.add_argument_group("output")
+    out.add_argument("--per-distance", action="store_true", help="print one row per distance threshold 1..10")
+    out.add_argument("--box-map", action="store_true", help="also COCO box mAP of the components")
+    out.add_argument("--nocoap", action="store_true", help="also mNoCoAP (reads the images for the contrast map)")
+    out.add_argument("--json", metavar="PATH", help="write every figure, curve and convention as JSON")
+    out.add_argument("--plots", metavar="DIR", help="write roc.png, pr.png, pd_fa.png (needs matplotlib)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
+
+def run(args) -> int:
+    from edge_irst.datasets import IrstdDataset
+    from edge_irst.metrics import BoxAP, IrstdMetrics, NoCoAP, evaluate, prediction_folder
+
+    if args.data is None and args.images is None:
+        return _usage("give --data DIR (with images/ and masks/) or --images DIR --masks DIR")
+    if args.preds is None:
+        return _usage("give --preds DIR: the folder of saved prediction maps to evaluate")
+    compat = None if args.compat == "none" else args.compat
+    distances = sorted({float(d) for d in range(1, 11)} | {args.distance})
+    metrics = [IrstdMetrics(compat=compat, matching=args.matching, gate=args.gate, threshold=args.threshold,
+                            connectivity=args.connectivity, distances=distances, report_distance=args.distance)]
+    if args.box_map:
+        metrics.append(BoxAP(threshold=args.threshold))
+    if args.nocoap:
+        metrics.append(NoCoAP(threshold=args.threshold))
+    dataset = IrstdDataset(args.data, args.split, images=args.images, masks=args.masks)
+    log.info("evaluating %d samples of %s against %s", len(dataset), args.data or args.images, args.preds)
+    report = evaluate(dataset, prediction_folder(args.preds, logits=args.logits), metrics,
+                      resize_labels=args.resize_labels, with_images=args.nocoap,
+                      progress=False if args.no_progress else None)
+    print(report.table(per_distance=args.per_distance))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"data": str(args.data or args.images), "split": args.split, "preds": str(args.preds),
+               "logits": args.logits, **report.to_dict()}
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        log.info("wrote %s", path)
+    if args.plots:
+        from edge_irst.metrics.plots import save_plots
+
+        for path in save_plots(report.results[IrstdMetrics.name], args.plots):
+            log.info("wrote %s", path)
+    return 0
+
+
+def _usage(message: str) -> int:
+    import sys
+
+    print(f"edge-irst eval: error: {message}", file=sys.stderr)
+    return 2
