@@ -1,0 +1,99 @@
+"""PyTorch -> ncnn (.param + .bin) through pnnx, fp32 or fp16 weights.
+
+pnnx is driven as its binary (`pnnx.EXEC_PATH`) on a TorchScript trace, not through `pnnx.export()`: pnnx
+20261020's Python wrapper runs the binary with `subprocess.run` and drops its exit status and output (a failed
+conversion looks like a success), and its `input_shapes=` branch silently ignores `fp16=`.
+
+Trap: pnnx stores ncnn weights as fp16 unless told `fp16=0`. With fp16 weights LW-IRSTNet's logits differ from
+PyTorch by 0.13, with fp32 weights by 3e-4; so fp32 passes `fp16=0` and the fp16 artifact is its own file.
+
+pnnx writes a trail of side files next to its input (.pnnx.param/.bin, .pnnx.onnx, _pnnx.py, _ncnn.py): it runs
+in a scratch folder and only the .param/.bin pair is kept.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_irst.contract import ModelContract
+from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
+
+PARAM_MAGIC = "7767517"
+# The second shape pnnx sees when the contract is dynamic, so it keeps H/W symbolic instead of folding the first
+# shape into the graph. Any multiple of the stride that differs from the tracing size works.
+_SECOND_SHAPE = (320, 480)
+
+
+def blob_names(param: Path) -> tuple[str, str]:
+    """(input blob, output blob) of a single-input, single-output ncnn text .param.
+
+    The input is the top blob of the one Input layer; the output is the one blob that some layer produces and no
+    layer consumes.
+    """
+    lines = param.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip() != PARAM_MAGIC:
+        raise ModelFileError(f"{param}: pnnx did not write an ncnn text .param (no magic number {PARAM_MAGIC})")
+    inputs, produced, consumed = [], [], set()
+    for line in lines[2:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        n_in, n_out = int(fields[2]), int(fields[3])
+        bottoms, tops = fields[4:4 + n_in], fields[4 + n_in:4 + n_in + n_out]
+        consumed.update(bottoms)
+        produced.extend(tops)
+        if fields[0] == "Input":
+            inputs.extend(tops)
+    outputs = [blob for blob in produced if blob not in consumed and blob not in inputs]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelFileError(f"{param}: expected one input and one output blob, found inputs {inputs} and "
+                             f"outputs {outputs}")
+    return inputs[0], outputs[0]
+
+
+def _shape_arg(batch_shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(d)) for d in batch_shape) + "]f32"
+
+
+def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
+                 calib_batches: Sequence[np.ndarray]) -> tuple[Path, ModelContract]:
+    """Eval-mode PyTorch model -> `out_path` (.param) and its .bin beside it.
+
+    calib_batches: float32 NCHW [1, C, H, W] arrays; the first is the tracing input (its H x W is the exported
+    size unless the contract is dynamic). Returns the .param and the contract with ncnn's blob names.
+    """
+    if precision not in ("fp32", "fp16"):
+        raise InputError(f"ncnn precision {precision!r} is not supported by this exporter; choose fp32 or fp16")
+    if not calib_batches:
+        raise InputError("ncnn export needs one example batch (float32 NCHW [1, C, H, W]) to trace the model")
+    try:
+        import pnnx
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(f"the ncnn converter ({exc.name})", "export", str(exc)) from exc
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.from_numpy(np.ascontiguousarray(calib_batches[0], np.float32))
+    with tempfile.TemporaryDirectory(prefix="edge-irst-pnnx-") as scratch:
+        with torch.no_grad():
+            torch.jit.trace(model, example, check_trace=False).save(str(Path(scratch) / "model.pt"))
+        command = [pnnx.EXEC_PATH, "model.pt", f"inputshape={_shape_arg(example.shape)}",
+                   f"fp16={1 if precision == 'fp16' else 0}", "device=cpu",
+                   "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin"]
+        if contract.input_size is None:
+            command.append(f"inputshape2={_shape_arg((*example.shape[:2], *_SECOND_SHAPE))}")
+        done = subprocess.run(command, cwd=scratch, capture_output=True, text=True)
+        param, weights = Path(scratch) / "model.ncnn.param", Path(scratch) / "model.ncnn.bin"
+        if done.returncode != 0 or not param.is_file() or not weights.is_file():
+            tail = (done.stdout + done.stderr).strip().splitlines()[-8:]
+            raise ModelFileError(f"pnnx {getattr(pnnx, '__version__', '?')} failed to convert the model (exit "
+                                 f"{done.returncode}): " + " | ".join(tail))
+        names = blob_names(param)
+        shutil.move(str(param), str(out_path))
+        shutil.move(str(weights), str(out_path.with_suffix(".bin")))
+    return out_path, contract.replace(precision=precision, input_name=names[0], output_name=names[1])

@@ -1,0 +1,140 @@
+"""The one verification step every exported artifact goes through, whatever its format.
+
+The artifact is loaded through the backend layer (`edge_irst.backends.load_backend`, the same code that runs it
+in production) with fp32 runtime options (ncnn, for one, would otherwise pick fp16 arithmetic on CPUs that have
+it), run on the verification frames and compared with the PyTorch model on the same tensors:
+- fp32: max |logit diff| <= 1e-3 and >= 99.9 % identical `logit > threshold` pixels, else the export fails;
+- fp16 / int8: the figures are reported; the artifact is marked verified only when the IoU of its target mask
+  with PyTorch's fp32 mask reaches 0.98 (fp16) / 0.90 (int8).
+Logits of LW-IRSTNet span about [-200, 60], so 1e-3 absolute is float32 reordering noise (3e-4 measured for ONNX,
+MNN and ncnn) while the bugs seen so far (fp16 weights, a mis-folded pad) are 0.1 and more.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from edge_irst.contract import ModelContract
+from edge_irst.errors import EdgeIrstError, MissingDependencyError, UnknownNameError
+from edge_irst.preprocess import preprocess
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs_diff: Optional[float] = None
+    min_mask_agreement: Optional[float] = None
+    min_mask_iou: Optional[float] = None
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_abs_diff=1e-3, min_mask_agreement=0.999),
+    "fp16": Tolerance(min_mask_iou=0.98),
+    "int8": Tolerance(min_mask_iou=0.90),
+}
+# A dynamic-H/W artifact is also checked at this non-square size (multiples of 8), besides the export size.
+DYNAMIC_CHECK_SIZE = (320, 480)
+
+
+class Reference:
+    """The verification frames, preprocessed at a given size, and PyTorch's logits on them (cached per size).
+
+    frames: as read (uint8 grey/BGR or uint16 raw). model: eval-mode PyTorch module.
+    """
+
+    def __init__(self, model, frames: Sequence[np.ndarray], contract: ModelContract):
+        self.model, self.frames, self.contract = model, list(frames), contract
+        self._batches: dict = {}
+        self._logits: dict = {}
+
+    def batches(self, size: tuple[int, int]) -> list[np.ndarray]:
+        """One float32 NCHW [1, C, H, W] array per frame, resized to `size` (H, W)."""
+        size = tuple(size)
+        if size not in self._batches:
+            self._batches[size] = [preprocess(f, self.contract, size=size) for f in self.frames]
+        return self._batches[size]
+
+    def logits(self, size: tuple[int, int]) -> np.ndarray:
+        """float32 [N, 1, H, W] PyTorch logits on `batches(size)`."""
+        size = tuple(size)
+        if size not in self._logits:
+            import torch
+
+            with torch.no_grad():
+                self._logits[size] = np.concatenate(
+                    [self.model(torch.from_numpy(b)).numpy() for b in self.batches(size)])
+        return self._logits[size]
+
+
+@dataclass
+class Verification:
+    """What running the artifact showed. `ran` is False when no runtime could load it (then nothing is known)."""
+
+    ran: bool
+    verified: bool
+    reason: Optional[str] = None
+    max_abs_diff: Optional[float] = None
+    mask_agreement: Optional[float] = None
+    mask_iou_vs_fp32: Optional[float] = None
+    frames: int = 0
+    sizes: list = field(default_factory=list)
+    io: dict = field(default_factory=dict)
+    options_in_effect: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _judge(precision: str, diff: float, agreement: float, iou: float) -> Optional[str]:
+    """None when the figures pass `precision`'s tolerance, else the reason they do not."""
+    tol = TOLERANCES[precision]
+    problems = []
+    if tol.max_abs_diff is not None and not diff <= tol.max_abs_diff:
+        problems.append(f"max |logit diff| {diff:.3g} > {tol.max_abs_diff:g}")
+    if tol.min_mask_agreement is not None and not agreement >= tol.min_mask_agreement:
+        problems.append(f"mask agreement {agreement:.4%} < {tol.min_mask_agreement:.1%}")
+    if tol.min_mask_iou is not None and not iou >= tol.min_mask_iou:
+        problems.append(f"mask IoU vs fp32 {iou:.4f} < {tol.min_mask_iou}")
+    return "; ".join(problems) or None
+
+
+def verify_artifact(path: Path, backend: str, precision: str, contract: ModelContract, reference: Reference,
+                    size: tuple[int, int], threads: Optional[int] = None) -> Verification:
+    """Run `path` on `backend` over the reference frames at `size` (and at DYNAMIC_CHECK_SIZE too when the
+    contract is dynamic) and judge the figures against PyTorch by TOLERANCES[precision]."""
+    from edge_irst.backends import load_backend
+
+    sizes = [tuple(size)]
+    if contract.input_size is None and tuple(size) != DYNAMIC_CHECK_SIZE:
+        sizes.append(DYNAMIC_CHECK_SIZE)
+    try:
+        runtime = load_backend(path, backend=backend, contract=contract, threads=threads, precision="fp32")
+    except (MissingDependencyError, UnknownNameError) as exc:
+        return Verification(ran=False, verified=False, reason=f"not run: {exc}")
+    except EdgeIrstError as exc:  # the runtime refused the artifact: that is a broken artifact
+        return Verification(ran=True, verified=False, reason=f"{backend} cannot load it: {exc}")
+    diff, same, pixels, inter, union = 0.0, 0, 0, 0, 0
+    with runtime:
+        for hw in sizes:
+            expected = reference.logits(hw)
+            got = np.concatenate([runtime.run(b) for b in reference.batches(hw)])
+            if got.shape != expected.shape:
+                return Verification(ran=True, verified=False, sizes=[list(s) for s in sizes],
+                                    reason=f"{backend} returned shape {got.shape}, PyTorch {expected.shape}")
+            diff = max(diff, float(np.abs(got - expected).max()))
+            mine, theirs = got > contract.threshold, expected > contract.threshold
+            same += int(np.count_nonzero(mine == theirs))
+            pixels += mine.size
+            inter += int(np.count_nonzero(mine & theirs))
+            union += int(np.count_nonzero(mine | theirs))
+        io = {"inputs": [s.to_dict() for s in runtime.inputs], "outputs": [s.to_dict() for s in runtime.outputs]}
+        effect = runtime.options_in_effect()
+    agreement = same / pixels
+    iou = 1.0 if union == 0 else inter / union  # pooled over every frame and size; both masks empty -> 1
+    reason = _judge(precision, diff, agreement, iou)
+    return Verification(ran=True, verified=reason is None, reason=reason, max_abs_diff=diff,
+                        mask_agreement=agreement, mask_iou_vs_fp32=iou, frames=len(reference.frames),
+                        sizes=[list(s) for s in sizes], io=io, options_in_effect=effect)
