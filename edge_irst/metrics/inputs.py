@@ -196,7 +196,8 @@ def _split(array: np.ndarray, layout: Optional[str], what: str, keep_colour: boo
     if layout not in LAYOUTS:
         raise InputError(f"{what}: layout {layout!r} not supported; expected one of {', '.join(LAYOUTS)}")
     if array.ndim != len(layout):
-        raise InputError(f"{what}: layout {layout} needs {len(layout)} dimensions, got shape {array.shape}")
+        raise InputError(f"{what}: layout {layout} needs {len(layout)} dimensions, got shape {array.shape} (for a "
+                         f"list, layout describes each element)")
     if "B" not in layout:
         array, layout = array[None], "B" + layout
     if "C" in layout and layout.index("C") == 1:  # BCHW -> BHWC
