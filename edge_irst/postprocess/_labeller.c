@@ -1,6 +1,7 @@
 /* CPython binding of irst_label(). Takes the map through the buffer protocol (no numpy headers at build time),
- * releases the GIL while labelling, and returns the target records as bytes that the Python side reads as a
- * numpy structured array (edge_irst/postprocess/records.py). A workspace (a capsule, one per Python thread, held
+ * releases the GIL while labelling, and returns the targets as bytes holding two column blocks (int64 fields,
+ * then double fields; one row per field, one column per target) that the Python side views as numpy arrays
+ * (edge_irst/postprocess/records.py). A workspace (a capsule, one per Python thread, held
  * by the caller) keeps the run buffers from call to call: on a VM, first-touch page faults of fresh buffers
  * cost more than the labelling of a dense map. User-facing validation and messages live in the
  * Python wrapper; the checks here only keep memory access safe if this private function is called directly.
@@ -92,12 +93,30 @@ static PyObject *new_workspace(PyObject *module, PyObject *unused)
     return capsule;
 }
 
+/* The records transposed into column blocks: rows of the int fields, then rows of the real fields (memcpy: the
+ * bytes object's storage carries no alignment promise). */
+static PyObject *column_blocks(const irst_result *result)
+{
+    const ptrdiff_t count = result->count;
+    PyObject *blocks = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * (ptrdiff_t)sizeof(irst_target)));
+    if (!blocks)
+        return NULL;
+    char *out = PyBytes_AS_STRING(blocks);
+#define COPY_COLUMN(name)                                                                                       \
+    for (ptrdiff_t k = 0; k < count; k++, out += 8)                                                             \
+        memcpy(out, &result->targets[k].name, 8);
+    IRST_TARGET_FIELDS(COPY_COLUMN, COPY_COLUMN)
+#undef COPY_COLUMN
+    return blocks;
+}
+
 PyDoc_STRVAR(label_doc,
 "label(logits, threshold, labels, workspace) -> bytes\n\n"
 "logits: 2-D native float32 buffer, any strides. threshold: float (used as float32).\n"
 "labels: None, or a zero-filled C-contiguous int32 buffer of the same shape, filled with target labels.\n"
 "workspace: from new_workspace(), used by one thread at a time.\n"
-"Returns count * sizeof(record) bytes of target records, fields as in TARGET_FIELDS.");
+"Returns the targets as bytes: an int64 block (one row per INT field of TARGET_FIELDS, one column per target)\n"
+"followed by a double block (one row per REAL field), native byte order.");
 
 static PyObject *label(PyObject *module, PyObject *args)
 {
@@ -154,8 +173,7 @@ static PyObject *label(PyObject *module, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "logits has more than %zd pixels", (Py_ssize_t)IRST_MAX_PIXELS);
     if (status != IRST_OK)
         return PyErr_NoMemory();
-    return PyBytes_FromStringAndSize((const char *)result.targets,
-                                     (Py_ssize_t)(result.count * (ptrdiff_t)sizeof(irst_target)));
+    return column_blocks(&result);
 }
 
 static PyMethodDef methods[] = {

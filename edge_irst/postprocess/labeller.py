@@ -21,7 +21,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import EdgeIrstError, InputError
-from .records import TARGET_FIELDS, TARGET_RECORD
+from .records import BYTES_PER_TARGET, TARGET_FIELDS, blocks_from_bytes
 
 ENVIRONMENT_VARIABLE = "EDGE_IRST_POSTPROCESS"
 _CHOICES = ("auto", "c", "opencv")
@@ -30,7 +30,7 @@ _NATIVE_FLOAT32 = np.dtype(np.float32)
 _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 
 # A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels)
-# -> 1-D TARGET_RECORD array.
+# -> (ints, reals) column blocks (records.py).
 Labeller = Callable[[np.ndarray, float, Optional[np.ndarray]], np.ndarray]
 
 
@@ -40,25 +40,25 @@ def _load_c_labeller() -> tuple:
         from . import _labeller
     except ImportError as exc:
         return None, f"the C extension is not built ({exc})"
-    if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != TARGET_RECORD.itemsize:
-        return None, "the C extension is stale (its record layout differs from records.py)"
+    if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != BYTES_PER_TARGET:
+        return None, "the C extension is stale (its target fields differ from records.py)"
 
     per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
 
-    def label_records(logits, threshold, labels):
+    def label_blocks(logits, threshold, labels):
         workspace = getattr(per_thread, "workspace", None)
         if workspace is None:
             workspace = per_thread.workspace = _labeller.new_workspace()
-        return np.frombuffer(_labeller.label(logits, threshold, labels, workspace), dtype=TARGET_RECORD)
+        return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace))
 
-    label_records.compiler = _labeller.COMPILER
-    return label_records, None
+    label_blocks.compiler = _labeller.COMPILER
+    return label_blocks, None
 
 
 def _opencv_labeller() -> Labeller:
-    from .opencv_fallback import label_records  # imports cv2 only when the fallback is used
+    from .opencv_fallback import label_blocks  # imports cv2 only when the fallback is used
 
-    return label_records
+    return label_blocks
 
 
 def _select() -> tuple:
@@ -160,7 +160,7 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     logits = _checked_map(logits)
     threshold = checked_threshold(threshold)
     labels = np.zeros(logits.shape, np.int32) if return_labels else None
-    records = _resolve(implementation)(logits, threshold, labels)
-    detections = Detections.from_records(records, frame_index=frame_index, timestamp=timestamp,
-                                         frame_shape=logits.shape if frame_shape is None else frame_shape)
+    ints, reals = _resolve(implementation)(logits, threshold, labels)
+    detections = Detections.from_blocks(ints, reals, frame_index=frame_index, timestamp=timestamp,
+                                        frame_shape=logits.shape if frame_shape is None else frame_shape)
     return (detections, labels) if return_labels else detections

@@ -12,9 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The per-target record, one list for the C struct and the Python side (which reads the records as a numpy
- * structured array built from the TARGET_FIELDS the binding exports). Every field is 8 bytes wide so the struct
- * has no padding on any platform. INT fields are int64, REAL fields are double. */
+/* The per-target record, one list for the C struct, the binding's output (column blocks in this order) and the
+ * Python side (edge_irst/postprocess/records.py, checked against the TARGET_FIELDS the binding exports). INT
+ * fields are int64 and come first, REAL fields are double; all 8 bytes wide, so the struct has no padding. */
 #define IRST_TARGET_FIELDS(INT, REAL)                                                                           \
     INT(label) INT(size)                                                                                        \
     REAL(x) REAL(y) REAL(weighted_x) REAL(weighted_y)                                                           \

@@ -12,11 +12,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .records import TARGET_RECORD
+from .records import INT_FIELDS, REAL_FIELDS
 
 
-def label_records(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray]) -> np.ndarray:
-    """Targets of `logits > threshold` as a 1-D TARGET_RECORD array (the contract of labeller_core.h).
+def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray]) -> tuple:
+    """Targets of `logits > threshold` as (ints, reals) column blocks (records.py; contract of labeller_core.h).
 
     logits: float32, shape (H, W), any strides (validated by the caller). threshold: a float32-representable
     finite float. labels: None, or a zero-filled C-contiguous int32 (H, W) array that receives the target labels.
@@ -27,9 +27,11 @@ def label_records(logits: np.ndarray, threshold: float, labels: Optional[np.ndar
     count, cv_labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8,
                                                                   ltype=cv2.CV_32S)
     targets = count - 1
-    records = np.zeros(targets, TARGET_RECORD)
+    ints = np.zeros((len(INT_FIELDS), targets), np.int64)
+    reals = np.zeros((len(REAL_FIELDS), targets), np.float64)
     if targets == 0:
-        return records
+        return ints, reals
+    column = dict(zip(INT_FIELDS + REAL_FIELDS, [*ints, *reals]))  # name -> row view of a block
 
     flat = cv_labels.reshape(-1)
     pixels = np.flatnonzero(flat)  # foreground pixels in raster order
@@ -70,20 +72,20 @@ def label_records(logits: np.ndarray, threshold: float, labels: Optional[np.ndar
     _, first_at_peak = np.unique(label[at_peak], return_index=True)
     peak_pixel = pixels[at_peak][first_at_peak]
 
-    records["label"] = np.arange(1, count)
-    records["size"] = size
-    records["x"] = per_target(xs) / size
-    records["y"] = per_target(ys) / size
+    column["label"][:] = np.arange(1, count)
+    column["size"][:] = size
+    column["x"][:] = per_target(xs) / size
+    column["y"][:] = per_target(ys) / size
     for name, coordinate in (("weighted_x", xs), ("weighted_y", ys)):
         inf_mean = np.divide(per_target(coordinate * is_inf), inf_count, where=has_inf, out=np.zeros(targets))
         weighted = np.divide(per_target(weights * coordinate), sum_weight, where=~has_inf, out=np.zeros(targets))
-        records[name] = np.where(has_inf, inf_mean, weighted)
-    records["x_min"] = left
-    records["y_min"] = top
-    records["x_max"] = left + width - 1
-    records["y_max"] = top + height - 1
-    records["aspect_ratio"] = width / height
-    records["peak_logit"] = peak[1:]
-    records["peak_y"], records["peak_x"] = np.divmod(peak_pixel, logits.shape[1])
-    records["mean_logit"] = per_target(values) / size
-    return records
+        column[name][:] = np.where(has_inf, inf_mean, weighted)
+    column["x_min"][:] = left
+    column["y_min"][:] = top
+    column["x_max"][:] = left + width - 1
+    column["y_max"][:] = top + height - 1
+    column["aspect_ratio"][:] = width / height
+    column["peak_logit"][:] = peak[1:]
+    column["peak_y"][:], column["peak_x"][:] = np.divmod(peak_pixel, logits.shape[1])
+    column["mean_logit"][:] = per_target(values) / size
+    return ints, reals

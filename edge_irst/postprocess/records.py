@@ -1,18 +1,27 @@
-"""The per-target record both labellers produce: a numpy structured dtype, one field per Detections column.
+"""The labellers' output layout: two column blocks, one row per field, one column per target.
 
-The C extension declares the same fields (IRST_TARGET_FIELDS in labeller_core.h) and exports them as
-TARGET_FIELDS; edge_irst.postprocess refuses an extension whose list differs (a stale build) and falls back.
+    ints:  int64   (len(INT_FIELDS), n)   label, size
+    reals: float64 (len(REAL_FIELDS), n)  x, y, weighted_x, ... (Detections' float columns)
+
+Both labellers return this, which is Detections' own storage: Detections.from_blocks() takes the rows as its
+columns without copying. The C extension declares the same fields in the same order
+(IRST_TARGET_FIELDS in labeller_core.h) and exports them as TARGET_FIELDS; edge_irst.postprocess refuses an
+extension whose list differs (a stale build) and falls back.
 """
 from __future__ import annotations
 
 import numpy as np
 
-# (name, dtype) in the C struct's order. Box fields and peak positions are integer pixel indices stored as float64
-# because Detections keeps them as float64 (they become fractional once mapped to source-frame pixels).
-TARGET_FIELDS = (
-    ("label", "i8"), ("size", "i8"),
-    ("x", "f8"), ("y", "f8"), ("weighted_x", "f8"), ("weighted_y", "f8"),
-    ("x_min", "f8"), ("y_min", "f8"), ("x_max", "f8"), ("y_max", "f8"), ("aspect_ratio", "f8"),
-    ("peak_logit", "f8"), ("peak_x", "f8"), ("peak_y", "f8"), ("mean_logit", "f8"),
-)
-TARGET_RECORD = np.dtype([(name, "=" + kind) for name, kind in TARGET_FIELDS])
+from ..detections import BLOCK_INT_COLUMNS as INT_FIELDS
+from ..detections import BLOCK_REAL_COLUMNS as REAL_FIELDS
+# (name, numpy dtype string) in the C struct's order, as the extension exports it.
+TARGET_FIELDS = tuple((name, "i8") for name in INT_FIELDS) + tuple((name, "f8") for name in REAL_FIELDS)
+BYTES_PER_TARGET = 8 * len(TARGET_FIELDS)
+
+
+def blocks_from_bytes(buffer: bytes) -> tuple:
+    """(ints, reals) views of the C extension's output: the int block, then the real block, native order."""
+    count = len(buffer) // BYTES_PER_TARGET
+    ints = np.frombuffer(buffer, np.int64, count=len(INT_FIELDS) * count).reshape(len(INT_FIELDS), count)
+    reals = np.frombuffer(buffer, np.float64, offset=ints.nbytes).reshape(len(REAL_FIELDS), count)
+    return ints, reals

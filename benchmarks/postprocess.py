@@ -1,0 +1,242 @@
+"""How fast is the postprocessor? edge-irst's C labeller against OpenCV and against the authors' procedure.
+
+Compared, on the same float32 logit map (threshold 0):
+  ours         edge_irst.postprocess.label_targets(logits): threshold + 8-connected labelling + all statistics,
+               returned as Detections (the public call, Python overhead included);
+  cv2 CC       cv2.connectedComponentsWithStats((logits > 0).view(uint8), connectivity=8): thresholding is inside
+               the timed region, as the C labeller thresholds too;
+  ours+filter  label_targets + TargetFilter.preset("authors") (area 5..100, ratio 0.2..5, exclusive);
+  authors      the authors' full procedure, written from its description: threshold, connected components, a
+               Python loop over the components that keeps those within the area/ratio bounds (the kept mask is
+               built with a lookup table, the fastest reading of it), then a second connected-components pass on
+               the filtered mask.
+OpenCV runs multithreaded by default: every OpenCV figure is taken twice, with its default thread count and
+with cv2.setNumThreads(1). The C labeller is single-threaded.
+
+Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background of -20 +- 2) and dense (5 % and
+50 % random foreground, checkerboard), at 256x256, 640x512 and 1920x1080.
+Timing: methods interleaved round by round (the machine is shared), each sample the mean of enough calls to last
+>= 2 ms, after warm-up; the figure is the median sample.
+
+    .venv/bin/python benchmarks/postprocess.py            # table on stdout, JSON in benchmarks/results/
+    .venv/bin/python benchmarks/postprocess.py --quick    # fewer samples, smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
+
+RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.json"
+SIZES = ((256, 256), (512, 640), (1080, 1920))  # (height, width)
+AUTHORS_AREA = (5, 100)
+AUTHORS_RATIO = (0.2, 5.0)
+# The brief's targets: (map kind, size or None for every size, method compared, minimum speed-up).
+TARGETS = (
+    ("sparse", (256, 256), "cv2 CC", 20.0),
+    ("sparse", (1080, 1920), "cv2 CC", 50.0),
+    ("sparse", (256, 256), "authors", 40.0),
+    ("dense", None, "cv2 CC", 1.0),
+)
+
+
+def sparse_map(rng: np.random.Generator, shape: tuple, targets: int) -> np.ndarray:
+    """Background -20 +- 2 with `targets` separate blobs of 3..60 pixels (grown 4-connected) of logits 1..15."""
+    logits = rng.normal(-20.0, 2.0, shape).astype(np.float32)
+    placed = 0
+    while placed < targets:
+        size = int(rng.integers(3, 61))
+        blob = {(0, 0)}
+        while len(blob) < size:
+            y, x = list(blob)[rng.integers(len(blob))]
+            dy, dx = ((0, 1), (1, 0), (0, -1), (-1, 0))[rng.integers(4)]
+            blob.add((y + dy, x + dx))
+        ys, xs = np.array(sorted(blob)).T
+        ys, xs = ys - ys.min(), xs - xs.min()
+        top = int(rng.integers(1, shape[0] - ys.max() - 1))
+        left = int(rng.integers(1, shape[1] - xs.max() - 1))
+        window = logits[top - 1:top + ys.max() + 2, left - 1:left + xs.max() + 2]
+        if (window > 0).any():  # keep targets apart (their 8-neighbourhoods too), so the count is exact
+            continue
+        logits[top + ys, left + xs] = rng.uniform(1.0, 15.0, len(ys)).astype(np.float32)
+        placed += 1
+    return logits
+
+
+def dense_map(rng: np.random.Generator, shape: tuple, kind: str) -> np.ndarray:
+    if kind == "checkerboard":
+        on = (np.indices(shape).sum(axis=0) % 2) == 0
+    else:
+        on = rng.random(shape) < {"noise 5%": 0.05, "noise 50%": 0.5}[kind]
+    return np.where(on, rng.uniform(0.5, 10.0, shape), rng.normal(-20.0, 2.0, shape)).astype(np.float32)
+
+
+def cv2_components(logits: np.ndarray):
+    return cv2.connectedComponentsWithStats((logits > 0.0).view(np.uint8), connectivity=8)
+
+
+def authors_procedure(logits: np.ndarray):
+    """Threshold, components, Python filter loop (exclusive bounds), second components pass on the kept mask."""
+    mask = (logits > 0.0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.zeros(count, np.uint8)
+    for i in range(1, count):
+        area = stats[i, cv2.CC_STAT_AREA]
+        ratio = stats[i, cv2.CC_STAT_WIDTH] / stats[i, cv2.CC_STAT_HEIGHT]
+        if AUTHORS_AREA[0] < area < AUTHORS_AREA[1] and AUTHORS_RATIO[0] < ratio < AUTHORS_RATIO[1]:
+            keep[i] = 1
+    return cv2.connectedComponentsWithStats(keep[labels], connectivity=8)
+
+
+AUTHORS_FILTER = TargetFilter(size_min=AUTHORS_AREA[0], size_max=AUTHORS_AREA[1], ratio_min=AUTHORS_RATIO[0],
+                              ratio_max=AUTHORS_RATIO[1], inclusive=False)
+
+
+def ours_filtered(logits: np.ndarray):
+    return AUTHORS_FILTER(label_targets(logits))
+
+
+def sample(function, argument, calls: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        function(argument)
+    return (time.perf_counter_ns() - start) / calls / 1e3  # microseconds per call
+
+
+def calls_for(function, argument, budget_us: float = 2000.0) -> int:
+    once = sample(function, argument, 1)
+    return max(1, int(budget_us / max(once, 1e-3)))
+
+
+def time_methods(methods: dict, logits: np.ndarray, rounds: int, default_threads: int) -> dict:
+    """{method name: median microseconds}; `methods` maps name -> (function, OpenCV threads or None)."""
+    calls = {}
+    for name, (function, threads) in methods.items():  # warm-up, and the batch size of each sample
+        if threads:
+            cv2.setNumThreads(threads)
+        for _ in range(3):
+            function(logits)
+        calls[name] = calls_for(function, logits)
+    samples = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, (function, threads) in methods.items():
+            if threads:
+                cv2.setNumThreads(threads)
+            samples[name].append(sample(function, logits, calls[name]))
+    cv2.setNumThreads(default_threads)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def machine_info(default_threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "machine": platform.machine(), "logical_cpus": os.cpu_count(),
+        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+        "opencv_default_threads": default_threads, "postprocess": implementation_info(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15, help="samples per method (median reported)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    info = implementation_info()
+    if info["implementation"] != "c":
+        print(f"note: the active postprocess implementation is {info['implementation']} ({info['detail']})",
+              file=sys.stderr)
+
+    default_threads = cv2.getNumThreads()
+    machine = machine_info(default_threads)
+    methods = {
+        "ours": (label_targets, None),
+        f"cv2 CC ({default_threads} thr)": (cv2_components, default_threads),
+        "cv2 CC (1 thr)": (cv2_components, 1),
+        "ours+filter": (ours_filtered, None),
+        f"authors ({default_threads} thr)": (authors_procedure, default_threads),
+        "authors (1 thr)": (authors_procedure, 1),
+    }
+    rng = np.random.default_rng(2024)
+    maps = []
+    for shape in SIZES:
+        for targets in (3, 10, 50):
+            maps.append(("sparse", f"{targets} targets", shape, sparse_map(rng, shape, targets), targets))
+        for kind in ("noise 5%", "noise 50%", "checkerboard"):
+            maps.append(("dense", kind, shape, dense_map(rng, shape, kind), None))
+
+    rows = []
+    header = (f"{'size':>9} {'map':<12} {'targets':>7} {'ours us':>9} {'cv2 CC':>9} {'x':>6} {'cv2 1thr':>9} "
+              f"{'x':>6} {'ours+filt':>9} {'authors':>9} {'x':>6} {'auth 1thr':>9} {'x':>6}")
+    print(f"OpenCV {cv2.__version__}, default threads {default_threads}; edge-irst postprocess: "
+          f"{info['implementation']} ({info['detail']}); medians of {rounds} samples, microseconds per call")
+    print(header)
+    for family, kind, shape, logits, expected in maps:
+        found = len(label_targets(logits))
+        if expected is not None and found != expected:
+            raise RuntimeError(f"sparse map generator: {found} targets labelled, {expected} placed")
+        times = time_methods(methods, logits, rounds, default_threads)
+        t = list(times.values())
+        row = {
+            "size": f"{shape[1]}x{shape[0]}", "family": family, "map": kind, "targets": found,
+            "microseconds": times,
+            "speedup": {
+                f"cv2 CC ({default_threads} thr)": t[1] / t[0], "cv2 CC (1 thr)": t[2] / t[0],
+                f"authors ({default_threads} thr)": t[4] / t[3], "authors (1 thr)": t[5] / t[3],
+            },
+        }
+        rows.append(row)
+        s = list(row["speedup"].values())
+        print(f"{row['size']:>9} {kind:<12} {found:>7} {t[0]:>9.1f} {t[1]:>9.1f} {s[0]:>6.1f} {t[2]:>9.1f} "
+              f"{s[1]:>6.1f} {t[3]:>9.1f} {t[4]:>9.1f} {s[2]:>6.1f} {t[5]:>9.1f} {s[3]:>6.1f}", flush=True)
+
+    verdicts = []
+    for family, shape, method, minimum in TARGETS:
+        for threads in (default_threads, 1):
+            key = f"{method} ({threads} thr)"
+            chosen = [r for r in rows if r["family"] == family and (shape is None or r["size"] ==
+                                                                     f"{shape[1]}x{shape[0]}")]
+            worst = min(chosen, key=lambda r: r["speedup"][key])
+            verdicts.append({
+                "maps": family, "size": "all" if shape is None else f"{shape[1]}x{shape[0]}", "against": key,
+                "required": minimum, "worst": round(worst["speedup"][key], 2),
+                "worst_map": f"{worst['size']} {worst['map']}", "met": worst["speedup"][key] >= minimum,
+            })
+    print("\ntargets (worst case over the maps concerned):")
+    for v in verdicts:
+        print(f"  {v['maps']:<6} {v['size']:>9} vs {v['against']:<17} >= {v['required']:>4}x: worst "
+              f"{v['worst']:>7.2f}x ({v['worst_map']}) {'met' if v['met'] else 'NOT MET'}")
+
+    document = {"benchmark": "postprocess", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": "python benchmarks/postprocess.py" + (" --quick" if args.quick else ""),
+                "rounds": rounds, "machine": machine,
+                "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                "results": rows, "targets": verdicts}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
