@@ -52,3 +52,7 @@ class DeviceUnavailableError(EdgeIrstError, RuntimeError):
 
 class SourceError(EdgeIrstError, IOError):
     """A frame source that cannot be opened or read."""
+
+
+class SinkError(EdgeIrstError, IOError):
+    """An output (result file, video writer, image folder, window) that cannot be opened or written."""

@@ -159,6 +159,32 @@ class SyntheticScene:
         return SyntheticFrame(pixels, mask, centers, self.sigmas, np.asarray(sizes, np.int64), int(index))
 
 
+@dataclass(frozen=True)
+class TruthMatch:
+    """Detections matched one-to-one to ground-truth centres. found / missed: truth centres with / without a
+    detection within the radius; false: detections matched to none; errors: float64 [found] distances (px)."""
+
+    found: int
+    missed: int
+    false: int
+    errors: np.ndarray
+
+
+def match_truth(x: np.ndarray, y: np.ndarray, centers: np.ndarray, radius: float = 1.5) -> TruthMatch:
+    """Greedy closest-first one-to-one matching of detected centroids (x, y: float [N], pixels) to truth `centers`
+    (float [K, 2] as (x, y)), pairs farther apart than `radius` px left unmatched."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    centers = np.asarray(centers, np.float64).reshape(-1, 2)
+    distance = np.hypot(centers[:, :1] - x[None, :], centers[:, 1:] - y[None, :])  # [K, N]
+    errors = []
+    while distance.size and distance.min() <= radius:
+        k, n = np.unravel_index(np.argmin(distance), distance.shape)
+        errors.append(distance[k, n])
+        distance[k, :] = np.inf
+        distance[:, n] = np.inf
+    return TruthMatch(len(errors), len(centers) - len(errors), len(x) - len(errors), np.asarray(errors, np.float64))
+
+
 def _grid_cells(h: int, w: int, count: int) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) cells of the coarsest grid over an HxW frame with at least `count` cells, each at least
     4 * _MARGIN px on a side; [] when that is impossible."""
@@ -175,4 +201,4 @@ def _grid_cells(h: int, w: int, count: int) -> list[tuple[int, int, int, int]]:
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
 
 
-__all__ = ["SyntheticFrame", "SyntheticScene", "synthetic_frame", "synthetic_frames"]
+__all__ = ["SyntheticFrame", "SyntheticScene", "TruthMatch", "match_truth", "synthetic_frame", "synthetic_frames"]

@@ -1,0 +1,261 @@
+"""Where results go: JSON Lines, CSV, annotated video, annotated images, an OpenCV window.
+
+Every sink takes `write(result)` per FrameResult and `close()`; `SinkSet` closes all of them even when one fails.
+Interruption (Ctrl-C, a crash) never leaves a truncated file behind: JSON Lines and CSV are flushed after every
+frame (the file always ends with a complete line), the video writer is released by close() (which runs from
+`with` / `finally`), and annotated images are written to a temporary name and renamed into place.
+
+JSON Lines record (one object per frame; schema: tests/schemas/detections.schema.json):
+    {"frame_index", "timestamp", "source", "frame_name", "frame_shape": [H, W(, C)], "threshold", "policy",
+     "conventions": {...}, "targets": [{"id", "centroid": [x, y], "weighted_centroid": [x, y],
+     "box": [x_min, y_min, x_max, y_max], "size", "aspect_ratio", "score", "mean_logit", "peak": [x, y]}]}
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import cv2
+
+from .annotate import annotate
+from .errors import InputError, SinkError
+from .pipeline import FrameResult
+from .preprocess import RawMapping
+
+# suffix -> FourCC of the video writer (all through OpenCV's FFmpeg backend).
+VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
+
+
+def conventions(policy: str) -> dict:
+    """How to read the coordinates and values of a record made under `policy`."""
+    return {
+        "threshold": "a pixel is target where logit > threshold (a logit, not a probability)",
+        "coordinates": "source-frame pixels; x = column, y = row; pixel centres at integers, (0, 0) = centre of "
+                       "the top-left pixel",
+        "box": "[x_min, y_min, x_max, y_max], inclusive pixel-centre coordinates: the target covers "
+               "[x_min - 0.5, x_max + 0.5] x [y_min - 0.5, y_max + 0.5]",
+        "size": "pixel count of the target in the labelled grid: "
+                + ("model-input pixels (policy resize)" if policy == "resize" else "source-frame pixels"),
+        "aspect_ratio": "box width / height in the labelled grid",
+        "score": "peak logit of the target (sigmoid(score) is the model's peak pixel probability)",
+    }
+
+
+def _finite(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+def frame_record(result: FrameResult, source: str, policy: str) -> dict:
+    """The JSON Lines object of one frame (plain Python types; non-finite values as None)."""
+    d = result.detections
+    targets = [{
+        "id": i,
+        "centroid": [float(d.x[i]), float(d.y[i])],
+        "weighted_centroid": [float(d.weighted_x[i]), float(d.weighted_y[i])],
+        "box": [float(d.x_min[i]), float(d.y_min[i]), float(d.x_max[i]), float(d.y_max[i])],
+        "size": int(d.size[i]),
+        "aspect_ratio": float(d.aspect_ratio[i]),
+        "score": _finite(float(d.peak_logit[i])),
+        "mean_logit": _finite(float(d.mean_logit[i])),
+        "peak": [float(d.peak_x[i]), float(d.peak_y[i])],
+    } for i in range(len(d))]
+    return {"frame_index": result.index, "timestamp": result.timestamp, "source": source,
+            "frame_name": result.frame.name, "frame_shape": list(result.frame.image.shape),
+            "threshold": result.settings.threshold, "policy": policy, "conventions": conventions(policy),
+            "targets": targets}
+
+
+class Sink:
+    """Base: write(result) per frame, close() once (idempotent). `stop_requested` asks the caller to stop."""
+
+    stop_requested = False
+
+    def write(self, result: FrameResult) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _open_text(path: Path, what: str, newline: Optional[str] = None):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8", newline=newline)
+    except OSError as exc:
+        raise SinkError(f"cannot write the {what} to {path}: {exc.strerror or exc}; choose a writable path") from exc
+
+
+class JsonlSink(Sink):
+    """JSON Lines: one object per frame (frame_record), flushed after every line."""
+
+    def __init__(self, path, source: str, policy: str):
+        self.path, self.source, self.policy = Path(path), source, policy
+        self._file = _open_text(self.path, "JSON Lines results")
+
+    def write(self, result: FrameResult) -> None:
+        self._file.write(json.dumps(frame_record(result, self.source, self.policy), allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class CsvSink(Sink):
+    """CSV: a header, then one row per target (frames without targets write no row); flushed after every frame."""
+
+    COLUMNS = ("frame_index", "timestamp", "source", "frame_name", "target", "x", "y", "weighted_x", "weighted_y",
+               "x_min", "y_min", "x_max", "y_max", "size", "aspect_ratio", "score", "mean_logit", "threshold")
+
+    def __init__(self, path, source: str):
+        self.path, self.source = Path(path), source
+        self._file = _open_text(self.path, "CSV results", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.COLUMNS)
+        self._file.flush()
+
+    def write(self, result: FrameResult) -> None:
+        d = result.detections
+        for i in range(len(d)):
+            self._writer.writerow((
+                result.index, "" if result.timestamp is None else result.timestamp, self.source, result.frame.name,
+                i, d.x[i], d.y[i], d.weighted_x[i], d.weighted_y[i], d.x_min[i], d.y_min[i], d.x_max[i],
+                d.y_max[i], d.size[i], d.aspect_ratio[i], d.peak_logit[i], d.mean_logit[i],
+                result.settings.threshold))
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _caption(result: FrameResult) -> str:
+    return f"#{result.index}  {len(result.detections)} targets  thr {result.settings.threshold:g}"
+
+
+class VideoSink(Sink):
+    """An annotated video (.avi / .mkv: Motion JPEG, .mp4 / .mov: MPEG-4 part 2), opened at the first frame (its
+    size fixes the video's); a frame of another size is resized to it. Released by close()."""
+
+    def __init__(self, path, fps: Optional[float] = None, raw: RawMapping = RawMapping()):
+        self.path, self.raw = Path(path), raw
+        self.fps = fps if fps and fps > 0 else 25.0
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_CODECS:
+            raise InputError(f"--save-video {self.path}: unsupported suffix {suffix or '(none)'!r}; accepted: "
+                             f"{', '.join(VIDEO_CODECS)}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer: Optional[cv2.VideoWriter] = None
+        self._size: Optional[tuple[int, int]] = None
+
+    def write(self, result: FrameResult) -> None:
+        canvas = annotate(result.frame.image, result.detections, self.raw, _caption(result))
+        if self._writer is None:
+            self._size = (canvas.shape[1], canvas.shape[0])
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                self._writer = None
+                raise SinkError(f"OpenCV cannot write the video {self.path} ({VIDEO_CODECS[self.path.suffix.lower()]}"
+                                f", {self._size[0]}x{self._size[1]}): check the folder is writable, or try .avi")
+        if (canvas.shape[1], canvas.shape[0]) != self._size:
+            canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(canvas)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class ImageFolderSink(Sink):
+    """Annotated PNGs, `<folder>/frame_<index>.png`, each written to a temporary name and renamed into place."""
+
+    def __init__(self, folder, raw: RawMapping = RawMapping()):
+        self.folder, self.raw = Path(folder), raw
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot create the image folder {self.folder}: {exc.strerror or exc}") from exc
+
+    def write(self, result: FrameResult) -> None:
+        canvas = annotate(result.frame.image, result.detections, self.raw, _caption(result))
+        ok, data = cv2.imencode(".png", canvas)
+        if not ok:
+            raise SinkError(f"OpenCV could not encode frame {result.index} as PNG")
+        target = self.folder / f"frame_{result.index:06d}.png"
+        partial = target.with_suffix(".png.part")
+        data.tofile(str(partial))
+        os.replace(partial, target)
+
+
+def gui_unavailable_reason() -> Optional[str]:
+    """Why an OpenCV window cannot open here, or None when it can."""
+    gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+                if line.strip().startswith("GUI:")), "")
+    if gui.upper() == "NONE":
+        return (f"this OpenCV ({cv2.__version__}) is built without a GUI (opencv-python-headless, edge-irst's "
+                f"dependency, has none). For --show replace it with the GUI build: pip uninstall "
+                f"opencv-python-headless && pip install opencv-python; or save results with --save-video / "
+                f"--save-dir instead")
+    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display: neither DISPLAY nor WAYLAND_DISPLAY is set; use --save-video / --save-dir instead"
+    return None
+
+
+class WindowSink(Sink):
+    """An OpenCV window showing annotated frames; q or Esc sets stop_requested."""
+
+    def __init__(self, title: str = "edge-irst", raw: RawMapping = RawMapping()):
+        why = gui_unavailable_reason()
+        if why:
+            raise SinkError(f"--show cannot open a window: {why}")
+        self.title, self.raw = title, raw
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+
+    def write(self, result: FrameResult) -> None:
+        cv2.imshow(self.title, annotate(result.frame.image, result.detections, self.raw, _caption(result)))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.stop_requested = True
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+
+
+class SinkSet(Sink):
+    """Several sinks as one: writes to each in order; close() closes every one, re-raising the first failure."""
+
+    def __init__(self, sinks: Iterable[Sink] = ()):
+        self.sinks = list(sinks)
+
+    @property
+    def stop_requested(self) -> bool:  # type: ignore[override]
+        return any(sink.stop_requested for sink in self.sinks)
+
+    def write(self, result: FrameResult) -> None:
+        for sink in self.sinks:
+            sink.write(result)
+
+    def close(self) -> None:
+        failure = None
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - the others must still be closed
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+__all__ = ["VIDEO_CODECS", "CsvSink", "ImageFolderSink", "JsonlSink", "Sink", "SinkSet", "VideoSink",
+           "WindowSink", "conventions", "frame_record", "gui_unavailable_reason"]
