@@ -4,8 +4,9 @@
  * at a time as a bit word (an all-background word costs one SIMD test) and records the foreground runs [x0, x1]
  * of the row. A run joins every run of the previous row that it touches under the eight-neighbour rule
  * (a0 <= b1 + 1 and b0 <= a1 + 1) through a union-find over runs whose root is always the lowest run index, i.e.
- * the component's first run in raster order. Pass 2 numbers the components; pass 3 visits the runs only (not the
- * image) to accumulate the statistics from their pixels. Work and memory grow with the foreground.
+ * the component's first run in raster order. Pass 2 visits the runs only (not the image): it numbers the
+ * components and accumulates their statistics from the pixels of the runs. Work and memory grow with the
+ * foreground.
  */
 #include "labeller_core.h"
 
@@ -43,8 +44,8 @@ struct irst_workspace {
 };
 
 #define FIRST_RUN_CAPACITY 1024
-/* A buffer more than 4x larger than the last call needed, and over 1 MiB, is released (a dense frame must not
- * pin its memory for the sparse frames after it). */
+/* A buffer more than 4x larger than a call needed, and over 1 MiB, is shrunk (a dense frame must not pin its
+ * memory for the sparse frames after it). */
 #define EXCESS_FACTOR 4
 #define EXCESS_BYTES ((size_t)1 << 20)
 
@@ -136,13 +137,17 @@ static int reserve(void **buffer, ptrdiff_t *capacity, ptrdiff_t needed, size_t 
     return 0;
 }
 
-/* Frees a buffer far larger than `used` elements of `size` bytes (see EXCESS_FACTOR); reserve() regrows it. */
-static void release_excess(void **buffer, ptrdiff_t *capacity, ptrdiff_t used, size_t size)
+/* Shrinks a buffer far larger than the `used` elements of `size` bytes that this call needed (see EXCESS_FACTOR)
+ * to twice that, keeping its content; reserve() regrows it. */
+static void shrink_excess(void **buffer, ptrdiff_t *capacity, ptrdiff_t used, size_t size)
 {
     if (*capacity > EXCESS_FACTOR * used && (size_t)*capacity * size > EXCESS_BYTES) {
-        free(*buffer);
-        *buffer = NULL;
-        *capacity = 0;
+        const ptrdiff_t kept = 2 * used;
+        void *smaller = realloc(*buffer, (size_t)(kept > 0 ? kept : 1) * size);
+        if (smaller) { /* a failed shrink keeps the larger buffer, which is still valid */
+            *buffer = smaller;
+            *capacity = kept;
+        }
     }
 }
 
@@ -166,8 +171,8 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
     ptrdiff_t k = *above;
     while (k < above_end && runs[k].x1 + 1 < x0)
         k++;
-    *above = k; /* the last run touched may also touch the next run of this row: do not go past it */
     int32_t root = current;
+    const ptrdiff_t first_touching = k;
     for (; k < above_end && runs[k].x0 <= x1 + 1; k++) {
         int32_t other = runs[k].link;
         if (runs[other].link != other) /* most runs point straight at their root */
@@ -181,6 +186,9 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
         }
     }
     runs[current].link = root;
+    /* The next run of this row starts at x1 + 2 or later: only the last run touched may reach it (the ones before
+     * it end before it starts, at most at x1 - 1). */
+    *above = k > first_touching ? k - 1 : k;
 }
 
 /* Pass 1: the runs of every row, joined to the runs of the row above that they touch. Returns the run count,
@@ -233,34 +241,23 @@ static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspa
     return count;
 }
 
-/* Pass 2: numbers the components 1..count in the order of their root (first) runs; each run's link becomes its
- * label. A run's parent has a lower index, so it is already numbered when the run is reached. */
-static int32_t number_components(run_t *runs, ptrdiff_t run_count)
-{
-    int32_t count = 0;
-    for (ptrdiff_t i = 0; i < run_count; i++) {
-        const int32_t parent = runs[i].link;
-        runs[i].link = parent == (int32_t)i ? ++count : runs[parent].link;
-    }
-    return count;
-}
-
 /* Adds the pixels of one run to its component's accumulator. The running sums grow in the same order as pixel
  * by pixel into the component, so they are bit-identical to a raster-order reference. */
 static inline void add_run_pixels(accumulator *a, const run_t run, const float *row, ptrdiff_t step,
                                   double weight_origin)
 {
-    const int64_t length = (int64_t)run.x1 - run.x0 + 1;
-    a->size += length;
-    a->sum_x += ((int64_t)run.x0 + run.x1) * length / 2;
-    a->sum_y += (int64_t)run.y * length;
+    const uint64_t length = (uint64_t)(run.x1 - run.x0) + 1;
+    a->size += (int64_t)length;
+    a->sum_x += (int64_t)(((uint64_t)run.x0 + (uint64_t)run.x1) * length / 2);
+    a->sum_y += (int64_t)run.y * (int64_t)length;
     if (run.x0 < a->x_min)
         a->x_min = run.x0;
     if (run.x1 > a->x_max)
         a->x_max = run.x1;
     a->y_max = run.y;
     const double y = (double)run.y;
-    for (int32_t x = run.x0; x <= run.x1; x++) {
+    int32_t x = run.x0;
+    do { /* a run holds at least one pixel */
         const float v = row[x * step];
         a->sum_logit += (double)v;
         if (v > a->peak) {
@@ -278,34 +275,43 @@ static inline void add_run_pixels(accumulator *a, const run_t run, const float *
             a->sum_weight_x += weight * (double)x;
             a->sum_weight_y += weight * y;
         }
-    }
+    } while (++x <= run.x1);
 }
 
-/* Pass 3: statistics from the pixels of the runs, visited in raster order; writes the label image if asked.
- * The accumulator of the component being fed is a local copy (kept in registers: the map is float like the
- * peak, so a pointer into the slots would be reloaded at every pixel), written back when the component changes:
- * on dense maps consecutive runs mostly belong to the same large component. */
-static void accumulate(const irst_map *map, float threshold, const run_t *runs, ptrdiff_t run_count,
-                       slot_t *slots, int32_t *labels)
+/* Pass 2: numbers the components 1..count in the order of their root (first) runs, and accumulates their
+ * statistics from the pixels of the runs, visited in raster order; writes the label image if asked. Returns the
+ * number of components, or -1 out of memory.
+ * Numbering: a run's parent has a lower index, so it already holds its label (in `link`) when the run is reached.
+ * The accumulator of the component being fed is a local copy (kept in registers: the map is float like the peak,
+ * so a pointer into the slots would be reloaded at every pixel), written back when the component changes: on
+ * dense maps consecutive runs mostly belong to the same large component. */
+static ptrdiff_t measure_components(const irst_map *map, float threshold, irst_workspace *ws, ptrdiff_t run_count,
+                                    int32_t *labels)
 {
     const double weight_origin = (double)threshold;
+    run_t *runs = ws->runs;
     accumulator current;
-    int32_t current_label = 0, seen = 0;
+    int32_t count = 0, current_label = 0;
     for (ptrdiff_t i = 0; i < run_count; i++) {
-        const run_t run = runs[i];
-        if (run.link != current_label) {
+        const int32_t parent = runs[i].link;
+        const int32_t label = parent == (int32_t)i ? count + 1 : runs[parent].link;
+        const run_t run = {runs[i].x0, runs[i].x1, runs[i].y, label};
+        runs[i].link = label;
+        if (label != current_label) {
             if (current_label)
-                slots[current_label - 1].acc = current;
-            current_label = run.link;
-            if (current_label > seen) { /* the component's first run: labels appear in increasing order */
-                seen = current_label;
-                memset(&current, 0, sizeof current);
+                ws->slots[current_label - 1].acc = current;
+            current_label = label;
+            if (label > count) { /* a new component, starting at this run */
+                if (reserve((void **)&ws->slots, &ws->slot_capacity, label, sizeof(slot_t), 16) != 0)
+                    return -1;
+                count = label;
+                current = (accumulator){0};
                 current.peak = -INFINITY;
                 current.x_min = run.x0;
                 current.x_max = run.x1;
                 current.y_min = run.y;
             } else {
-                current = slots[current_label - 1].acc;
+                current = ws->slots[label - 1].acc;
             }
         }
         const float *row = map->data + (ptrdiff_t)run.y * map->row_stride;
@@ -316,11 +322,12 @@ static void accumulate(const irst_map *map, float threshold, const run_t *runs, 
         if (labels) {
             int32_t *out = labels + (ptrdiff_t)run.y * map->width;
             for (int32_t x = run.x0; x <= run.x1; x++)
-                out[x] = run.link;
+                out[x] = label;
         }
     }
     if (current_label)
-        slots[current_label - 1].acc = current;
+        ws->slots[current_label - 1].acc = current;
+    return count;
 }
 
 /* Replaces a slot's accumulator by the target's record. */
@@ -377,14 +384,13 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_works
     const ptrdiff_t run_count = collect_runs(map, threshold, ws);
     if (run_count < 0)
         return IRST_NO_MEMORY;
-    const int32_t count = number_components(ws->runs, run_count);
-    release_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t)); /* the last result expires */
-    if (reserve((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t), 16) != 0)
+    const ptrdiff_t count = measure_components(map, threshold, ws, run_count, labels);
+    if (count < 0)
         return IRST_NO_MEMORY;
-    accumulate(map, threshold, ws->runs, run_count, ws->slots, labels);
-    for (int32_t k = 0; k < count; k++)
+    for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
-    release_excess((void **)&ws->runs, &ws->run_capacity, run_count, sizeof(run_t));
+    shrink_excess((void **)&ws->runs, &ws->run_capacity, run_count, sizeof(run_t));
+    shrink_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t));
     result->targets = count ? &ws->slots[0].target : NULL;
     result->count = count;
     return IRST_OK;
