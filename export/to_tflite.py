@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
@@ -92,7 +93,11 @@ def convert_tflite(
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        flatbuffer = converter.convert()
+        with warnings.catch_warnings():
+            # TF 2.21 warns "Statistics for quantized inputs were expected" whenever int8 I/O is requested with a
+            # representative dataset; the input statistics come from that dataset, so the warning is noise.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError / RuntimeError / ValueError
         raise VerificationError(f"TFLiteConverter failed for precision {precision}: {exc}") from exc
 
@@ -101,7 +106,8 @@ def convert_tflite(
         precision=precision,
         extra={**contract.extra, "tflite": _io_quantisation(flatbuffer, precision)},
     )
-    flatbuffer = _with_metadata(flatbuffer, CONTRACT_KEY, out_contract.to_json().encode())
+    flatbuffer = _finalise(flatbuffer, contract.input_name, contract.output_name,
+                           {CONTRACT_KEY: out_contract.to_json().encode()})
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
@@ -185,20 +191,30 @@ def _io_quantisation(flatbuffer: bytes, precision: str) -> dict:
     return info
 
 
-def _with_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
-    """The flatbuffer with a metadata entry `name` -> buffer holding `payload` (replacing one of that name)."""
+def _finalise(flatbuffer: bytes, input_name: str, output_name: str, metadata: dict) -> bytes:
+    """The flatbuffer with its I/O tensors named as the contract says and `metadata` (name -> bytes) added.
+
+    The converter names the output tensor "Identity" (tf.function's output node); the signature keeps the
+    contract's names, but runtimes that list tensors (and the backend's `outputs`) show the tensor name.
+    """
     import flatbuffers
 
     schema = _schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(payload, dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if _name(m.name) != name] + [entry]
-    builder = flatbuffers.Builder(len(flatbuffer) + len(payload) + 1024)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].name = input_name.encode()
+    graph.tensors[graph.outputs[0]].name = output_name.encode()
+    kept = [m for m in (model.metadata or []) if _name(m.name) not in metadata]
+    for name, payload in metadata.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(payload, dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = name
+        entry.buffer = len(model.buffers) - 1
+        kept.append(entry)
+    model.metadata = kept
+    builder = flatbuffers.Builder(len(flatbuffer) + sum(map(len, metadata.values())) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
