@@ -137,7 +137,8 @@ def _checked_map(logits) -> np.ndarray:
         raise InputError(f"logits: {logits.size} pixels, more than the {_MAX_PIXELS} supported; label in tiles")
     if not logits.flags.aligned or any(stride % 4 for stride in logits.strides):
         # Only byte-misaligned views (np.frombuffer at an odd offset) land here; the C code reads whole floats.
-        logits = np.ascontiguousarray(logits)
+        # copy(), not ascontiguousarray(): a misaligned array can already be contiguous and would come back as is.
+        logits = logits.copy()
     return logits
 
 
