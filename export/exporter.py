@@ -13,6 +13,7 @@ carrying the report (`exc.report`) after the manifest has been written.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -177,13 +178,35 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     (default: the authors' sample frames when ../shared exists, else synthetic IR frames); at most `calib_limit`
     are used. imgsz: export size, an int or (H, W), multiples of the model stride. dynamic: symbolic H/W where the
     format allows (ONNX, ncnn, MNN), verified at imgsz and at 320x480. out / name: the model folder is
-    out/name (name defaults to the architecture). threads: runtime threads during verification (None: the
-    runtime's default).
+    out/name (name defaults to the architecture). threads: CPU threads for torch (tracing, the reference logits)
+    and for the runtimes during verification (None: each library's default).
     """
     fmt_names = parse_names(formats, FORMATS, "export format")
     precision_names = parse_names(precisions, PRECISIONS, "precision")
     check_requirements(fmt_names)
     out = _writable_folder(Path(out))
+    with _torch_threads(threads):
+        return _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, name, threads, calib_limit)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]):
+    """torch.set_num_threads(threads) for the duration, restored after. Why: on a 2-core machine shared with
+    other work, torch's default (one thread per core) made one 5-frame forward pass take 8 s instead of 0.2 s
+    (threads contending for busy cores), in tracing and in the reference logits alike."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, name, threads,
+            calib_limit) -> ExportReport:
     from edge_irst.models import load_checkpoint
 
     loaded = load_checkpoint(weights)
@@ -202,10 +225,10 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     report = ExportReport(name, folder, str(weights), loaded.sha256, origin)
     jobs = [(FORMATS[f], p) for f in fmt_names for p in precision_names]
     with tempfile.TemporaryDirectory(prefix="edge-irst-export-") as scratch:
-        hub = _Hub(loaded.model, base, Path(scratch) / f"{name}_hub.onnx", calib_batches[0])
+        hubs = _Hubs(loaded.model, Path(scratch), calib_batches[0])
         for index, (fmt, precision) in enumerate(jobs, 1):
             prefix = f"[{index}/{len(jobs)}] {fmt.name} {precision}"
-            result = _export_one(fmt, precision, name, folder, base, size, dynamic, hub, loaded.model,
+            result = _export_one(fmt, precision, name, folder, base, size, dynamic, hubs, loaded.model,
                                  calib_batches, reference, threads, prefix)
             report.artifacts.append(result)
     _write_manifest(report)
@@ -227,34 +250,36 @@ def _raise_for_failures(report: ExportReport) -> None:
     raise error
 
 
-class _Hub:
-    """The fp32 ONNX that ONNX and MNN artifacts derive from: exported at most once per export() call."""
+class _Hubs:
+    """The fp32 ONNX files that ONNX and MNN artifacts derive from: one per input size (None: dynamic H/W),
+    each exported at most once per export() call, into a scratch folder."""
 
-    def __init__(self, model, contract: ModelContract, path: Path, example):
-        self.model, self.contract, self.path, self.example = model, contract, path, example
-        self.error: Optional[BaseException] = None
-        self.seconds: Optional[float] = None
+    def __init__(self, model, folder: Path, example):
+        self.model, self.folder, self.example = model, folder, example
+        self._done: dict = {}  # input_size -> the hub's path, or the exception its export raised
 
-    def get(self) -> tuple[Path, float]:
-        """(hub path, seconds spent exporting it in this call: 0 once it exists); re-raises a failed export."""
-        if self.error is not None:
-            raise self.error
-        if self.seconds is not None:
-            return self.path, 0.0
+    def get(self, contract: ModelContract) -> tuple[Path, float]:
+        """(hub path, seconds spent exporting it in this call: 0 when it already existed)."""
+        key = contract.input_size
+        if key in self._done:
+            if isinstance(self._done[key], BaseException):
+                raise self._done[key]
+            return self._done[key], 0.0
         from .to_onnx import onnx_from_torch
 
+        path = self.folder / ("hub_dynamic.onnx" if key is None else "hub_{}x{}.onnx".format(*key))
         start = time.perf_counter()
         try:
-            onnx_from_torch(self.model, self.contract, self.path, self.example)
+            onnx_from_torch(self.model, contract, path, self.example)
         except Exception as exc:
-            self.error = exc
+            self._done[key] = exc
             raise
-        self.seconds = time.perf_counter() - start
-        return self.path, self.seconds
+        self._done[key] = path
+        return path, time.perf_counter() - start
 
 
 def _export_one(fmt: Format, precision: str, name: str, folder: Path, base: ModelContract, size, dynamic: bool,
-                hub: _Hub, model, calib_batches, reference: Reference, threads, prefix: str) -> ArtifactResult:
+                hubs: _Hubs, model, calib_batches, reference: Reference, threads, prefix: str) -> ArtifactResult:
     result = ArtifactResult(fmt.name, precision, fmt.backend)
     if precision not in fmt.precisions:
         result.reason = fmt.unsupported.get(precision, f"{fmt.name} does not write {precision}")
@@ -269,7 +294,7 @@ def _export_one(fmt: Format, precision: str, name: str, folder: Path, base: Mode
     hub_seconds = 0.0
     try:
         if fmt.source == "onnx":
-            source, hub_seconds = hub.get()
+            source, hub_seconds = hubs.get(contract)
         else:
             source = model
         path, contract = fmt.load_converter()(source, contract, target, precision, calib_batches)
