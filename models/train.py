@@ -262,8 +262,11 @@ class Trainer:
                 bar.update(postfix=f"loss {np.mean(losses):.4f} lr {lr:.4f}")
         return {"loss": float(np.mean(losses)), "lr": lr, "images_per_s": seen / (time.perf_counter() - start)}
 
-    def fit(self) -> dict:
-        while self.epoch < self.cfg.epochs:
+    def fit(self, epochs_this_run: Optional[int] = None) -> dict:
+        """Train to the end of the schedule, or only `epochs_this_run` more epochs of it (a time-boxed session;
+        `--resume` continues the same schedule later)."""
+        stop = self.cfg.epochs if epochs_this_run is None else min(self.cfg.epochs, self.epoch + epochs_this_run)
+        while self.epoch < stop:
             stats = self.train_epoch()
             val = validate(self.model, self.val_samples, self.contract, self.device)
             self.epoch += 1
@@ -279,7 +282,7 @@ class Trainer:
                         self.epoch, stats["loss"], val["iou"], val["niou"], val["pd"], val["fa"], self.best_iou,
                         stats["images_per_s"])
         self._plot()
-        return {"best_iou": self.best_iou, "epochs": self.epoch, "out": str(self.out)}
+        return {"best_iou": self.best_iou, "epochs": self.epoch, "of_epochs": self.cfg.epochs, "out": str(self.out)}
 
     def save_best(self, row: dict) -> Path:
         meta = {"train_config": dataclasses.asdict(self.cfg), "epoch": row["epoch"], "validation": row,
@@ -318,9 +321,9 @@ class Trainer:
         return path
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, epochs_this_run: Optional[int] = None) -> dict:
     model_entry(cfg.model)  # unknown names fail before any data is read
     trainer = Trainer(cfg)
     if resume and (trainer.out / "last.pt").is_file():
         trainer.load_state(trainer.out / "last.pt")
-    return trainer.fit()
+    return trainer.fit(epochs_this_run)

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", default="runs/train", help="run folder: last.pt, best.pt, log.csv/json, curves.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--epochs-this-run", type=int, default=None,
+                   help="stop after this many more epochs of the schedule (time-boxed sessions; --resume later)")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -37,8 +39,8 @@ def run(args) -> int:
     from edge_irst.models.train import TrainConfig, train
 
     fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(train=args.data, **{k: v for k, v in vars(args).items() if k in fields and k != "train"})
-    result = train(cfg, resume=args.resume)
+    cfg = TrainConfig(train=args.data, **{k: v for k, v in vars(args).items() if k in fields and k not in ("train", "epochs_this_run")})
+    result = train(cfg, resume=args.resume, epochs_this_run=args.epochs_this_run)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
