@@ -99,7 +99,8 @@ def convert_tflite(
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError / RuntimeError / ValueError
-        raise VerificationError(f"TFLiteConverter failed for precision {precision}: {exc}") from exc
+        raise ModelFileError(f"tensorflow {tf.__version__}'s TFLiteConverter failed on the translated graph "
+                             f"({precision}): {exc}") from exc
 
     out_contract = contract.replace(
         layout="NHWC",
@@ -118,7 +119,8 @@ def convert_tflite(
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _import_tensorflow():
-    # TF logs oneDNN / CPU-feature banners at import; keep them off stderr unless the user asked for them.
+    # Fewer TF C++ log lines at import (the CPU-feature banner goes; TF 2.21's absl oneDNN notice stays) unless
+    # the user set a level.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
@@ -165,10 +167,17 @@ def _check_graph(tf, torch, model, concrete, batch: np.ndarray) -> None:
 
 
 def _schema():
+    """The TFLite flatbuffer schema (generated Python): ai-edge-litert's, else the copy inside tensorflow."""
     try:
         from ai_edge_litert import schema_py_generated as schema
-    except ImportError as exc:
-        raise MissingDependencyError("ai-edge-litert (TFLite flatbuffer schema)", "tflite", str(exc)) from exc
+    except ImportError as litert_missing:
+        try:  # tensorflow aliases `tensorflow.lite` to its API module; the file is reachable by its full name
+            import importlib
+
+            schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
+        except ImportError:
+            raise MissingDependencyError("ai-edge-litert (reads and writes TFLite flatbuffers)", "tflite",
+                                         str(litert_missing)) from litert_missing
     return schema
 
 
