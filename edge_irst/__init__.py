@@ -15,6 +15,9 @@ _LAZY = {
     "AUTHORS_CONTRACT": "edge_irst.contract",
     "EdgeIrstError": "edge_irst.errors",
     "create_model": "edge_irst.models",
+    "load_backend": "edge_irst.backends",
+    "Detector": "edge_irst.pipeline",
+    "Detections": "edge_irst.detections",
 }
 
 

@@ -31,11 +31,12 @@ class UnsafePickleError(ModelFileError):
 
 
 class MissingDependencyError(EdgeIrstError, ImportError):
-    """An optional runtime or converter that is not installed; the message names the pip extra to install."""
+    """A runtime or converter that is not installed; the message names the pip extra to install, or, for a core
+    dependency (extra None), says to reinstall edge-irst."""
 
-    def __init__(self, what: str, extra: str, detail: str = ""):
-        msg = f"{what} is not installed: pip install 'edge-irst[{extra}]'"
-        super().__init__(msg + (f" ({detail})" if detail else ""))
+    def __init__(self, what: str, extra: str | None, detail: str = ""):
+        fix = f"pip install 'edge-irst[{extra}]'" if extra else "reinstall edge-irst (pip install edge-irst)"
+        super().__init__(f"{what} is not installed: {fix}" + (f" ({detail})" if detail else ""))
 
 
 class VerificationError(EdgeIrstError, RuntimeError):

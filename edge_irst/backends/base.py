@@ -240,11 +240,8 @@ class Backend(ABC):
             with capture_native_output((1,)):  # MNN 3.6 prints its CPU features to stdout when imported
                 return importlib.import_module(module)
         except ImportError as exc:
-            error = MissingDependencyError(f"the {cls.name} backend's runtime ({module})", cls.extra or "", str(exc))
-            if not cls.extra:  # MissingDependencyError always names an extra; a core dependency has none
-                error.args = (f"the {cls.name} backend's runtime ({module}) is not installed: {cls.install_hint()} "
-                              f"({exc})",)
-            raise error from exc
+            raise MissingDependencyError(f"the {cls.name} backend's runtime ({module})", cls.extra or None,
+                                         str(exc)) from exc
 
     @classmethod
     def install_hint(cls) -> str:
