@@ -198,8 +198,12 @@ class Detections:
             else:
                 raise InputError(f"Detections index: expected an int, a slice, a boolean mask of shape ({count},) "
                                  f"or a 1-D integer array, received {key.dtype} of shape {key.shape}")
-        # A slice gives read-only views; a mask or an index array gives new arrays of ours.
-        return self._trusted(_read_only(self._ints[:, key]), _read_only(self._reals[:, key]), self._metadata())
+        if isinstance(key, slice):  # read-only views
+            return self._trusted(self._ints[:, key], self._reals[:, key], self._metadata())
+        # New arrays of ours. compress() takes half the time of boolean fancy indexing on these small blocks.
+        pick = np.ndarray.compress if key.dtype == np.bool_ else np.ndarray.take
+        return self._trusted(_read_only(pick(self._ints, key, axis=1)), _read_only(pick(self._reals, key, axis=1)),
+                             self._metadata())
 
     # -- geometry ----------------------------------------------------------------------------------------------
     def scaled(self, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0,
@@ -287,7 +291,7 @@ def _checked_column(name: str, value, dtype: np.dtype) -> np.ndarray:
 
 
 def _read_only(block: np.ndarray) -> np.ndarray:
-    block.flags.writeable = False  # only on arrays of ours or views of read-only ones: nobody else's flags
+    block.setflags(write=False)  # only on new arrays of ours: nobody else's flags
     return block
 
 

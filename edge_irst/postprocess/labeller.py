@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..detections import Detections
+from ..detections import Detections, _checked_metadata
 from ..errors import EdgeIrstError, InputError
 from .records import BYTES_PER_TARGET, TARGET_FIELDS, blocks_from_bytes
 
@@ -27,6 +27,7 @@ ENVIRONMENT_VARIABLE = "EDGE_IRST_POSTPROCESS"
 _CHOICES = ("auto", "c", "opencv")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NATIVE_FLOAT32 = np.dtype(np.float32)
+_FLOAT32_OF: dict = {}  # validated float threshold -> its float32 value
 _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 
 # A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels)
@@ -109,13 +110,20 @@ def checked_threshold(threshold) -> float:
     Comparing in float32 is what `logits > threshold` does in numpy for a float32 map; the weights of the weighted
     centroid use the same float32 value.
     """
-    if type(threshold) is not float and (isinstance(threshold, (bool, np.bool_))
-                                         or not isinstance(threshold, numbers.Real)):
+    if type(threshold) is float:
+        cached = _FLOAT32_OF.get(threshold)  # a stream passes the same few thresholds frame after frame
+        if cached is not None:
+            return cached
+    elif isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
         raise InputError(f"threshold = {threshold!r}; expected a finite real number (a logit, e.g. 0.0)")
     value = float(np.float32(threshold)) if -_FLOAT32_MAX <= threshold <= _FLOAT32_MAX else math.nan
     if not math.isfinite(value):
         raise InputError(f"threshold = {threshold!r}; expected a finite logit within float32 range "
                          f"(|threshold| <= {_FLOAT32_MAX:.4g}), e.g. 0.0 (the paper's value)")
+    if type(threshold) is float:
+        if len(_FLOAT32_OF) > 256:
+            _FLOAT32_OF.clear()
+        _FLOAT32_OF[threshold] = value
     return value
 
 
@@ -162,6 +170,8 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     threshold = checked_threshold(threshold)
     labels = np.zeros(logits.shape, np.int32) if return_labels else None
     ints, reals = _resolve(implementation)(logits, threshold, labels)
-    detections = Detections.from_blocks(ints, reals, frame_index=frame_index, timestamp=timestamp,
-                                        frame_shape=logits.shape if frame_shape is None else frame_shape)
+    # The labellers build read-only blocks in Detections' layout (records.py, checked against the C extension at
+    # import); from_blocks()'s per-call checks would cost a fifth of a sparse 256x256 labelling.
+    detections = Detections._trusted(ints, reals, _checked_metadata(
+        frame_index, timestamp, logits.shape if frame_shape is None else frame_shape))
     return (detections, labels) if return_labels else detections

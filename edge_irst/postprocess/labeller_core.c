@@ -59,24 +59,30 @@ static inline uint64_t mask_strided(const float *p, ptrdiff_t step, int count, f
     return bits;
 }
 
-/* The same for 64 contiguous pixels, with SIMD where the target has it (the scan is the whole cost on sparse maps:
- * one OR of sixteen compares answers "all background" for 64 pixels). Define IRST_PORTABLE to test the plain C
- * path on any machine. Both SIMD compares are ordered: false for NaN, like the C `>`. */
+/* The same for 64 contiguous pixels, with SIMD where the target has it (the scan is the whole cost on sparse maps,
+ * so "all background" is answered for 64 pixels at once before any bit is computed). Define IRST_PORTABLE to test
+ * the plain C path on any machine. The SIMD compares are ordered: false for NaN, like the C `>`. NEON keeps an OR
+ * of compares: its FMAXNM returns NaN for a signalling NaN, which could hide a target. */
 #if defined(__SSE2__) && !defined(IRST_PORTABLE)
 #include <emmintrin.h>
 static inline uint64_t mask64(const float *p, float t)
 {
+    /* "Any pixel > t" first, from four running maxima seeded with t: MAXPS returns its second operand when the
+     * first is a NaN (quiet or signalling), so a NaN pixel never enters them. 16 MAXPS + 1 compare instead of 16
+     * compares + 15 ORs: the sparse scan is a third shorter. */
     const __m128 tv = _mm_set1_ps(t);
-    __m128 above[16], any = _mm_setzero_ps();
-    for (int k = 0; k < 16; k++) {
-        above[k] = _mm_cmpgt_ps(_mm_loadu_ps(p + 4 * k), tv);
-        any = _mm_or_ps(any, above[k]);
+    __m128 m0 = tv, m1 = tv, m2 = tv, m3 = tv;
+    for (int k = 0; k < 64; k += 16) {
+        m0 = _mm_max_ps(_mm_loadu_ps(p + k), m0);
+        m1 = _mm_max_ps(_mm_loadu_ps(p + k + 4), m1);
+        m2 = _mm_max_ps(_mm_loadu_ps(p + k + 8), m2);
+        m3 = _mm_max_ps(_mm_loadu_ps(p + k + 12), m3);
     }
-    if (_mm_movemask_ps(any) == 0)
+    if (_mm_movemask_ps(_mm_cmpgt_ps(_mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)), tv)) == 0)
         return 0;
     uint64_t bits = 0;
     for (int k = 0; k < 16; k++)
-        bits |= (uint64_t)_mm_movemask_ps(above[k]) << (4 * k);
+        bits |= (uint64_t)_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(p + 4 * k), tv)) << (4 * k);
     return bits;
 }
 #elif defined(__aarch64__) && !defined(IRST_PORTABLE)

@@ -30,7 +30,7 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     ints = np.zeros((len(INT_FIELDS), targets), np.int64)
     reals = np.zeros((len(REAL_FIELDS), targets), np.float64)
     if targets == 0:
-        return ints, reals
+        return _read_only(ints, reals)
     column = dict(zip(INT_FIELDS + REAL_FIELDS, [*ints, *reals]))  # name -> row view of a block
 
     flat = cv_labels.reshape(-1)
@@ -88,4 +88,10 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     column["peak_logit"][:] = peak[1:]
     column["peak_y"][:], column["peak_x"][:] = np.divmod(peak_pixel, logits.shape[1])
     column["mean_logit"][:] = per_target(values) / size
-    return ints, reals
+    return _read_only(ints, reals)
+
+
+def _read_only(*blocks: np.ndarray) -> tuple:
+    for block in blocks:
+        block.setflags(write=False)  # Detections keeps them as its storage
+    return blocks

@@ -20,8 +20,6 @@ BYTES_PER_TARGET = 8 * len(TARGET_FIELDS)
 
 
 def blocks_from_bytes(buffer: bytes) -> tuple:
-    """(ints, reals) views of the C extension's output: the int block, then the real block, native order."""
-    count = len(buffer) // BYTES_PER_TARGET
-    ints = np.frombuffer(buffer, np.int64, count=len(INT_FIELDS) * count).reshape(len(INT_FIELDS), count)
-    reals = np.frombuffer(buffer, np.float64, offset=ints.nbytes).reshape(len(REAL_FIELDS), count)
-    return ints, reals
+    """(ints, reals) read-only views of the C extension's output: the int block, then the real block."""
+    rows = np.frombuffer(buffer, np.int64).reshape(len(TARGET_FIELDS), -1)
+    return rows[:len(INT_FIELDS)], rows[len(INT_FIELDS):].view(np.float64)

@@ -44,6 +44,13 @@ class TargetFilter:
                                  f"expected {low} <= {high}")
         if not isinstance(self.inclusive, (bool, np.bool_)):
             raise InputError(f"TargetFilter.inclusive = {self.inclusive!r}; expected True (<=) or False (<)")
+        # (column, comparison, bound) per bound that is set, built once: keep() runs on every frame.
+        above = np.greater_equal if self.inclusive else np.greater
+        below = np.less_equal if self.inclusive else np.less
+        checks = tuple((column, compare, bound) for column, compare, bound in (
+            ("size", above, self.size_min), ("size", below, self.size_max),
+            ("aspect_ratio", above, self.ratio_min), ("aspect_ratio", below, self.ratio_max)) if bound is not None)
+        object.__setattr__(self, "_checks", checks)
 
     @classmethod
     def preset(cls, name: str) -> "TargetFilter":
@@ -54,19 +61,16 @@ class TargetFilter:
 
     @property
     def keeps_everything(self) -> bool:
-        return all(getattr(self, name) is None for name in ("size_min", "size_max", "ratio_min", "ratio_max"))
+        return not self._checks
 
     def keep(self, detections: Detections) -> np.ndarray:
         """bool (n,): True for the rows of `detections` this filter keeps."""
-        above = np.greater_equal if self.inclusive else np.greater
-        below = np.less_equal if self.inclusive else np.less
-        kept = np.ones(len(detections), bool)
-        for values, low, high in ((detections.size, self.size_min, self.size_max),
-                                  (detections.aspect_ratio, self.ratio_min, self.ratio_max)):
-            if low is not None:
-                kept &= above(values, low)
-            if high is not None:
-                kept &= below(values, high)
+        if not self._checks:
+            return np.ones(len(detections), bool)
+        (column, compare, bound), *others = self._checks
+        kept = compare(getattr(detections, column), bound)
+        for column, compare, bound in others:
+            np.logical_and(kept, compare(getattr(detections, column), bound), out=kept)
         return kept
 
     def __call__(self, detections: Detections) -> Detections:
