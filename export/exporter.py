@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from edge_irst.contract import ModelContract, write_sidecar
-from edge_irst.errors import EdgeIrstError, InputError, MissingDependencyError, VerificationError
+from edge_irst.errors import EdgeIrstError, InputError, VerificationError
 
 from .calibration import calibration_frames
 from .formats import FORMATS, ONNX_HUB_REQUIRES, PRECISIONS, TORCH_REQUIRES, Format, check_requirements, parse_names
@@ -219,18 +219,15 @@ def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, nam
                                    provenance="edge-irst export")
     frames, origin = calibration_frames(Path(calib) if calib is not None else None, calib_limit)
     reference = Reference(loaded.model, frames, base)
-    calib_batches = reference.batches(size)
     log.info("exporting %s (%s, sha256 %s) to %s; calibration/verification on %s", name, weights,
              loaded.sha256[:12], folder, origin)
     report = ExportReport(name, folder, str(weights), loaded.sha256, origin)
     jobs = [(FORMATS[f], p) for f in fmt_names for p in precision_names]
     with tempfile.TemporaryDirectory(prefix="edge-irst-export-") as scratch:
-        hubs = _Hubs(loaded.model, Path(scratch), calib_batches[0])
+        run = _Run(name, folder, base, size, dynamic, loaded.model, reference, threads,
+                   _Hubs(loaded.model, Path(scratch), reference.batches(size)[0]))
         for index, (fmt, precision) in enumerate(jobs, 1):
-            prefix = f"[{index}/{len(jobs)}] {fmt.name} {precision}"
-            result = _export_one(fmt, precision, name, folder, base, size, dynamic, hubs, loaded.model,
-                                 calib_batches, reference, threads, prefix)
-            report.artifacts.append(result)
+            report.artifacts.append(run.export_one(fmt, precision, f"[{index}/{len(jobs)}] {fmt.name} {precision}"))
     _write_manifest(report)
     _raise_for_failures(report)
     return report
@@ -278,47 +275,61 @@ class _Hubs:
         return path, time.perf_counter() - start
 
 
-def _export_one(fmt: Format, precision: str, name: str, folder: Path, base: ModelContract, size, dynamic: bool,
-                hubs: _Hubs, model, calib_batches, reference: Reference, threads, prefix: str) -> ArtifactResult:
-    result = ArtifactResult(fmt.name, precision, fmt.backend)
-    if precision not in fmt.precisions:
-        result.reason = fmt.unsupported.get(precision, f"{fmt.name} does not write {precision}")
-        log.info("%s: skipped (%s)", prefix, result.reason)
-        return result
-    contract = base if (dynamic and fmt.dynamic) else base.replace(input_size=size)
-    if dynamic and not fmt.dynamic:
-        log.warning("%s: %s artifacts take a fixed size; exported at %dx%d", prefix, fmt.name, *size)
-    target = folder / f"{name}_{precision}{fmt.suffix}"
-    log.info("%s: converting ...", prefix)
-    start = time.perf_counter()
-    hub_seconds = 0.0
-    try:
-        if fmt.source == "onnx":
-            source, hub_seconds = hubs.get(contract)
-        else:
-            source = model
-        path, contract = fmt.load_converter()(source, contract, target, precision, calib_batches)
-    except MissingDependencyError:
-        raise
-    except Exception as exc:  # a converter's own failure: recorded, the other formats go on
-        result.status, result.reason = "FAILED", f"conversion failed: {type(exc).__name__}: {exc}"
+@dataclass
+class _Run:
+    """What every artifact of one export() call shares."""
+
+    name: str
+    folder: Path
+    base: ModelContract  # input_size None when --dynamic
+    size: tuple  # (H, W) of tracing, calibration and verification
+    dynamic: bool
+    model: object  # the eval-mode PyTorch module
+    reference: Reference
+    threads: Optional[int]
+    hubs: _Hubs
+
+    def export_one(self, fmt: Format, precision: str, prefix: str) -> ArtifactResult:
+        """Convert, verify and describe one artifact; a converter's failure is recorded, not raised."""
+        result = ArtifactResult(fmt.name, precision, fmt.backend)
+        if precision not in fmt.precisions:
+            result.reason = fmt.unsupported.get(precision, f"{fmt.name} does not write {precision}")
+            log.info("%s: skipped (%s)", prefix, result.reason)
+            return result
+        contract = self.base if fmt.dynamic else self.base.replace(input_size=self.size)
+        if self.dynamic and not fmt.dynamic:
+            log.warning("%s: %s artifacts take a fixed size; exported at %dx%d", prefix, fmt.name, *self.size)
+        calib_batches = self.reference.batches(self.size)
+        log.info("%s: converting ...", prefix)
+        start = time.perf_counter()
+        hub_seconds = 0.0
+        try:
+            if fmt.source == "onnx":
+                source, hub_seconds = self.hubs.get(contract)
+            else:
+                source = self.model
+            path, contract = fmt.load_converter()(source, contract, self.folder / f"{self.name}_{precision}"
+                                                  f"{fmt.suffix}", precision, calib_batches)
+        except Exception as exc:  # recorded (a missing dependency keeps its install hint); the others go on
+            result.status, result.reason = "FAILED", f"conversion failed: {type(exc).__name__}: {exc}"
+            result.convert_seconds = time.perf_counter() - start
+            log.error("%s: %s", prefix, result.reason)
+            return result
         result.convert_seconds = time.perf_counter() - start
-        log.error("%s: %s", prefix, result.reason)
+        files = [Path(path)] + [Path(path).with_suffix(c) for c in fmt.companions]
+        result.files = [f.name for f in files]
+        result.size_bytes = sum(f.stat().st_size for f in files)
+        note = f" (includes {hub_seconds:.1f} s exporting the fp32 ONNX it derives from)" if hub_seconds else ""
+        log.info("%s: wrote %s (%s) in %.1f s%s; verifying with %s on %d frames", prefix, result.files[0],
+                 _kib(result.size_bytes), result.convert_seconds, note, fmt.backend, len(calib_batches))
+        check = verify_artifact(Path(path), fmt.backend, precision, contract, self.reference, self.size,
+                                self.threads)
+        _record(result, check, precision)
+        write_sidecar(path, contract, format=fmt.name, precision=precision, files=result.files,
+                      source=self.base.source, source_sha256=self.base.source_sha256, toolchain=_toolchain(fmt),
+                      convert_seconds=round(result.convert_seconds, 3), verification=check.to_dict())
+        log.info("%s: %s%s", prefix, result.status, f" ({result.reason})" if result.reason else "")
         return result
-    result.convert_seconds = time.perf_counter() - start
-    files = [Path(path)] + [Path(path).with_suffix(c) for c in fmt.companions]
-    result.files = [f.name for f in files]
-    result.size_bytes = sum(f.stat().st_size for f in files)
-    note = f" (includes {hub_seconds:.1f} s exporting the fp32 ONNX it derives from)" if hub_seconds else ""
-    log.info("%s: wrote %s (%s) in %.1f s%s; verifying with %s on %d frames", prefix, result.files[0],
-             _kib(result.size_bytes), result.convert_seconds, note, fmt.backend, len(calib_batches))
-    check = verify_artifact(Path(path), fmt.backend, precision, contract, reference, size, threads)
-    _record(result, check, precision)
-    write_sidecar(path, contract, format=fmt.name, precision=precision, files=result.files,
-                  source=base.source, source_sha256=base.source_sha256, toolchain=_toolchain(fmt),
-                  convert_seconds=round(result.convert_seconds, 3), verification=check.to_dict())
-    log.info("%s: %s%s", prefix, result.status, f" ({result.reason})" if result.reason else "")
-    return result
 
 
 def _record(result: ArtifactResult, check: Verification, precision: str) -> None:

@@ -120,7 +120,11 @@ def verify_artifact(path: Path, backend: str, precision: str, contract: ModelCon
     with runtime:
         for hw in sizes:
             expected = reference.logits(hw)
-            got = np.concatenate([runtime.run(b) for b in reference.batches(hw)])
+            try:
+                got = np.concatenate([runtime.run(b) for b in reference.batches(hw)])
+            except EdgeIrstError as exc:
+                return Verification(ran=True, verified=False, sizes=[list(s) for s in sizes],
+                                    reason=f"{backend} failed to run it at {hw[0]}x{hw[1]}: {exc}")
             if got.shape != expected.shape:
                 return Verification(ran=True, verified=False, sizes=[list(s) for s in sizes],
                                     reason=f"{backend} returned shape {got.shape}, PyTorch {expected.shape}")

@@ -197,19 +197,26 @@ def test_verification_refuses_an_artifact_that_disagrees(report, model, frames):
 # ---- --dynamic ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dynamic_report(authors_dir, tmp_path_factory) -> ExportReport:
-    return export(authors_dir / "LW_IRST.pkl", formats="onnx", dynamic=True,
+    return export(authors_dir / "LW_IRST.pkl", formats="onnx,ncnn", dynamic=True,
                   calib=authors_dir / "samples" / "images", out=tmp_path_factory.mktemp("dynamic"), threads=1)
 
 
-def test_dynamic_onnx_runs_at_any_multiple_of_8_and_matches_pytorch(dynamic_report, model, frames):
-    row = dynamic_report.artifact("onnx", "fp32")
+@pytest.mark.parametrize("fmt", ["onnx", "ncnn"])
+def test_dynamic_artifacts_run_at_any_multiple_of_8_and_match_pytorch(dynamic_report, model, frames, fmt):
+    row = dynamic_report.artifact(fmt, "fp32")
     assert row.verified, row.reason
-    path = dynamic_report.path("onnx", "fp32")
+    path = dynamic_report.path(fmt, "fp32")
     assert read_sidecar(path)["verification"]["sizes"] == [[256, 256], [320, 480]]
-    with load_backend(path, threads=1) as runtime:
+    with load_backend(path, threads=1, precision="fp32") as runtime:
         assert runtime.contract.input_size is None and runtime.inputs[0].hw == (None, None)
         for size in ((256, 256), (320, 480), (96, 136)):
             batch, expected = _logits(model, frames[:2], runtime.contract, size)
             got = runtime.run(batch)
             assert got.shape == expected.shape == (2, 1, *size)
             assert np.abs(got - expected).max() <= 1e-3
+
+
+def test_dynamic_onnx_declares_symbolic_height_and_width(dynamic_report):
+    onnx = pytest.importorskip("onnx")
+    dims = onnx.load(str(dynamic_report.path("onnx", "fp32"))).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[:2]] == [1, 3] and all(d.dim_param for d in dims[2:])

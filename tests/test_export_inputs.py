@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_irst.cli import main
-from edge_irst.errors import InputError, MissingDependencyError, ModelFileError, UnknownNameError
+from edge_irst.errors import InputError, ModelFileError, UnknownNameError
 from edge_irst.export import FORMATS, export
 from edge_irst.export import calibration
 from edge_irst.synthetic import synthetic_frames
