@@ -26,11 +26,12 @@ from edge_irst.errors import InputError, MissingDependencyError
 
 OPSET = 18
 # int8: static QDQ with per-channel int8 weights and uint8 activations. Measured with onnxruntime 1.32 on this
-# machine (AMD EPYC with AVX512-VNNI, 1 thread, 256x256, median of 40 interleaved runs on a loaded machine):
-# fp32 30 ms; QDQ/uint8 37 ms, IoU 0.958; QDQ/int8 38 ms; QOperator/uint8 38 ms, IoU 0.944; QOperator/int8 60 ms.
-# QOperator is no faster, and QDQ keeps the float graph readable and is the form the other runtimes and EPs
-# (TensorRT, OpenVINO, QNN, XNNPACK) consume: QDQ it is. Neither beats fp32 on this CPU: ORT has no quantised
-# PRelu, so every convolution is wrapped in DequantizeLinear/QuantizeLinear pairs on small tensors.
+# machine (AMD EPYC with AVX512-VNNI, shared by other jobs; 1 thread, 256x256, 40 interleaved runs each, 10th
+# percentile as the least-disturbed figure): fp32 18.0 ms; QDQ/uint8 20.8 ms (mask IoU vs fp32 0.958 on the
+# sample frames); QDQ/int8 21.0 ms; QOperator/uint8 20.7 ms (IoU 0.944); QOperator/int8 35.9 ms. QOperator is no
+# faster, and QDQ keeps the float graph readable and is the form the other runtimes and EPs (TensorRT, OpenVINO,
+# QNN, XNNPACK) consume: QDQ it is. Neither beats fp32 on this CPU: ORT has no quantised PRelu, so every
+# convolution is wrapped in DequantizeLinear/QuantizeLinear pairs on small tensors.
 _QUANT = {"quant_format": "QDQ", "per_channel": True, "weight_type": "int8", "activation_type": "uint8"}
 
 

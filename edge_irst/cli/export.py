@@ -2,7 +2,8 @@
 
 The table of results goes to stdout (or the manifest as JSON with --json); progress goes to stderr.
 Exit 0: every artifact written (fp16/int8 ones may be UNVERIFIED, with the reason); 1: a converter failed or an
-fp32 artifact disagrees with PyTorch (the table is still printed); 2: usage error (unknown format, bad size).
+fp32 artifact disagrees with PyTorch (the table is still printed), or bad weights / size / folder / converter;
+2: usage error (unknown format or precision, conflicting flags).
 """
 from __future__ import annotations
 
