@@ -5,7 +5,8 @@ Compared, on the same float32 logit map (threshold 0):
                returned as Detections (the public call, Python overhead included);
   cv2 CC       cv2.connectedComponentsWithStats((logits > 0).view(uint8), connectivity=8): thresholding is inside
                the timed region, as the C labeller thresholds too;
-  ours+filter  label_targets + TargetFilter.preset("authors") (area 5..100, ratio 0.2..5, exclusive);
+  ours+filter  label_targets(logits, target_filter=...) with the authors' bounds (area 5..100, ratio 0.2..5,
+               exclusive), the filter applied inside the labeller;
   authors      the authors' full procedure, written from its description: threshold, connected components, a
                Python loop over the components that keeps those within the area/ratio bounds (the kept mask is
                built with a lookup table, the fastest reading of it), then a second connected-components pass on
@@ -103,7 +104,7 @@ AUTHORS_FILTER = TargetFilter(size_min=AUTHORS_AREA[0], size_max=AUTHORS_AREA[1]
 
 
 def ours_filtered(logits: np.ndarray):
-    return AUTHORS_FILTER(label_targets(logits))
+    return label_targets(logits, target_filter=AUTHORS_FILTER)
 
 
 def sample(function, argument, calls: int) -> float:

@@ -400,6 +400,26 @@ def test_unknown_preset_suggests_the_close_one():
         TargetFilter.preset("author")
 
 
+@st.composite
+def target_filters(draw):
+    sizes = st.sampled_from([None, 0, 1, 2, 3, 5, 8, 100])
+    ratios = st.sampled_from([None, 0.2, 0.5, 1.0, 2.0, 5.0])
+    low_size, high_size = sorted([draw(sizes) or 0, draw(sizes) or 10**6])
+    low_ratio, high_ratio = sorted([draw(ratios) or 0.01, draw(ratios) or 100.0])
+    return TargetFilter(low_size, high_size, low_ratio, high_ratio, inclusive=draw(st.booleans()))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@PROPERTY_SETTINGS
+@given(logits=logit_maps(), target_filter=target_filters())
+def test_filter_inside_the_labeller_equals_filtering_afterwards(implementation, logits, target_filter):
+    inside, labels = label_targets(logits, return_labels=True, target_filter=target_filter,
+                                   implementation=implementation)
+    everything, all_labels = label_targets(logits, return_labels=True, implementation=implementation)
+    assert np.array_equal(labels, all_labels), "the label image shows every target, filtered or not"
+    assert_identical(inside, target_filter(everything))
+
+
 def test_postprocess_settings_apply_threshold_then_filter():
     logits = np.full((8, 8), -1.0, np.float32)
     logits[1, 1:4] = 0.5  # 3 pixels

@@ -2,7 +2,8 @@
 
     from edge_irst.postprocess import label_targets, TargetFilter, LiveSettings
     detections = label_targets(logits)                        # float32 (H, W) -> Detections
-    kept = TargetFilter.preset("authors")(detections)         # the paper's eq. 4
+    kept = TargetFilter.preset("authors")(detections)         # the paper's eq. 4 ...
+    kept = label_targets(logits, target_filter="authors")     # ... or applied inside the labeller (faster)
 
 The labelling runs in a C extension (edge_irst/postprocess/_labeller.c, built at install) or, where it could
 not be built or EDGE_IRST_POSTPROCESS=opencv, in an OpenCV fallback with identical results. IMPLEMENTATION
@@ -10,7 +11,8 @@ says which one is active ("c" or "opencv"); implementation_info() says why.
 """
 from .labeller import (ENVIRONMENT_VARIABLE, IMPLEMENTATION, available_implementations, checked_threshold,
                        implementation_info, label_targets)
-from .target_filter import FILTER_PRESETS, LiveSettings, PostprocessSettings, TargetFilter
+from .settings import LiveSettings, PostprocessSettings
+from .target_filter import FILTER_PRESETS, TargetFilter
 
 __all__ = [
     "ENVIRONMENT_VARIABLE", "FILTER_PRESETS", "IMPLEMENTATION", "LiveSettings", "PostprocessSettings",

@@ -111,19 +111,25 @@ static PyObject *column_blocks(const irst_result *result)
 }
 
 PyDoc_STRVAR(label_doc,
-"label(logits, threshold, labels, workspace) -> bytes\n\n"
+"label(logits, threshold, labels, workspace, target_filter) -> bytes\n\n"
 "logits: 2-D native float32 buffer, any strides. threshold: float (used as float32).\n"
 "labels: None, or a zero-filled C-contiguous int32 buffer of the same shape, filled with target labels.\n"
 "workspace: from new_workspace(), used by one thread at a time.\n"
+"target_filter: None, or (size_min, size_max, ratio_min, ratio_max, inclusive), open sides as -inf / inf.\n"
 "Returns the targets as bytes: an int64 block (one row per INT field of TARGET_FIELDS, one column per target)\n"
 "followed by a double block (one row per REAL field), native byte order.");
 
 static PyObject *label(PyObject *module, PyObject *args)
 {
-    PyObject *logits_obj, *labels_obj, *capsule;
+    PyObject *logits_obj, *labels_obj, *capsule, *filter_obj;
     float threshold;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OfOO:label", &logits_obj, &threshold, &labels_obj, &capsule))
+    if (!PyArg_ParseTuple(args, "OfOOO:label", &logits_obj, &threshold, &labels_obj, &capsule, &filter_obj))
+        return NULL;
+    irst_filter filter;
+    if (filter_obj != Py_None &&
+        !PyArg_ParseTuple(filter_obj, "ddddp:target_filter", &filter.size_min, &filter.size_max, &filter.ratio_min,
+                          &filter.ratio_max, &filter.inclusive))
         return NULL;
     workspace_handle *handle = PyCapsule_GetPointer(capsule, WORKSPACE_CAPSULE);
     if (!handle)
@@ -162,7 +168,7 @@ static PyObject *label(PyObject *module, PyObject *args)
     int status;
     handle->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    status = irst_label(&map, threshold, labels, handle->ws, &result);
+    status = irst_label(&map, threshold, labels, filter_obj != Py_None ? &filter : NULL, handle->ws, &result);
     Py_END_ALLOW_THREADS
     handle->busy = 0;
 

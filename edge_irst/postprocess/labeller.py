@@ -15,13 +15,14 @@ import numbers
 import os
 import threading
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
 from ..detections import Detections, _checked_metadata
 from ..errors import EdgeIrstError, InputError
 from .records import BYTES_PER_TARGET, TARGET_FIELDS, blocks_from_bytes
+from .target_filter import TargetFilter, as_target_filter
 
 ENVIRONMENT_VARIABLE = "EDGE_IRST_POSTPROCESS"
 _CHOICES = ("auto", "c", "opencv")
@@ -30,8 +31,9 @@ _NATIVE_FLOAT32 = np.dtype(np.float32)
 _FLOAT32_OF: dict = {}  # validated float threshold -> its float32 value
 _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 
-# A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels)
-# -> (ints, reals) column blocks (records.py).
+# A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels,
+# None or a TargetFilter that rejects something) -> (ints, reals) read-only column blocks (records.py) of the kept
+# targets.
 Labeller = Callable[[np.ndarray, float, Optional[np.ndarray]], np.ndarray]
 
 
@@ -46,11 +48,12 @@ def _load_c_labeller() -> tuple:
 
     per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
 
-    def label_blocks(logits, threshold, labels):
+    def label_blocks(logits, threshold, labels, target_filter):
         workspace = getattr(per_thread, "workspace", None)
         if workspace is None:
             workspace = per_thread.workspace = _labeller.new_workspace()
-        return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace))
+        bounds = None if target_filter is None else target_filter.c_bounds
+        return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace, bounds))
 
     label_blocks.compiler = _labeller.COMPILER
     return label_blocks, None
@@ -151,15 +154,19 @@ def _checked_map(logits) -> np.ndarray:
 
 
 def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: bool = False, *,
-                  implementation: Optional[str] = None, frame_index: Optional[int] = None,
-                  timestamp: Optional[float] = None, frame_shape: Optional[tuple] = None):
+                  target_filter: Optional[Union[TargetFilter, str]] = None, implementation: Optional[str] = None,
+                  frame_index: Optional[int] = None, timestamp: Optional[float] = None,
+                  frame_shape: Optional[tuple] = None):
     """Eight-connected targets of `logits > threshold`, with their statistics, in one pass.
 
     logits: numpy float32 array of shape (H, W) (any H, W >= 1), any strides (views such as a[::2, ::3], a.T
         or a[::-1] are read in place, no copy). Other dtypes are rejected, not converted. NaN is never a target,
         +inf always is, -inf never.
     threshold: a pixel is a target pixel where logit > threshold, compared in float32 (default 0.0, the paper's).
-    return_labels: also return the label image, int32 (H, W) row-major: 0 = background, k = pixels of row k - 1.
+    return_labels: also return the label image, int32 (H, W) row-major: 0 = background, k = the pixels of the
+        target whose Detections.label is k (every target, kept by the filter or not).
+    target_filter: None (keep every target), a TargetFilter or a preset name ('none', 'authors'); applied inside
+        the labeller, with the same result as TargetFilter.__call__ on the unfiltered Detections.
     implementation: 'c' or 'opencv' to override the active IMPLEMENTATION (tests, benchmarks).
     frame_index, timestamp, frame_shape: metadata stored in the Detections (frame_shape defaults to (H, W)).
 
@@ -168,8 +175,12 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     """
     logits = _checked_map(logits)
     threshold = checked_threshold(threshold)
+    if target_filter is not None:
+        target_filter = as_target_filter(target_filter)
+        if target_filter.keeps_everything:
+            target_filter = None
     labels = np.zeros(logits.shape, np.int32) if return_labels else None
-    ints, reals = _resolve(implementation)(logits, threshold, labels)
+    ints, reals = _resolve(implementation)(logits, threshold, labels, target_filter)
     # The labellers build read-only blocks in Detections' layout (records.py, checked against the C extension at
     # import); from_blocks()'s per-call checks would cost a fifth of a sparse 256x256 labelling.
     detections = Detections._trusted(ints, reals, _checked_metadata(

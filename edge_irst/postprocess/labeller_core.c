@@ -378,7 +378,29 @@ void irst_workspace_free(irst_workspace *ws)
     }
 }
 
-int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_workspace *ws, irst_result *result)
+static int within(double value, double low, double high, int inclusive)
+{
+    return inclusive ? low <= value && value <= high : low < value && value < high;
+}
+
+/* Moves the targets that pass the filter to the front, in order; returns how many. */
+static ptrdiff_t apply_filter(const irst_filter *filter, slot_t *slots, ptrdiff_t count)
+{
+    ptrdiff_t kept = 0;
+    for (ptrdiff_t k = 0; k < count; k++) {
+        const irst_target *t = &slots[k].target;
+        if (within((double)t->size, filter->size_min, filter->size_max, filter->inclusive) &&
+            within(t->aspect_ratio, filter->ratio_min, filter->ratio_max, filter->inclusive)) {
+            if (kept != k)
+                slots[kept].target = *t;
+            kept++;
+        }
+    }
+    return kept;
+}
+
+int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, irst_workspace *ws,
+               irst_result *result)
 {
     result->targets = NULL;
     result->count = 0;
@@ -395,10 +417,11 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_works
         return IRST_NO_MEMORY;
     for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
+    const ptrdiff_t kept = filter ? apply_filter(filter, ws->slots, count) : count;
     shrink_excess((void **)&ws->runs, &ws->run_capacity, run_count, sizeof(run_t));
     shrink_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t));
-    result->targets = count ? &ws->slots[0].target : NULL;
-    result->count = count;
+    result->targets = kept ? &ws->slots[0].target : NULL;
+    result->count = kept;
     return IRST_OK;
 }
 

@@ -49,6 +49,14 @@ typedef struct irst_workspace irst_workspace;
 irst_workspace *irst_workspace_new(void); /* NULL when out of memory */
 void irst_workspace_free(irst_workspace *ws);
 
+/* The paper's target filter (eq. 4), applied to the finished targets: keep a target only if
+ * size_min < size < size_max and ratio_min < aspect_ratio < ratio_max (<= with `inclusive`). An open side is
+ * -INFINITY / +INFINITY. */
+typedef struct {
+    double size_min, size_max, ratio_min, ratio_max;
+    int inclusive;
+} irst_filter;
+
 enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
 
 /* Largest height * width accepted: run indices and labels are int32. */
@@ -65,8 +73,11 @@ enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
  * weights grow without bound); peak_logit = the largest logit, peak_x, peak_y = its first raster position;
  * mean_logit = mean of the logits (+inf if any is +inf). Every double sum is accumulated pixel by pixel in raster
  * order, so a reference that sums in that order reproduces the values bit for bit.
+ * filter: NULL, or the targets to keep; the kept ones keep their labels (and their raster order), so labels can
+ *         then have gaps; the label image still shows every target.
  * Returns IRST_OK, IRST_NO_MEMORY or IRST_TOO_LARGE (more than IRST_MAX_PIXELS); on failure result is empty and
  * the workspace stays usable. Memory: O(number of runs + number of targets), never per pixel; no global state. */
-int irst_label(const irst_map *map, float threshold, int32_t *labels, irst_workspace *ws, irst_result *result);
+int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, irst_workspace *ws,
+               irst_result *result);
 
 #endif

@@ -15,11 +15,12 @@ import numpy as np
 from .records import INT_FIELDS, REAL_FIELDS
 
 
-def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray]) -> tuple:
+def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray], target_filter) -> tuple:
     """Targets of `logits > threshold` as (ints, reals) column blocks (records.py; contract of labeller_core.h).
 
     logits: float32, shape (H, W), any strides (validated by the caller). threshold: a float32-representable
     finite float. labels: None, or a zero-filled C-contiguous int32 (H, W) array that receives the target labels.
+    target_filter: None, or the TargetFilter whose kept targets are returned (the label image shows them all).
     """
     threshold = np.float32(threshold)
     # `>` keeps NaN out of the foreground; ascontiguousarray because a transposed view yields a Fortran-ordered mask.
@@ -88,6 +89,9 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     column["peak_logit"][:] = peak[1:]
     column["peak_y"][:], column["peak_x"][:] = np.divmod(peak_pixel, logits.shape[1])
     column["mean_logit"][:] = per_target(values) / size
+    if target_filter is not None:
+        kept = target_filter.keep_values(column["size"], column["aspect_ratio"])
+        ints, reals = ints.compress(kept, axis=1), reals.compress(kept, axis=1)
     return _read_only(ints, reals)
 
 

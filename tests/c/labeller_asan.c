@@ -3,7 +3,8 @@
  * Labels many random maps (sparse, dense, checkerboard, all-on, stripes, NaN/inf sprinkled; shapes from 1x1 to
  * 70x200 including 1xN, Nx1 and widths around the 64-pixel word size; contiguous, strided, transposed and
  * reversed views; one workspace reused across maps, so its buffers grow and shrink) and checks every label and
- * every statistic against a naive 8-connected flood fill written here, bit for bit.
+ * every statistic against a naive 8-connected flood fill written here, bit for bit, and the target filter
+ * against the same reference filtered here.
  *
  *   cc -std=c99 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
  *      -I edge_irst/postprocess tests/c/labeller_asan.c edge_irst/postprocess/labeller_core.c -o labeller_asan
@@ -176,6 +177,39 @@ static int compare_targets(const irst_target *got, const irst_target *want, ptrd
     return 1;
 }
 
+static int passes(double value, double low, double high, int inclusive)
+{
+    if (inclusive)
+        return value >= low && value <= high;
+    return value > low && value < high;
+}
+
+/* A random target filter: the kept targets are the reference targets that pass it, in order, labels unchanged. */
+static int check_filter(const irst_map *m, float threshold, irst_workspace *ws, const irst_target *want, int count)
+{
+    static const double sizes[] = {-INFINITY, 0, 1, 2, 5, 100, INFINITY};
+    static const double ratios[] = {-INFINITY, 0.2, 0.5, 1, 2, 5, INFINITY};
+    irst_filter filter = {sizes[random_below(4)], sizes[3 + random_below(4)], ratios[random_below(4)],
+                          ratios[3 + random_below(4)], random_below(2)};
+    irst_result result;
+    if (irst_label(m, threshold, NULL, &filter, ws, &result) != IRST_OK)
+        return 0;
+    ptrdiff_t kept = 0;
+    for (int k = 0; k < count; k++) {
+        if (!passes((double)want[k].size, filter.size_min, filter.size_max, filter.inclusive) ||
+            !passes(want[k].aspect_ratio, filter.ratio_min, filter.ratio_max, filter.inclusive))
+            continue;
+        if (kept >= result.count || !compare_targets(&result.targets[kept], &want[k], 1, "filtered"))
+            return 0;
+        kept++;
+    }
+    if (kept != result.count) {
+        fprintf(stderr, "filter kept %td targets, the reference %td\n", result.count, kept);
+        return 0;
+    }
+    return 1;
+}
+
 /* One map: random kind and shape, laid out in `storage` as a contiguous, strided, transposed or reversed view. */
 static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_t *want_labels, ptrdiff_t *stack,
                      irst_target *want, long *pixels, long *targets)
@@ -220,7 +254,7 @@ static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_
 
     irst_result result;
     memset(labels, 0, (size_t)(h * w) * sizeof *labels);
-    if (irst_label(&m, threshold, labels, ws, &result) != IRST_OK) {
+    if (irst_label(&m, threshold, labels, NULL, ws, &result) != IRST_OK) {
         fprintf(stderr, "irst_label failed on a %tdx%td map\n", h, w);
         return 0;
     }
@@ -237,12 +271,14 @@ static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_
         return 0;
     /* Again without a label image, and once in a while with a fresh workspace. */
     irst_workspace *fresh = random_below(8) == 0 ? irst_workspace_new() : NULL;
-    if (irst_label(&m, threshold, NULL, fresh ? fresh : ws, &result) != IRST_OK || result.count != count ||
+    if (irst_label(&m, threshold, NULL, NULL, fresh ? fresh : ws, &result) != IRST_OK || result.count != count ||
         !compare_targets(result.targets, want, count, "without labels")) {
         irst_workspace_free(fresh);
         return 0;
     }
     irst_workspace_free(fresh);
+    if (!check_filter(&m, threshold, ws, want, count))
+        return 0;
     *pixels += (long)(h * w);
     *targets += count;
     return 1;
@@ -270,7 +306,7 @@ int main(int argc, char **argv)
     /* The empty map and a map with no foreground. */
     irst_result result;
     const irst_map empty = {storage, 0, 5, 5, 1};
-    ok = ok && irst_label(&empty, 0.0f, NULL, ws, &result) == IRST_OK && result.count == 0;
+    ok = ok && irst_label(&empty, 0.0f, NULL, NULL, ws, &result) == IRST_OK && result.count == 0;
 
     irst_workspace_free(ws);
     free(storage);
