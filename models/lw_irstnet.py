@@ -105,7 +105,7 @@ class DownsamplingBottleneck(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, dropout: float, internal_ratio: int = 4):
         super().__init__()
         internal = in_ch // internal_ratio
-        self.out_ch = out_ch
+        self.pad_channels = out_ch - in_ch
         self.pool = nn.MaxPool2d(2, stride=2)
         self.reduce = nn.Sequential(*_conv_bn_act(in_ch, internal, 2, nn.PReLU(), stride=2))
         self.body = nn.Sequential(*_conv_bn_act(internal, internal, 3, nn.PReLU(), padding=1))
@@ -114,9 +114,9 @@ class DownsamplingBottleneck(nn.Module):
         self.out_act = nn.PReLU()
 
     def forward(self, x):
-        shortcut = self.pool(x)
         # Zero channel padding (F.pad on the channel axis) exports to a single ONNX Pad, cheaper than cat(zeros).
-        shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.out_ch - shortcut.shape[1]))
+        # The amount is a constructor constant, not shape arithmetic, so every exporter sees a constant pad.
+        shortcut = F.pad(self.pool(x), (0, 0, 0, 0, 0, self.pad_channels))
         return self.out_act(shortcut + self.dropout(self.expand(self.body(self.reduce(x)))))
 
 
