@@ -35,8 +35,8 @@ COLUMNS: dict = {
     "label": _INT,
 }
 # Storage: every column is a row of one of two read-only blocks, int64 (2, n) and float64 (13, n), so indexing,
-# filtering and scaling cost one numpy operation per block instead of one per column (measured: a boolean mask
-# on 15 separate columns took ~4x longer than on the two blocks, which dominated the filter on sparse frames).
+# filtering and scaling cost one numpy operation per block instead of one per column (measured here: a boolean
+# mask over 15 separate columns took about three times as long as over the two blocks).
 # The labellers produce the blocks directly (edge_irst/postprocess/records.py).
 BLOCK_INT_COLUMNS = ("label", "size")
 BLOCK_REAL_COLUMNS = ("x", "y", "weighted_x", "weighted_y", "x_min", "y_min", "x_max", "y_max", "aspect_ratio",
@@ -62,7 +62,7 @@ class Detections:
     peak_logit: float64, largest logit; peak_x, peak_y: float64, its position (first in raster order on ties).
     mean_logit: float64, mean logit over the target's pixels (+inf if one is +inf).
     label: int64, the target's value in the label image of the labelling that produced it (rows keep it through
-        indexing and filtering, so the pixels of a kept target can still be found).
+        indexing and filtering, so the pixels of a kept target can still be found; after a filter it has gaps).
     frame_index: the frame's index in its stream, or None. timestamp: seconds (the source's clock), or None.
     frame_shape: (height, width[, channels]) of the source frame the coordinates refer to, or None.
 
@@ -109,8 +109,8 @@ class Detections:
 
     def __getattr__(self, name: str):
         """A column on first access: the row view of its block, then cached (called only when `name` is not in
-        the instance's __dict__). Building all fifteen views per Detections cost more than the C labelling of a
-        sparse 256x256 map, and most consumers read a few columns only."""
+        the instance's __dict__). Building all fifteen views per Detections cost about half as much as the C
+        labelling of a sparse 256x256 map, and most consumers read a few columns only."""
         location = _COLUMN_ROWS.get(name)
         blocks = self.__dict__.get("_ints"), self.__dict__.get("_reals")
         if location is None or blocks[0] is None:

@@ -34,7 +34,7 @@ _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 # A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels,
 # None or a TargetFilter that rejects something) -> (ints, reals) read-only column blocks (records.py) of the kept
 # targets.
-Labeller = Callable[[np.ndarray, float, Optional[np.ndarray]], np.ndarray]
+Labeller = Callable[[np.ndarray, float, Optional[np.ndarray], Optional[TargetFilter]], tuple]
 
 
 def _load_c_labeller() -> tuple:

@@ -36,9 +36,9 @@ class TargetFilter:
         for name in ("size_min", "size_max", "ratio_min", "ratio_max"):
             _check_bound(name, getattr(self, name), positive=name.startswith("ratio"))
         for low, high in (("size_min", "size_max"), ("ratio_min", "ratio_max")):
-            if getattr(self, low) is not None and getattr(self, high) is not None \
-                    and getattr(self, low) > getattr(self, high):
-                raise InputError(f"TargetFilter: {low} = {getattr(self, low)!r} > {high} = {getattr(self, high)!r}; "
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and high_value is not None and low_value > high_value:
+                raise InputError(f"TargetFilter: {low} = {low_value!r} > {high} = {high_value!r}; "
                                  f"expected {low} <= {high}")
         if not isinstance(self.inclusive, (bool, np.bool_)):
             raise InputError(f"TargetFilter.inclusive = {self.inclusive!r}; expected True (<=) or False (<)")
@@ -49,7 +49,8 @@ class TargetFilter:
             ("size", above, self.size_min), ("size", below, self.size_max),
             ("aspect_ratio", above, self.ratio_min), ("aspect_ratio", below, self.ratio_max)) if bound is not None)
         object.__setattr__(self, "_checks", checks)
-        # The same bounds for the C labeller, open sides as infinities (labeller_core.h, irst_filter).
+        # c_bounds: the same bounds as the C labeller takes them (irst_filter in labeller_core.h): (size_min,
+        # size_max, ratio_min, ratio_max, inclusive), open sides as infinities.
         object.__setattr__(self, "c_bounds", (
             -math.inf if self.size_min is None else float(self.size_min),
             math.inf if self.size_max is None else float(self.size_max),
@@ -65,6 +66,7 @@ class TargetFilter:
 
     @property
     def keeps_everything(self) -> bool:
+        """True when no bound is set (the "none" preset): filtering is then skipped."""
         return not self._checks
 
     def keep(self, detections: Detections) -> np.ndarray:
