@@ -37,12 +37,23 @@ class Components:
 def find_components(mask: np.ndarray, connectivity: int = 8) -> Components:
     """Components of a bool HxW mask (True = foreground)."""
     image = np.ascontiguousarray(mask, dtype=np.bool_).view(np.uint8)
-    _, labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
-        image, connectivity, cv2.CV_32S, cv2.CCL_WU)
+    labels = np.zeros(image.shape, dtype=np.int32)
+    # Label only the foreground's bounding box: with OpenCV 5.0 the statistics pass costs ~400 us on a whole
+    # 256x256 frame and ~20 us on the crop of a typical sparse prediction (benchmarks/metrics.py).
+    x, y, w, h = cv2.boundingRect(image)
+    if w == 0:
+        return Components(labels, np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, 4), np.int64))
+    _, crop_labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
+        np.ascontiguousarray(image[y:y + h, x:x + w]), connectivity, cv2.CV_32S, cv2.CCL_WU)
+    labels[y:y + h, x:x + w] = crop_labels
     stats = stats[1:].astype(np.int64)
-    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    # centroid = exact integer coordinate sum / area, the same single rounding as a mean over the full frame
+    # (scikit-image's regionprops), which float32 distances at a threshold's edge are sensitive to
+    sums = np.rint(centroids[1:] * areas[:, None]) + areas[:, None] * np.array([x, y])
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT] + x, stats[:, cv2.CC_STAT_TOP] + y
     boxes = np.stack([x0, y0, x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]], axis=1)
-    return Components(labels, stats[:, cv2.CC_STAT_AREA], np.ascontiguousarray(centroids[1:, ::-1]), boxes)
+    return Components(labels, areas, np.ascontiguousarray((sums / areas[:, None])[:, ::-1]), boxes)
 
 
 @dataclass(frozen=True)

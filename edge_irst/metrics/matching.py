@@ -35,6 +35,21 @@ def match(cost: np.ndarray, allowed: np.ndarray, rule: str) -> tuple[np.ndarray,
     return _optimal(cost, allowed)
 
 
+def match_below(distance: np.ndarray, thresholds: np.ndarray, rule: str, gate=True) -> list:
+    """`match(distance, (distance < d) & gate, rule)` for every d of the ascending `thresholds`, as a list.
+
+    The allowed sets grow with d; when the largest has no competing pairs, neither has any smaller one, and every
+    rule matches exactly the allowed pairs: one test replaces a matching per threshold (the common case).
+    """
+    widest = (distance < thresholds[-1]) & gate
+    if widest.sum(axis=0).max(initial=0) <= 1 and widest.sum(axis=1).max(initial=0) <= 1:
+        rows, cols = np.nonzero(widest)
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+        pair_distance = distance[rows, cols]
+        return [(rows[pair_distance < d], cols[pair_distance < d]) for d in thresholds]
+    return [match(distance, (distance < d) & gate, rule) for d in thresholds]
+
+
 def _greedy(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     free = np.ones(allowed.shape[1], dtype=bool)
     rows, cols = [], []

@@ -19,7 +19,7 @@ from .components import Components, box_iou, find_components, pair_geometry
 from .conventions import (DEFAULT_DISTANCES, REPORT_DISTANCE, Conventions, as_distances, as_thresholds,
                           default_confidence_thresholds, make_conventions)
 from .inputs import Frame
-from .matching import match
+from .matching import match_below
 
 
 class _MaskCounts(NamedTuple):
@@ -168,8 +168,8 @@ class TargetMetrics(Metric):
         matched = np.zeros(n_d, dtype=np.int64)
         fd = np.zeros(n_d, dtype=np.int64)
         iou = np.zeros(n_d)
-        for k, d in enumerate(self.distances):
-            gi, pj = match(geometry.distance, (geometry.distance < d) & overlap_ok, conv.matching)
+        pairs = match_below(geometry.distance, self.distances, conv.matching, overlap_ok)
+        for k, (gi, pj) in enumerate(pairs):
             matched[k] = gi.size
             iou[k] = float(np.sum(geometry.mask_iou[gi, pj]))
             if conv.fa_rule == "pixels":
