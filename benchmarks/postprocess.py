@@ -162,7 +162,7 @@ def machine_info(default_threads: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="samples per method (median reported)")
+    parser.add_argument("--rounds", type=int, default=25, help="samples per method (median reported)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -201,9 +201,9 @@ def main(argv=None) -> int:
           f"{info['implementation']} ({info['detail']}); medians of {rounds} samples (each >= {SAMPLE_US / 1e3:g} ms "
           f"of calls), microseconds per call; x = speed-up of ours")
     names = list(methods)
-    print(f"\n{'':>22} | wall-clock{'':>88} | thread CPU time")
+    print(f"\n{'':>22} | {'wall-clock':<89} | thread CPU time")
     print(f"{'size':>9} {'map':<12} | " + " ".join(f"{n:>14}" for n in names) + " | "
-          + " ".join(f"{n:>12}" for n in ("ours", "cv2 1 thr", "ours+filter", "authors 1thr")))
+          + " ".join(f"{n:>14}" for n in ("ours", "cv2 CC (1 thr)", "ours+filter", "authors (1 thr)")))
     rows = []
     for family, kind, shape, logits, expected in maps:
         found = len(label_targets(logits))
@@ -228,11 +228,12 @@ def main(argv=None) -> int:
             elif n.startswith("authors"):
                 ratio = f"{wall[n] / wall['ours+filter']:.1f}x"
             walls.append(f"{wall[n]:>8.1f} {ratio:>5}")
-        cpus = [f"{cpu['ours']:>12.1f}", f"{cpu['cv2 CC (1 thr)']:>6.1f} {speedup['cpu']['cv2 CC (1 thr)']:>4.1f}x",
-                f"{cpu['ours+filter']:>12.1f}",
-                f"{cpu['authors (1 thr)']:>6.1f} {speedup['cpu']['authors (1 thr)']:>4.1f}x"]
+        cpus = [f"{cpu['ours']:>8.1f} {'':>5}",
+                f"{cpu['cv2 CC (1 thr)']:>8.1f} {speedup['cpu']['cv2 CC (1 thr)']:>4.1f}x",
+                f"{cpu['ours+filter']:>8.1f} {'':>5}",
+                f"{cpu['authors (1 thr)']:>8.1f} {speedup['cpu']['authors (1 thr)']:>4.1f}x"]
         print(f"{row['size']:>9} {kind:<12} | " + " ".join(f"{w:>14}" for w in walls) + " | "
-              + " ".join(f"{c:>12}" for c in cpus), flush=True)
+              + " ".join(f"{c:>14}" for c in cpus), flush=True)
 
     verdicts = []
     for family, shape, method, minimum in TARGETS:

@@ -28,7 +28,7 @@ typedef struct {
     int32_t peak_x, peak_y, x_min, x_max, y_min, y_max;
 } accumulator;
 
-/* A target's slot holds its accumulator during pass 3 and is overwritten in place by its final record. */
+/* A target's slot holds its accumulator during pass 2 and is overwritten in place by its final record. */
 typedef union {
     accumulator acc;
     irst_target target;
