@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= all
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bundle clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Rebuild the bundled default model (edge_irst/assets/lw_irstnet/) from a training run's best checkpoint.
+# int8 is calibrated on a training list, never on test images. Needs ../shared (the datasets).
+BUNDLE_FROM ?= runs/bundled/best.pt
+BUNDLE_CALIB ?= ../shared/data/sirst:idx_427/trainval.txt
+bundle: install
+	rm -rf edge_irst/assets/lw_irstnet
+	$(BIN)/edge-irst export --weights $(BUNDLE_FROM) --format onnx,ncnn,mnn,tflite --precision fp32,int8 \
+		--calib $(BUNDLE_CALIB) --out edge_irst/assets --name lw_irstnet --threads 2
+	cp $(BUNDLE_FROM) edge_irst/assets/lw_irstnet/lw_irstnet.pt
 
 clean:
 	rm -rf build dist *.egg-info runs .pytest_cache

@@ -23,19 +23,32 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _calibration_files(calib: str) -> tuple[list[Path], str]:
+    """Images of a folder, or of a dataset split given as ROOT:SPLIT (ROOT holding images/, SPLIT a stem list) —
+    so int8 is calibrated on a training list, never on the frames it is scored on."""
+    root, sep, split = calib.partition(":")
+    if sep and Path(root, "images").is_dir():
+        from edge_irst.datasets import IrstdDataset
+
+        dataset = IrstdDataset(root, split, require_masks=False)
+        return [sample.image_path for sample in dataset.samples], calib
+    folder = Path(calib)
+    if not folder.is_dir():
+        raise InputError(f"--calib {folder}: not a folder nor ROOT:SPLIT; pass a folder of calibration images "
+                         f"({', '.join(IMAGE_SUFFIXES)}) or a dataset split such as data/sirst:idx_427/train.txt")
+    files = image_files(folder)
+    if not files:
+        raise InputError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    return files, str(folder)
+
+
 def calibration_frames(calib: Optional[Path], limit: int = 64) -> tuple[list[np.ndarray], str]:
     """(frames as read: uint8 grey HxW or BGR HxWx3, or uint16 raw; a description of where they came from).
 
     More than `limit` images in `calib` are thinned to `limit`, evenly spaced in name order (deterministic).
     """
     if calib is not None:
-        folder = Path(calib)
-        if not folder.is_dir():
-            raise InputError(f"--calib {folder}: not a folder; pass a folder of calibration images "
-                             f"({', '.join(IMAGE_SUFFIXES)})")
-        files = image_files(folder)
-        if not files:
-            raise InputError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        files, folder = _calibration_files(str(calib))
         if len(files) > limit:
             files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
         return [read_image(p) for p in files], f"{len(files)} images from {folder}"

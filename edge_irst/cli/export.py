@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="F[,F...]", help=f"comma-separated: {', '.join(FORMATS)} (default: onnx)")
     p.add_argument("--precision", dest="precisions", default=["fp32"], type=_names_type(PRECISIONS, "precision"),
                    metavar="P[,P...]", help=f"comma-separated: {', '.join(PRECISIONS)} (default: fp32)")
-    p.add_argument("--calib", metavar="DIR", default=None,
-                   help="images to calibrate int8 on and verify every artifact on (default: the authors' sample "
+    p.add_argument("--calib", metavar="DIR|ROOT:SPLIT", default=None,
+                   help="images to calibrate int8 on and verify every artifact on: a folder, or a dataset split "
+                        "(ROOT with images/, SPLIT a stem list; use a training list) (default: the authors' sample "
                         "frames when ../shared exists, else synthetic IR frames)")
     p.add_argument("--calib-limit", type=int, default=64, metavar="N",
                    help="use at most N calibration images, evenly spaced in name order (default: %(default)s)")
