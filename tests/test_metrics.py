@@ -486,3 +486,17 @@ def test_a_folder_without_prediction_maps_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("no maps here")
     with pytest.raises(InputError, match="no prediction maps"):
         prediction_folder(tmp_path)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("thresholds", [np.linspace(0, 1, 101), np.linspace(0, 1, 10), np.linspace(0.05, 0.95, 19),
+                                        np.array([0.1, 0.2, 0.5, 0.55])])
+def test_fast_threshold_ranks_equal_searchsorted_at_every_edge(side, thresholds):
+    from edge_irst.metrics.inputs import _rank
+
+    edges64 = np.concatenate([thresholds, np.nextafter(thresholds, 2), np.nextafter(thresholds, -1)])
+    t32 = thresholds.astype(np.float32)
+    edges32 = np.concatenate([t32, np.nextafter(t32, np.float32(2)), np.nextafter(t32, np.float32(-1))])
+    randoms = np.random.default_rng(5).random(20000)
+    for values in (np.clip(edges64, 0, 1), np.clip(edges32, 0, 1), randoms, randoms.astype(np.float32)):
+        assert np.array_equal(_rank(thresholds, values, side), np.searchsorted(thresholds, values, side=side))

@@ -102,6 +102,24 @@ def step_average_precision(precision: np.ndarray, recall: np.ndarray) -> np.ndar
     return -np.sum((recall[..., 1:] - recall[..., :-1]) * precision[..., :-1], axis=-1)
 
 
+def format_grid(rows: list) -> str:
+    """Rows of cells (the first row a header) -> right-aligned text columns."""
+    widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(str(cell).rjust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def format_value(value, spec: str = ".5f") -> str:
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def result_dict(result, with_conventions: bool = True) -> dict:
+    """A result dataclass -> JSON types; its `conventions` as their own dict (or left out)."""
+    doc = {k: jsonable(v) for k, v in result.__dict__.items() if k != "conventions"}
+    if with_conventions:
+        doc["conventions"] = result.conventions.to_dict()
+    return doc
+
+
 def jsonable(value):
     """Result values -> JSON types (arrays to lists, numpy scalars to Python, non-finite floats to strings)."""
     if isinstance(value, dict):

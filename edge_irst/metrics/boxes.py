@@ -49,7 +49,7 @@ class BoxAPResult:
                 f"({self.detections} detections, {self.targets} targets)")
 
     def to_dict(self) -> dict:
-        return jsonable(self.__dict__)
+        return {k: jsonable(v) for k, v in self.__dict__.items()}
 
 
 class BoxAP(Metric):

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..progress import Progress
 from .base import Metric, jsonable
 from .inputs import KINDS, Frame, make_frame, read_map, single_map
-from .irstd import IrstdMetrics
+from .irstd import IrstdMetrics, IrstdResult
 
 PREDICTION_SUFFIXES = (".npy", ".png", ".bmp", ".tif", ".tiff")
 
@@ -64,10 +64,11 @@ class EvaluationReport:
 
     def table(self, per_distance: bool = False) -> str:
         parts = []
-        for name, result in self.results.items():
-            parts.append(result.table(per_distance) if name == IrstdMetrics.name else result.table())
+        for result in self.results.values():
+            parts.append(result.table(per_distance) if isinstance(result, IrstdResult) else result.table())
         if self.labels_resized:
-            parts.append(f"labels resized (nearest) to the prediction size: {len(self.labels_resized)} images")
+            parts.append(f"labels resized (centre-aligned nearest) to the prediction size: "
+                         f"{len(self.labels_resized)} images")
         if self.size_mismatches:
             parts.append("mask/image size mismatches (dataset rule: same aspect -> nearest resize, else skip):")
             parts += [f"  {m['stem']}: image {m['image_shape']}, mask -> {m['mask_shape']}: {m['action']}"
@@ -154,10 +155,11 @@ def prediction_folder(folder, logits: bool = False) -> PredictFn:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"prediction folder not found: {folder}")
+    priority = {suffix: rank for rank, suffix in enumerate(PREDICTION_SUFFIXES)}
     index: dict = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in PREDICTION_SUFFIXES:
-            index.setdefault(path.stem, path)  # .npy sorts before image files of the same stem
+    for path in sorted(folder.iterdir(), key=lambda p: priority.get(p.suffix.lower(), len(priority))):
+        if path.suffix.lower() in priority:
+            index.setdefault(path.stem, path)  # a stem saved twice: .npy (full precision) wins over images
     if not index:
         raise InputError(f"no prediction maps ({', '.join(PREDICTION_SUFFIXES)}) in {folder}")
 

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from .base import Metric, jsonable
+from .base import Metric, format_grid, format_value, jsonable
 from .conventions import DEFAULT_DISTANCES, REPORT_DISTANCE, Conventions, make_conventions
 from .inputs import Frame
 from .pixel import PixelMetrics, PixelResult
@@ -33,26 +33,17 @@ class IrstdResult:
         """The standard table; per_distance adds one row per distance threshold; conventions are always listed."""
         p, t = self.pixel, self.target.at(self.report_distance)
         d = f"{t['distance']:g}px"
+        sweep = f"  AP {t['ap']:.4f}  Pd-Fa AUC {t['pd_fa_auc']:.4g}" if "ap" in t else ""
         lines = [f"{p.images} images, {self.target.targets} targets, compat={self.conventions.compat}, "
-                 f"matching={self.conventions.matching}"]
-        header = ["IoU", "nIoU", f"Pd@{d}", f"Fa@{d}", f"F1@{d}", "pixel F1", "AUC"]
-        values = [f"{p.iou:.5f}", f"{p.niou:.5f}", f"{t['pd']:.5f}", f"{t['fa']:.5e}", f"{t['f1']:.5f}",
-                  f"{p.f1:.5f}", _fmt(p.roc_auc)]
-        lines += _grid([header, values])
-        lines.append(f"pixel: P {p.precision:.5f}  R {p.recall:.5f}  AUC-PR {_fmt(p.pr_auc)}  AP {_fmt(p.ap)}"
-                     f"   target@{d}: TD {t['detected']}/{t['targets']}  FD {t['false_alarm_pixels']} / NP "
-                     f"{t['pixels']}  P {t['precision']:.5f}  nIoU {t['niou']:.5f}"
-                     + (f"  AP {t['ap']:.4f}  Pd-Fa AUC {t['pd_fa_auc']:.4g}" if "ap" in t else ""))
+                 f"matching={self.conventions.matching}",
+                 format_grid([["IoU", "nIoU", f"Pd@{d}", f"Fa@{d}", f"F1@{d}", "pixel F1", "AUC"],
+                              [f"{p.iou:.5f}", f"{p.niou:.5f}", f"{t['pd']:.5f}", f"{t['fa']:.5e}",
+                               f"{t['f1']:.5f}", f"{p.f1:.5f}", format_value(p.roc_auc)]]),
+                 f"pixel: P {p.precision:.5f}  R {p.recall:.5f}  AUC-PR {format_value(p.pr_auc)}  AP "
+                 f"{format_value(p.ap)}   target@{d}: TD {t['detected']}/{t['targets']}  FD "
+                 f"{t['false_alarm_pixels']} / NP {t['pixels']}  P {t['precision']:.5f}  nIoU {t['niou']:.5f}{sweep}"]
         if per_distance:
-            r = self.target
-            rows = [["d(px)", "TD", "FD", "Pd", "Fa", "P", "R", "F1", "nIoU"]
-                    + (["AP", "PdFa-AUC"] if r.ap.size else [])]
-            for k, dist in enumerate(r.distances):
-                row = [f"{dist:g}", str(r.detected[k]), str(r.false_alarm_pixels[k]), f"{r.pd[k]:.5f}",
-                       f"{r.fa[k]:.5e}", f"{r.precision[k]:.5f}", f"{r.recall[k]:.5f}", f"{r.f1[k]:.5f}",
-                       f"{r.niou[k]:.4f}"]
-                rows.append(row + ([f"{r.ap[k]:.4f}", f"{r.pd_fa_auc[k]:.4g}"] if r.ap.size else []))
-            lines += _grid(rows)
+            lines.append(self.target.table())
         lines.append("conventions:")
         lines += [f"  {key}: {text}" for key, text in self.conventions.describe().items() if key != "compat"]
         return "\n".join(lines)
@@ -61,17 +52,8 @@ class IrstdResult:
         return self.table()
 
     def to_dict(self) -> dict:
-        return {"summary": jsonable(self.summary()), "pixel": self.pixel.to_dict(), "target": self.target.to_dict(),
-                "conventions": self.conventions.to_dict()}
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.5f}"
-
-
-def _grid(rows: list) -> list:
-    widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]))]
-    return ["  ".join(str(cell).rjust(w) for cell, w in zip(row, widths)) for row in rows]
+        return {"summary": jsonable(self.summary()), "pixel": self.pixel.to_dict(with_conventions=False),
+                "target": self.target.to_dict(with_conventions=False), "conventions": self.conventions.to_dict()}
 
 
 class IrstdMetrics(Metric):

@@ -49,7 +49,7 @@ class NoCoAPResult:
                 f", {self.detections} peak detections, {self.targets} targets)")
 
     def to_dict(self) -> dict:
-        return jsonable(self.__dict__)
+        return {k: jsonable(v) for k, v in self.__dict__.items()}
 
 
 def noco_map(image: np.ndarray, gt: Components, mu: float = 0.0, sigma: float = 1.0) -> np.ndarray:

@@ -7,7 +7,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .base import Metric, f1_score, jsonable, ratio, step_average_precision, trapezoid
+from .base import (Metric, f1_score, format_grid, format_value, ratio, result_dict, step_average_precision,
+                   trapezoid)
 from .conventions import Conventions, as_thresholds, default_pixel_thresholds, make_conventions
 from .inputs import Frame
 
@@ -36,6 +37,7 @@ class PixelResult:
     f1: float
     iou: float
     niou: float
+    conventions: Conventions
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     roc_fpr: np.ndarray = field(default_factory=lambda: np.zeros(0))
     roc_tpr: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -45,8 +47,13 @@ class PixelResult:
     pr_auc: float = float("nan")
     ap: float = float("nan")
 
-    def to_dict(self) -> dict:
-        return jsonable(self.__dict__)
+    def table(self) -> str:
+        return format_grid([["IoU", "nIoU", "P", "R", "F1", "AUC-ROC", "AUC-PR", "AP"],
+                            [format_value(v) for v in (self.iou, self.niou, self.precision, self.recall, self.f1,
+                                                       self.roc_auc, self.pr_auc, self.ap)]])
+
+    def to_dict(self, with_conventions: bool = True) -> dict:
+        return result_dict(self, with_conventions)
 
 
 class PixelMetrics(Metric):
@@ -105,7 +112,7 @@ class PixelMetrics(Metric):
         precision, recall = ratio(tp, tp + fp, zd), ratio(tp, tp + fn, zd)
         base = dict(images=self._images, tp=tp, fp=fp, fn=fn, tn=tn, precision=precision, recall=recall,
                     f1=f1_score(precision, recall), iou=ratio(tp, tp + fp + fn, zd),
-                    niou=float(np.mean(self._image_iou)) if self._image_iou else zd)
+                    niou=float(np.mean(self._image_iou)) if self._image_iou else zd, conventions=self.conventions)
         if not self.curves:
             return PixelResult(**base)
         negatives = self._pixels - self._positive

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..errors import InputError
-from .base import Metric, f1_score, jsonable, ratio, step_average_precision, trapezoid
+from .base import Metric, f1_score, format_grid, ratio, result_dict, step_average_precision, trapezoid
 from .components import Components, box_iou, find_components, pair_geometry
 from .conventions import (DEFAULT_DISTANCES, REPORT_DISTANCE, Conventions, as_distances, as_thresholds,
                           default_confidence_thresholds, make_conventions)
@@ -64,7 +64,7 @@ class TargetResult:
     sweep_precision: np.ndarray
     ap: np.ndarray  # (D,)
     pd_fa_auc: np.ndarray  # (D,)
-    pd_fa_start: tuple = (0.0, 0.0)
+    conventions: Conventions
 
     def index(self, distance: float) -> int:
         hits = np.flatnonzero(np.isclose(self.distances, float(distance)))
@@ -87,10 +87,21 @@ class TargetResult:
     def pd_fa_curve(self, distance: float = REPORT_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
         """(fa, pd) points of the Pd-Fa ROC at one distance, as integrated: start point, then sorted by Fa."""
         return _pd_fa_points(self.sweep_fa[:, self.index(distance)], self.sweep_pd[:, self.index(distance)],
-                             self.pd_fa_start)
+                             self.conventions.pd_fa_roc_start)
 
-    def to_dict(self) -> dict:
-        return jsonable(self.__dict__)
+    def table(self) -> str:
+        """One row per distance threshold."""
+        sweep = ["AP", "PdFa-AUC"] if self.ap.size else []
+        rows = [["d(px)", "TD", "FD", "Pd", "Fa", "P", "R", "F1", "nIoU"] + sweep]
+        for k, distance in enumerate(self.distances):
+            row = [f"{distance:g}", str(self.detected[k]), str(self.false_alarm_pixels[k]), f"{self.pd[k]:.5f}",
+                   f"{self.fa[k]:.5e}", f"{self.precision[k]:.5f}", f"{self.recall[k]:.5f}", f"{self.f1[k]:.5f}",
+                   f"{self.niou[k]:.4f}"]
+            rows.append(row + ([f"{self.ap[k]:.4f}", f"{self.pd_fa_auc[k]:.4g}"] if sweep else []))
+        return format_grid(rows)
+
+    def to_dict(self, with_conventions: bool = True) -> dict:
+        return result_dict(self, with_conventions)
 
 
 def _pd_fa_points(fa: np.ndarray, pd: np.ndarray, start: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -216,4 +227,4 @@ class TargetMetrics(Metric):
             confidence_thresholds=self.confidence_thresholds.copy(), sweep_predicted=self._sweep_predicted.copy(),
             sweep_detected=self._sweep_detected.copy(), sweep_false_alarm_pixels=self._sweep_fd.copy(),
             sweep_pd=sweep_pd, sweep_fa=sweep_fa, sweep_precision=sweep_precision, ap=ap, pd_fa_auc=auc,
-            pd_fa_start=tuple(conv.pd_fa_roc_start))
+            conventions=conv)
