@@ -21,11 +21,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edge_irst.contract import AUTHORS_CONTRACT, ModelContract
 from edge_irst.datasets import IrstdDataset
 from edge_irst.errors import InputError
+from edge_irst.metrics import EvalItem, IrstdMetrics, evaluate_items
 from edge_irst.preprocess import normalize, preprocess, to_channels
 from edge_irst.progress import Progress
 
@@ -119,56 +119,21 @@ def _device(name: str) -> torch.device:
 
 @torch.no_grad()
 def validate(model, samples, contract: ModelContract, device, batch: int = 16) -> dict:
-    """Pixel IoU (dataset level), nIoU (mean per image) and Pd / Fa at 3 px on 256x256 (image bilinear, mask
-    nearest), logit > threshold; the runtime's preprocessing exactly."""
+    """Pixel IoU (dataset level), nIoU (mean per image) and Pd / Fa at 3 px, computed exactly as `edge-irst eval`
+    does for the resize policy: the image through the runtime's preprocessing (bilinear to the model's input),
+    the label resized to the logit map (centre-aligned nearest), logit > threshold, edge_irst.metrics defaults
+    (Hungarian matching, 8-connectivity)."""
     model.eval()
-    labels, maps = [], []
-    size = contract.input_size
+    items = []
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        x = np.concatenate([preprocess(rgb[:, :, ::-1].copy(), contract, size=size) for _, rgb, _ in chunk])
+        x = np.concatenate([preprocess(rgb[:, :, ::-1].copy(), contract) for _, rgb, _ in chunk])
         logits = model(torch.from_numpy(x).to(device)).float().cpu().numpy()[:, 0]
-        maps.extend(logits)
-        labels.extend(_resize_mask(mask, size) for _, _, mask in chunk)
-    return _validation_metrics(labels, maps, contract.threshold)
-
-
-def _components(mask: np.ndarray):
-    import cv2
-
-    n, lab, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return lab, stats[1:, cv2.CC_STAT_AREA], cents[1:]
-
-
-def _validation_metrics(labels, maps, threshold: float) -> dict:
-    # TEMPORARY until edge_irst.metrics lands: IoU, nIoU, Pd/Fa (centroid distance < 3 px, greedy).
-    inter = union = 0
-    per_image, n_targets, n_found, fa_pixels, pixels = [], 0, 0, 0, 0
-    for label, logit in zip(labels, maps):
-        pred = logit > threshold
-        i, u = np.logical_and(pred, label).sum(), np.logical_or(pred, label).sum()
-        inter, union = inter + i, union + u
-        per_image.append(i / u if u else 0.0)
-        _, _, gt_c = _components(label)
-        _, pred_area, pred_c = _components(pred)
-        used = np.zeros(len(pred_c), bool)
-        for c in gt_c:
-            d = np.hypot(*(pred_c - c).T) if len(pred_c) else np.empty(0)
-            cand = np.flatnonzero((d < 3) & ~used)
-            if cand.size:
-                used[cand[0]] = True
-                n_found += 1
-        n_targets += len(gt_c)
-        fa_pixels += int(pred_area[~used].sum())
-        pixels += label.size
-    return {"iou": float(inter / union) if union else 0.0, "niou": float(np.mean(per_image)),
-            "pd": n_found / n_targets if n_targets else 0.0, "fa": fa_pixels / pixels}
-
-
-def _resize_mask(mask: np.ndarray, size) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        items += [EvalItem(stem, mask, logit_map, "logits") for (stem, _, mask), logit_map in zip(chunk, logits)]
+    # The metrics take the operating point as a probability: logit > L  <=>  sigmoid(logit) > sigmoid(L).
+    metrics = IrstdMetrics(threshold=1.0 / (1.0 + np.exp(-contract.threshold)), distances=(3,), curves=False)
+    summary = evaluate_items(items, [metrics], resize_labels=True, progress=False).results[metrics.name].summary()
+    return {key: float(summary[key]) for key in ("iou", "niou", "pd", "fa")}
 
 
 class Trainer:
