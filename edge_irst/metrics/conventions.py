@@ -102,7 +102,8 @@ class Conventions:
             "pixel_niou": "pixel nIoU = mean over images of per-image IoU (an image with empty union scores 0)",
             "curves": (f"pixel ROC/PR bins count probability {self.curve_comparison} t, target-level sweeps "
                        f"probability {self.target_comparison} t; AP = sum over ascending thresholds of "
-                       f"(recall_k - recall_k+1) * precision_k, with (recall 0, precision 1) appended"),
+                       f"(recall_k - recall_k+1) * precision_k, with (recall 0, precision 1) appended; pixel "
+                       f"PR points where nothing is predicted (precision undefined) are left out of the PR curve"),
             "pd_fa_roc": (f"Pd-Fa points sorted by Fa, ({start_fa:g}, {start_pd:g}) put first, trapezoid AUC"
                           + ("; (0, 1) is STD-EvalKit's start point and dominates the AUC"
                              if start_pd == 1.0 else "")),

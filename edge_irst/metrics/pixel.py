@@ -60,8 +60,8 @@ class PixelMetrics(Metric):
     """Pixel-level metrics over a dataset.
 
     compat: None, "stdeval" or "dnanet" (edge_irst.metrics.conventions); threshold: operating point as a
-    probability (0.5: logit 0); thresholds: curve bins (probabilities or a count, default per compat mode; None
-    with curves=False skips the curves); workers: see Metric.
+    probability (0.5: logit 0); thresholds: curve bins (probabilities or a count; default per compat mode);
+    curves=False skips the ROC / PR curves; workers: see Metric.
     """
 
     name = "pixel"

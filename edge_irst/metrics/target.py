@@ -1,8 +1,8 @@
 """Target-level metrics over centroid-distance thresholds: Pd / Fa, target precision / recall / F1, target-matched
 nIoU at the operating point; target AP and the Pd-Fa ROC (with its AUC) over a confidence sweep.
 
-Per image and per confidence threshold the prediction is labelled once (8-connected components); ground truth
-once per image. Masks of one image at ascending thresholds are nested, so two thresholds leaving the same number
+Per image and per confidence threshold the prediction is labelled once (connected components, 8-connectivity
+unless asked otherwise); ground truth once per image. Masks of one image at ascending thresholds are nested, so two thresholds leaving the same number
 of foreground pixels leave the same mask: its components and matches are reused (a binary prediction costs one
 labelling, not one per threshold).
 """
