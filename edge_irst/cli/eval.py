@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
@@ -92,7 +93,5 @@ def run(args) -> int:
 
 
 def _usage(message: str) -> int:
-    import sys
-
     print(f"edge-irst eval: error: {message}", file=sys.stderr)
     return 2
