@@ -61,7 +61,8 @@ class PixelMetrics(Metric):
 
     compat: None, "stdeval" or "dnanet" (edge_irst.metrics.conventions); threshold: operating point as a
     probability (0.5: logit 0); thresholds: curve bins (probabilities or a count; default per compat mode);
-    curves=False skips the ROC / PR curves; workers: see Metric.
+    curves=False skips the ROC / PR curves; conventions: a Conventions object to share with other metrics
+    (instead of compat / threshold); workers: see Metric.
     """
 
     name = "pixel"

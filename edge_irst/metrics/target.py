@@ -116,7 +116,8 @@ class TargetMetrics(Metric):
     "box" (a pair also needs IoU > 0); connectivity: 8 (default) or 4; distances: centroid-distance thresholds
     in px (default 1..10, strict <); threshold: operating point as a probability; confidence_thresholds: the
     AP / Pd-Fa ROC sweep (probabilities or a count; default per compat mode); curves=False skips the sweep (one
-    labelling per image: the fast path for training validation); workers: see Metric.
+    labelling per image: the fast path for training validation); conventions: a Conventions object to share
+    (instead of compat / matching / gate / threshold / connectivity); workers: see Metric.
     """
 
     name = "target"
