@@ -108,7 +108,7 @@ class IrstdDataset:
         if abs(ratio_image / ratio_mask - 1.0) <= 0.02:
             action = "resized"
             mask = cv2.resize(mask.astype(np.uint8), (image_hw[1], image_hw[0]),
-                              interpolation=cv2.INTER_NEAREST) > 0
+                              interpolation=cv2.INTER_NEAREST_EXACT) > 0
         else:
             action, mask = "skipped", None
         if not any(m.stem == stem for m in self.size_mismatches):

@@ -402,6 +402,16 @@ class Detector:
         return self._postprocess(self.backend.run(batch), image.shape, self.settings.snapshot(), frame_index,
                                  timestamp)
 
+    def grid_logits(self, image: np.ndarray) -> tuple:
+        """(float32 logit map on the grid the model ran on, sx, sy): for "resize" the model's input grid (frame
+        pixels = (grid + 0.5) * s - 0.5), for "native" / "tile" the frame's own grid (sx = sy = 1).
+
+        This is what `edge-irst eval` scores: the authors' protocol evaluates the resize policy at 256x256 with
+        the label brought to that grid, rather than on an upsampled map.
+        """
+        batch = self._prepare(Frame(0, image, None, 0.0, 0.0, "frame"))
+        return self._policy.merge(self.backend.run(batch), image.shape)
+
     def logits(self, image: np.ndarray) -> np.ndarray:
         """float32 (H, W) logit map at the frame's resolution (same frames as detect()).
 
@@ -410,8 +420,7 @@ class Detector:
         """
         import cv2
 
-        batch = self._prepare(Frame(0, image, None, 0.0, 0.0, "frame"))
-        grid, sx, sy = self._policy.merge(self.backend.run(batch), image.shape)
+        grid, sx, sy = self.grid_logits(image)
         if sx == 1.0 and sy == 1.0:
             return np.ascontiguousarray(grid, np.float32)
         return cv2.resize(grid, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--split", metavar="FILE", help="split list of stems (a path, or relative to --data)")
     data.add_argument("--images", metavar="DIR", help="image folder (instead of DIR/images)")
     data.add_argument("--masks", metavar="DIR", help="mask folder (instead of DIR/masks)")
+    model = p.add_argument_group("model (the default when --preds is not given: the bundled model)")
+    model.add_argument("--model", metavar="PATH", help="artifact file or exported model folder (default: bundled)")
+    model.add_argument("--backend", help="runtime (default: the preferred installed one for the model)")
+    model.add_argument("--threads", type=int, default=None, help="runtime threads (default: physical cores)")
+    model.add_argument("--policy", choices=("resize", "native", "tile"), default="resize",
+                       help="frame-size policy: resize = the authors' protocol (image to the model's input size, "
+                            "label resized to it); native / tile = full resolution")
+    model.add_argument("--save-preds", metavar="DIR", help="also save each logit map as DIR/<stem>.npy")
     preds = p.add_argument_group("predictions")
     preds.add_argument("--preds", metavar="DIR",
                        help="saved maps <stem>.npy (float) or <stem>.png (8/16-bit probabilities or 0/1 masks)")
@@ -61,8 +71,8 @@ def run(args) -> int:
 
     if args.data is None and args.images is None:
         return _usage("give --data DIR (with images/ and masks/) or --images DIR --masks DIR")
-    if args.preds is None:
-        return _usage("give --preds DIR: the folder of saved prediction maps to evaluate")
+    if args.preds is not None and args.model is not None:
+        return _usage("give either --preds DIR (saved maps) or --model (run a model), not both")
     compat = None if args.compat == "none" else args.compat
     distances = sorted({float(d) for d in range(1, 11)} | {args.distance})
     metrics = [IrstdMetrics(compat=compat, matching=args.matching, gate=args.gate, threshold=args.threshold,
@@ -72,16 +82,22 @@ def run(args) -> int:
     if args.nocoap:
         metrics.append(NoCoAP(threshold=args.threshold))
     dataset = IrstdDataset(args.data, args.split, images=args.images, masks=args.masks)
-    log.info("evaluating %d samples of %s against %s", len(dataset), args.data or args.images, args.preds)
-    report = evaluate(dataset, prediction_folder(args.preds, logits=args.logits), metrics,
-                      resize_labels=args.resize_labels, with_images=args.nocoap,
+    if args.preds is not None:
+        predict, resize_labels, source = prediction_folder(args.preds, logits=args.logits), args.resize_labels, \
+            str(args.preds)
+    else:
+        predict, source = _model_predictions(args)
+        resize_labels = True  # resize policy: the label goes to the model's grid (the authors' protocol)
+    log.info("evaluating %d samples of %s against %s", len(dataset), args.data or args.images, source)
+    report = evaluate(dataset, predict, metrics, resize_labels=resize_labels, with_images=args.nocoap,
                       progress=False if args.no_progress else None)
     print(report.table(per_distance=args.per_distance))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"data": str(args.data or args.images), "split": args.split, "preds": str(args.preds),
-               "logits": args.logits, **report.to_dict()}
+        doc = {"data": str(args.data or args.images), "split": args.split, "predictions": source,
+               "logits": args.logits or args.preds is None, "policy": None if args.preds else args.policy,
+               **report.to_dict()}
         path.write_text(json.dumps(doc, indent=2) + "\n")
         log.info("wrote %s", path)
     if args.plots:
@@ -90,6 +106,25 @@ def run(args) -> int:
         for path in save_plots(report.results[IrstdMetrics.name], args.plots):
             log.info("wrote %s", path)
     return 0
+
+
+def _model_predictions(args):
+    """predict_fn running a Detector (grid logits, see Detector.grid_logits), and a description of the model."""
+    from edge_irst.pipeline import Detector
+
+    detector = Detector(model=args.model, backend=args.backend, threads=args.threads, policy=args.policy)
+    save = Path(args.save_preds) if args.save_preds else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+
+    def predict(sample, image):
+        grid, _, _ = detector.grid_logits(image)
+        if save:
+            np.save(save / f"{sample.stem}.npy", grid)
+        return grid, "logits"
+
+    described = f"{args.model or 'the bundled model'} on {detector.backend.name} ({args.policy} policy)"
+    return predict, described
 
 
 def _usage(message: str) -> int:
