@@ -17,7 +17,9 @@ install: $(STAMP)
 
 # The main job: bundled model, built-in synthetic IR source, best installed backend; outputs under runs/.
 run: install
-	$(BIN)/edge-irst info lw_irstnet
+	mkdir -p runs/run
+	$(BIN)/edge-irst run --source synthetic --max-frames 300 --save-json runs/run/detections.jsonl \
+		--save-csv runs/run/targets.csv --save-video runs/run/annotated.avi
 
 test: install
 	$(BIN)/python -m pytest -q
