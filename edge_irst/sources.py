@@ -372,8 +372,8 @@ class LiveSource(Source):
         """Reopen after an outage, waiting per reconnect.delays(); None when stopped or out of retries."""
         lost = time.perf_counter()
         policy = self.reconnect
-        log.warning("%s: no frame after frame %d; reconnecting (up to %d attempts, back-off %.1f s doubling to "
-                    "%.1f s)", self.name, index, policy.retries, policy.backoff_s, policy.backoff_max_s)
+        log.warning("%s: no frame after frame %d; reconnecting (up to %d attempts, back-off %g s doubling to "
+                    "%g s)", self.name, index, policy.retries, policy.backoff_s, policy.backoff_max_s)
         for attempt, delay in enumerate(policy.delays(), start=1):
             if self._stop.wait(delay):
                 return None

@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     src.add_argument("--raw-range", type=_pair, default=None, metavar="LO,HI",
                      help="fixed mapping of 14/16-bit raw frames: raw LO..HI -> 0..255 (default: percentiles)")
-    src.add_argument("--raw-percentiles", type=_pair, default=(0.5, 99.5), metavar="LO,HI",
+    src.add_argument("--raw-percentiles", type=_pair, default=None, metavar="LO,HI",
                      help="per-frame percentile stretch of raw frames when --raw-range is not given "
-                          "(default: 0.5,99.5)")
+                          "(default: RawMapping's, 0.5,99.99)")
     src.add_argument("--reconnect-retries", type=int, default=5, metavar="N",
                      help="reopening attempts when a camera/stream stops delivering (default: 5)")
     src.add_argument("--reconnect-backoff", type=float, default=0.5, metavar="S",
@@ -103,7 +103,7 @@ def _raw_mapping(args):
 
     if args.raw_range is not None:
         return RawMapping("fixed", *args.raw_range)
-    return RawMapping("percentile", *args.raw_percentiles)
+    return RawMapping("percentile", *args.raw_percentiles) if args.raw_percentiles else RawMapping()
 
 
 def _open_sinks(args, detector, source):

@@ -1,0 +1,296 @@
+"""Frame sources for real: image folders with corrupt files, globs, video files written by OpenCV (whole and
+truncated), synthetic scenes, missing cameras, and an MJPEG-over-HTTP server on 127.0.0.1 that OpenCV's FFmpeg
+backend reads as a live stream: latest-frame delivery with drop counting, reconnection with back-off after the
+server drops the connection, and giving up when it is gone."""
+from __future__ import annotations
+
+import http.server
+import logging
+import socketserver
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_irst.errors import InputError, SourceError
+from edge_irst.sources import (IterableSource, LiveSource, Reconnect, SyntheticSource, VideoFileSource,
+                               open_source)
+from edge_irst.synthetic import SyntheticScene, match_truth
+
+
+def _write_png(path, image):
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def _write_video(path, frames, fps=25.0, fourcc="MJPG"):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"OpenCV cannot write {path}"
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame)
+    writer.release()
+    return path
+
+
+# ---- synthetic ---------------------------------------------------------------------------------------------------
+def test_synthetic_spec_is_parsed_and_deterministic_with_ground_truth():
+    source = open_source("synthetic:160x128,targets=4,frames=5,seed=7,fps=10")
+    assert isinstance(source, SyntheticSource) and source.length == 5 and source.fps == 10.0
+    frames = list(source)
+    again = list(open_source("synthetic:160x128,targets=4,frames=5,seed=7,fps=10"))
+    assert [f.index for f in frames] == list(range(5))
+    assert [f.timestamp for f in frames] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    for a, b in zip(frames, again):
+        assert a.image.shape == (128, 160) and a.image.dtype == np.uint8
+        assert np.array_equal(a.image, b.image)
+        assert a.truth.centers.shape == (4, 2) and a.truth.sizes.shape == (4,) and (a.truth.sizes > 0).all()
+    # targets move, each stays well inside the frame
+    assert not np.allclose(frames[0].truth.centers, frames[4].truth.centers)
+    centers = np.concatenate([f.truth.centers for f in frames])
+    assert (centers[:, 0] >= 6).all() and (centers[:, 0] <= 154).all() and (centers[:, 1] <= 122).all()
+    other_seed = next(iter(open_source("synthetic:160x128,targets=4,frames=5,seed=8")))
+    assert not np.array_equal(other_seed.image, frames[0].image)
+
+
+def test_synthetic_targets_are_where_the_truth_says_and_never_merge():
+    scene = SyntheticScene((256, 320), targets=6, seed=1)
+    for index in (0, 50, 400):
+        frame = scene.frame(index)
+        count, _, stats, centroids = cv2.connectedComponentsWithStats(frame.mask.astype(np.uint8), connectivity=8)
+        assert count - 1 == 6  # one half-maximum blob per target: targets keep to their own grid cells
+        match = match_truth(centroids[1:, 0], centroids[1:, 1], frame.centers, radius=1.0)
+        assert match.found == 6
+        assert sorted(stats[1:, cv2.CC_STAT_AREA]) == sorted(frame.sizes)
+        brightest = [frame.image[int(round(y)), int(round(x))] for x, y in frame.centers]
+        assert min(brightest) > np.median(frame.image) + 40  # contrast well above the noise (sigma 2.5)
+
+
+def test_synthetic_raw_frames_encode_the_same_picture_as_eight_bit_ones():
+    eight = SyntheticScene((64, 80), targets=2, seed=3).frame(2)
+    raw_scene = SyntheticScene((64, 80), targets=2, seed=3, bits=14)
+    raw = raw_scene.frame(2)
+    assert raw.image.dtype == np.uint16 and raw.image.max() < 2 ** 14
+    lo, hi = raw_scene.raw_range
+    back = (raw.image.astype(np.float64) - lo) * 255.0 / (hi - lo)
+    assert np.abs(back - eight.image).max() <= 0.51  # both are roundings of the same float picture
+    np.testing.assert_array_equal(raw.centers, eight.centers)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("synthetic:64x64,speed=3", "keys targets, frames, seed, bits, fps"),
+    ("synthetic:64x64,frames=many", "frames='many' is not a valid int"),
+    ("synthetic:64x64,targets=40", "do not fit"),
+    ("synthetic:64x64,bits=20", "bits=20"),
+])
+def test_bad_synthetic_specs_say_what_is_accepted(spec, message):
+    with pytest.raises(SourceError, match=message):
+        open_source(spec)
+
+
+# ---- images ------------------------------------------------------------------------------------------------------
+def test_folder_in_natural_order_with_corrupt_images_skipped_and_counted(tmp_path, caplog):
+    scene = SyntheticScene((48, 64), targets=1)
+    for i in (1, 2, 10):
+        _write_png(tmp_path / f"frame_{i}.png", scene.frame(i).image)
+    ok, encoded = cv2.imencode(".png", scene.frame(3).image)
+    (tmp_path / "frame_3.png").write_bytes(encoded.tobytes()[: encoded.size // 2])  # truncated PNG
+    (tmp_path / "frame_4.jpg").write_bytes(b"this is not a JPEG")
+    (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
+    source = open_source(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        frames = list(source)
+    assert [f.name.rsplit("/", 1)[1] for f in frames] == ["frame_1.png", "frame_2.png", "frame_10.png"]
+    assert [f.index for f in frames] == [0, 1, 4]  # list positions: the gaps are the skipped files
+    assert np.array_equal(frames[2].image, scene.frame(10).image)
+    assert source.skipped == 2 and source.stats()["skipped"] == 2
+    reported = " ".join(r.getMessage() for r in caplog.records)
+    assert "frame_3.png" in reported and "frame_4.jpg" in reported
+
+
+def test_single_image_glob_and_sixteen_bit_images(tmp_path):
+    raw = SyntheticScene((40, 48), targets=1, bits=16).frame(0).image
+    _write_png(tmp_path / "a.png", raw)
+    _write_png(tmp_path / "b.png", raw // 2)
+    (single,) = list(open_source(tmp_path / "a.png"))
+    assert single.image.dtype == np.uint16 and np.array_equal(single.image, raw)
+    assert single.timestamp is None and single.decode_ms >= 0
+    assert len(list(open_source(str(tmp_path / "*.png")))) == 2
+    with pytest.raises(SourceError, match="matches no files"):
+        open_source(str(tmp_path / "*.bmp"))
+
+
+def test_unknown_missing_and_empty_sources_are_clear_errors(tmp_path):
+    with pytest.raises(SourceError, match=r"not found.*camera index.*synthetic"):
+        open_source(tmp_path / "absent.png")
+    (tmp_path / "data.bin").write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"unknown file type '\.bin'.*\.png.*\.avi"):
+        open_source(tmp_path / "data.bin")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(tmp_path / "empty")
+    with pytest.raises(SourceError, match="unsupported URL scheme 'ftp'"):
+        open_source("ftp://example.com/x.avi")
+
+
+def test_iterable_source_refuses_non_arrays():
+    frames = list(IterableSource([np.zeros((8, 8), np.uint8)] * 2, fps=5))
+    assert [f.timestamp for f in frames] == [0.0, 0.2]
+    with pytest.raises(InputError, match="item 1 is a str"):
+        list(IterableSource([np.zeros((8, 8), np.uint8), "frame.png"]))
+
+
+# ---- video -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix, fourcc", [(".avi", "MJPG"), (".mp4", "mp4v")])
+def test_video_file_read_back_in_order_with_timestamps(tmp_path, suffix, fourcc):
+    scene = SyntheticScene((96, 128), targets=2, seed=5)
+    images = [scene.frame(i).image for i in range(12)]
+    path = _write_video(tmp_path / f"clip{suffix}", images, fps=20.0, fourcc=fourcc)
+    source = open_source(path)
+    assert isinstance(source, VideoFileSource) and source.length == 12 and source.fps == pytest.approx(20.0)
+    frames = list(source)
+    source.close()
+    assert [f.index for f in frames] == list(range(12)) and source.skipped == 0
+    assert [f.timestamp for f in frames] == pytest.approx([i / 20.0 for i in range(12)], abs=1e-3)
+    for frame, original in zip(frames, images):  # lossy codecs: the same picture, not the same bytes
+        assert frame.image.shape == (96, 128, 3)
+        assert np.abs(frame.image[:, :, 1].astype(int) - original).mean() < 3.0
+
+
+def test_truncated_video_reports_the_missing_frames(tmp_path, caplog):
+    images = [SyntheticScene((96, 128), targets=2).frame(i).image for i in range(30)]
+    path = _write_video(tmp_path / "clip.avi", images)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    source = open_source(path)
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        count = len(list(source))
+    assert 0 < count < 30 and source.skipped == 30 - count
+    assert "truncated" in caplog.text
+
+
+def test_unreadable_video_is_a_source_error(tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 2048)
+    with pytest.raises(SourceError, match="cannot open video .*broken.mp4"):
+        open_source(tmp_path / "broken.mp4")
+
+
+# ---- cameras -----------------------------------------------------------------------------------------------------
+def test_missing_camera_is_a_clear_source_error():
+    with pytest.raises(SourceError, match=r"camera '9' could not be opened \(.*/dev/video.*--source synthetic"):
+        open_source(9)
+    with pytest.raises(SourceError, match=r"camera '/dev/video9' could not be opened"):
+        open_source("/dev/video9")
+
+
+# ---- live: an MJPEG server on 127.0.0.1 --------------------------------------------------------------------------
+class MjpegServer:
+    """multipart/x-mixed-replace JPEG stream on 127.0.0.1, like an IP camera. Each connection gets frames
+    numbered from a global counter (the grey level encodes it), `per_connection` of them (None = endless) at
+    `fps`, then the connection is dropped. stop() closes the listening socket: reconnections are refused."""
+
+    def __init__(self, per_connection=None, fps=100.0):
+        self.per_connection, self.period = per_connection, 1.0 / fps
+        self.connections = 0
+        self.sent = 0
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                count = 0
+                while not server.stopping.is_set() and (server.per_connection is None
+                                                        or count < server.per_connection):
+                    image = np.full((48, 64), (server.sent * 5) % 250, np.uint8)
+                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+                    try:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpeg) + jpeg + b"\r\n")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    server.sent += 1
+                    count += 1
+                    time.sleep(server.period)
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/stream.mjpg"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def fast_reconnect():
+    return Reconnect(retries=3, backoff_s=0.05, backoff_max_s=0.2, open_timeout_s=2.0, read_timeout_s=2.0)
+
+
+def test_stream_delivers_the_latest_frame_and_counts_the_dropped_ones(fast_reconnect):
+    server = MjpegServer(per_connection=None, fps=100.0)
+    source = open_source(server.url, fast_reconnect)
+    try:
+        assert isinstance(source, LiveSource) and source.live and source.kind == "stream"
+        taken = []
+        for frame in source:
+            taken.append(frame)
+            time.sleep(0.2)  # a consumer far slower than the stream
+            if len(taken) == 4:
+                break
+    finally:
+        source.close()
+        server.stop()
+    indices = [f.index for f in taken]
+    assert indices == sorted(set(indices))
+    # every frame captured before the last one taken and not taken was replaced, i.e. counted as dropped
+    assert source.dropped >= indices[-1] + 1 - len(taken) > 0
+    assert all(f.timestamp is not None and f.image.shape == (48, 64, 3) for f in taken)
+
+
+def test_stream_that_drops_is_reopened_with_back_off_then_given_up(fast_reconnect, caplog):
+    server = MjpegServer(per_connection=5, fps=100.0)
+    source = open_source(server.url, fast_reconnect)
+    frames = []
+    with caplog.at_level(logging.INFO, logger="edge_irst.sources"):
+        try:
+            for frame in source:
+                frames.append(frame)
+                if server.connections >= 3 and not server.stopping.is_set():
+                    server.stop()  # the camera goes away for good
+        except SourceError as exc:
+            error = exc
+        else:
+            pytest.fail("a stream that never comes back must end with a SourceError")
+        finally:
+            source.close()
+    assert source.reconnects >= 2 and len(source.gaps_s) == source.reconnects + 1
+    assert "reconnected on attempt" in caplog.text
+    attempts = [r for r in caplog.records if r.levelno == logging.INFO and "reconnection attempt" in r.getMessage()]
+    assert len(attempts) == fast_reconnect.retries  # the final outage used every retry, then gave up
+    assert "3 reconnection attempts" in str(error) and "--reconnect-retries" in str(error)
+    assert len(frames) >= 10  # frames kept coming across the reconnections
+
+
+def test_unreachable_stream_fails_at_open():
+    with pytest.raises(SourceError, match=r"cannot open stream http://127\.0\.0\.1:9/"):
+        open_source("http://127.0.0.1:9/none.mjpg", Reconnect(open_timeout_s=1.0))
+
+
+def test_reconnect_back_off_schedule_and_validation():
+    assert list(Reconnect(retries=5, backoff_s=0.5, backoff_max_s=3.0).delays()) == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert list(Reconnect(retries=0).delays()) == []
+    with pytest.raises(InputError, match="retries"):
+        Reconnect(retries=-1)
