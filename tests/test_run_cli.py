@@ -1,0 +1,153 @@
+"""`edge-irst run` end to end: a video written by the test, synthetic frames with ground truth, 16-bit raw images,
+Ctrl-C (a real SIGINT to a subprocess) leaving complete outputs, and failures with exit codes and messages."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import jsonschema
+import pytest
+
+from edge_irst.cli import main
+from edge_irst.synthetic import SyntheticScene
+
+SCHEMA = json.loads((Path(__file__).parent / "schemas" / "detections.schema.json").read_text())
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx(authors_dir) -> str:
+    return str(authors_dir / "LW_IRST.onnx")
+
+
+def _run_json(capsys, *argv) -> dict:
+    assert main(["run", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_video_file_source_with_json_summary_and_outputs(tmp_path, capsys, onnx):
+    scene = SyntheticScene((256, 256), targets=3, seed=4)
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (256, 256))
+    for i in range(8):
+        writer.write(cv2.cvtColor(scene.frame(i).image, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    summary = _run_json(capsys, "--source", str(video), "--model", onnx, "--backend", "onnxruntime",
+                        "--threads", "1", "--save-json", str(tmp_path / "d.jsonl"),
+                        "--save-csv", str(tmp_path / "d.csv"))
+    assert summary["outcome"] == "completed" and summary["frames"] == 8 and summary["skipped"] == 0
+    assert summary["source"]["kind"] == "video" and summary["backend"] == "onnxruntime"
+    assert summary["options_in_effect"]["threads"] == 1  # read back from the runtime
+    assert summary["targets"] == 24 and summary["fps"] > 0
+    assert set(summary["median_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
+    assert "end to end" in summary["fps_includes"] and summary["postprocess"]["implementation"] in ("c", "opencv")
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    for record in records:
+        jsonschema.validate(record, SCHEMA)
+        assert record["source"] == str(video) and record["timestamp"] == pytest.approx(record["frame_index"] / 15)
+        for target, (x, y) in zip(sorted(record["targets"], key=lambda t: t["centroid"]),
+                                  sorted(scene.frame(record["frame_index"]).centers.tolist())):
+            assert abs(target["centroid"][0] - x) < 1.5 and abs(target["centroid"][1] - y) < 1.5
+    with open(tmp_path / "d.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 24
+
+
+def test_synthetic_default_source_reports_ground_truth_and_settings(capsys, onnx):
+    summary = _run_json(capsys, "--model", onnx, "--max-frames", "5", "--threads", "1", "--filter", "authors",
+                        "--size-min", "2", "--inclusive")
+    assert summary["frames"] == 5 and summary["source"]["kind"] == "synthetic"
+    assert summary["synthetic_truth"]["recall"] == 1.0 and summary["synthetic_truth"]["false"] == 0
+    assert summary["filter"] == {"size_min": 2, "size_max": 100, "ratio_min": 0.2, "ratio_max": 5.0,
+                                 "inclusive": True}
+    assert summary["policy"] == {"policy": "resize", "model_input": [256, 256]}
+
+
+def test_text_summary_on_stdout(capsys, onnx):
+    assert main(["run", "--model", onnx, "--source", "synthetic:256x256,frames=3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("frames        3  skipped 0  dropped 0", "FPS", "end to end (decode + preprocess + inference",
+                     "median ms     decode", "threads 1", "ground truth  9/9 synthetic targets found"):
+        assert expected in out
+
+
+def test_raw_sixteen_bit_folder_with_a_fixed_raw_range(tmp_path, capsys, onnx):
+    scene = SyntheticScene((256, 256), targets=3, seed=6, bits=14)
+    for i in range(3):
+        assert cv2.imwrite(str(tmp_path / f"raw_{i}.png"), scene.frame(i).image)
+    lo, hi = scene.raw_range
+    summary = _run_json(capsys, "--source", str(tmp_path), "--model", onnx, "--threads", "1",
+                        "--raw-range", f"{lo:g},{hi:g}")
+    assert summary["frames"] == 3 and summary["targets"] == 9
+    assert summary["raw_mapping"] == {"mode": "fixed", "low": lo, "high": hi}
+
+
+def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
+    jsonl, table, video = tmp_path / "d.jsonl", tmp_path / "d.csv", tmp_path / "v.avi"
+    command = [sys.executable, "-m", "edge_irst", "run", "--model", onnx, "--threads", "1", "--json",
+               "--source", "synthetic:256x256,targets=2,frames=0", "--save-json", str(jsonl),
+               "--save-csv", str(table), "--save-video", str(video)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if jsonl.is_file() and jsonl.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["outcome"] == "interrupted" and summary["frames"] >= 3
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert jsonl.read_text().endswith("\n") and len(records) == summary["frames"]
+    for record in records:
+        jsonschema.validate(record, SCHEMA)
+    with open(table, newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == sum(len(r["targets"]) for r in records)
+    capture = cv2.VideoCapture(str(video))
+    assert capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_COUNT) == summary["frames"]
+    capture.release()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--policy", "native"], r"256x256 \(HxW\) inputs only.*--dynamic"),
+    (["--source", "7"], r"camera '7' could not be opened"),
+    (["--source", "no/such/file.png"], r"source 'no/such/file.png' not found"),
+    (["--save-video", "out.gif"], r"unsupported suffix '\.gif'"),
+])
+def test_failures_exit_1_with_the_reason(capsys, onnx, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--model", onnx, "--max-frames", "1", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edge-irst run: error:")
+    assert re.search(message, err), err
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--policy", "squeeze"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["run", "--raw-range", "100,10"])
+    assert "expected LO < HI" in capsys.readouterr().err
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--source", "--policy", "--raw-range", "--save-json", "--save-video", "--show", "--fallback",
+                   "--reconnect-retries"):
+        assert option in out

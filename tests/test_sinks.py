@@ -1,0 +1,175 @@
+"""Sinks on real streams: JSON Lines validated against tests/schemas/detections.schema.json, CSV rows per target,
+annotated video read back with OpenCV, annotated PNGs, and outputs that stay intact when a run is interrupted."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from edge_irst.errors import InputError, SinkError
+from edge_irst.pipeline import Detector
+from edge_irst.sinks import (CsvSink, ImageFolderSink, JsonlSink, Sink, SinkSet, VideoSink, WindowSink,
+                             gui_unavailable_reason)
+from edge_irst.synthetic import SyntheticScene
+
+SCHEMA = json.loads((Path(__file__).parent / "schemas" / "detections.schema.json").read_text())
+SPEC = "synthetic:256x256,targets=3,frames=6,seed=2"
+
+
+@pytest.fixture(scope="module")
+def detector(authors_dir):
+    with Detector(authors_dir / "LW_IRST.onnx", "onnxruntime", threads=1) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def results(detector):
+    return list(detector.stream(SPEC))
+
+
+def _validate_jsonl(path: Path) -> list[dict]:
+    text = path.read_text()
+    assert text.endswith("\n"), "the last record must be complete"
+    records = [json.loads(line) for line in text.splitlines()]
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for record in records:
+        validator.validate(record)
+    return records
+
+
+def test_schema_is_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_jsonl_one_valid_record_per_frame_with_the_detections(tmp_path, results):
+    with JsonlSink(tmp_path / "out" / "d.jsonl", SPEC, "resize") as sink:
+        for result in results:
+            sink.write(result)
+    records = _validate_jsonl(tmp_path / "out" / "d.jsonl")
+    assert [r["frame_index"] for r in records] == [r.index for r in results]
+    for record, result in zip(records, results):
+        d = result.detections
+        assert len(record["targets"]) == len(d) == 3
+        assert record["frame_shape"] == [256, 256] and record["timestamp"] == result.timestamp
+        assert record["conventions"]["size"].endswith("(policy resize)")
+        assert [t["centroid"] for t in record["targets"]] == np.stack([d.x, d.y], 1).tolist()
+        assert [t["box"] for t in record["targets"]] == np.stack([d.x_min, d.y_min, d.x_max, d.y_max], 1).tolist()
+
+
+def test_schema_rejects_a_record_missing_what_consumers_rely_on(tmp_path, results):
+    with JsonlSink(tmp_path / "d.jsonl", SPEC, "tile") as sink:
+        sink.write(results[0])
+    (record,) = _validate_jsonl(tmp_path / "d.jsonl")
+    del record["targets"][0]["box"]
+    with pytest.raises(jsonschema.ValidationError, match="'box' is a required property"):
+        jsonschema.validate(record, SCHEMA)
+
+
+def test_csv_has_one_row_per_target(tmp_path, results):
+    with CsvSink(tmp_path / "d.csv", SPEC) as sink:
+        for result in results:
+            sink.write(result)
+    with open(tmp_path / "d.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == sum(len(r.detections) for r in results) == 18
+    first = results[0].detections
+    assert [float(r["x"]) for r in rows[:3]] == first.x.tolist()
+    assert [int(r["size"]) for r in rows[:3]] == first.size.tolist()
+    assert {r["source"] for r in rows} == {SPEC}
+
+
+def test_annotated_video_and_images_show_boxes_around_the_targets(tmp_path, results):
+    with SinkSet([VideoSink(tmp_path / "v.avi", fps=10), ImageFolderSink(tmp_path / "frames")]) as sinks:
+        for result in results:
+            sinks.write(result)
+    capture = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == len(results)
+    ok, first = capture.read()
+    capture.release()
+    assert ok and first.shape == (256, 256, 3)
+    pngs = sorted((tmp_path / "frames").iterdir())
+    assert [p.name for p in pngs] == [f"frame_{r.index:06d}.png" for r in results]  # no partial files left
+    for image in (first, cv2.imread(str(pngs[0]))):
+        green = (image[:, :, 1] > 180) & (image[:, :, 0] < 100) & (image[:, :, 2] < 100)
+        for x, y in zip(results[0].detections.x, results[0].detections.y):
+            x0, y0 = int(x), int(y)
+            assert green[max(y0 - 8, 0):y0 + 9, max(x0 - 8, 0):x0 + 9].any()  # a box drawn around each target
+        assert not green[:20, 100:].any()  # ...and not where there is none (top-right corner)
+
+
+def test_raw_frames_are_annotated_through_the_raw_mapping(tmp_path, detector):
+    raw = SyntheticScene((128, 160), targets=2, bits=14).frame(0).image
+    (result,) = list(detector.stream([raw]))
+    with ImageFolderSink(tmp_path) as sink:
+        sink.write(result)
+    written = cv2.imread(str(tmp_path / "frame_000000.png"))
+    assert written.dtype == np.uint8 and written.shape == (128, 160, 3) and written.std() > 2
+
+
+def test_interrupted_run_leaves_complete_outputs(tmp_path, detector):
+    scene = SyntheticScene((128, 160), targets=2)
+
+    def frames():
+        for i in range(100):
+            if i == 4:
+                raise KeyboardInterrupt  # Ctrl-C while the source reads frame 4
+            yield scene.frame(i).image
+
+    sinks = SinkSet([JsonlSink(tmp_path / "d.jsonl", "frames", "resize"), CsvSink(tmp_path / "d.csv", "frames"),
+                     VideoSink(tmp_path / "v.avi")])
+    with pytest.raises(KeyboardInterrupt):
+        with sinks, contextlib.closing(detector.stream(frames())) as results:
+            for result in results:
+                sinks.write(result)
+    assert len(_validate_jsonl(tmp_path / "d.jsonl")) == 4
+    with open(tmp_path / "d.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 8
+    capture = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == 4 and capture.get(cv2.CAP_PROP_FRAME_COUNT) == 4  # the index was written on release
+
+
+def test_sink_set_closes_every_sink_when_one_fails(tmp_path):
+    closed = []
+
+    class Failing(Sink):
+        def close(self):
+            closed.append("failing")
+            raise SinkError("disk full")
+
+    class Fine(Sink):
+        def close(self):
+            closed.append("fine")
+
+    with pytest.raises(SinkError, match="disk full"):
+        SinkSet([Failing(), Fine()]).close()
+    assert closed == ["failing", "fine"]
+
+
+def test_bad_outputs_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match=r"unsupported suffix '\.gif'; accepted: \.avi"):
+        VideoSink(tmp_path / "v.gif")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SinkError, match="cannot write the JSON Lines results"):
+        JsonlSink(blocker / "d.jsonl", "s", "resize")
+
+
+def test_show_without_a_gui_says_why_and_what_to_do(monkeypatch):
+    if "GUI:                           NONE" not in cv2.getBuildInformation():
+        monkeypatch.delenv("DISPLAY", raising=False)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+        expected = "no display"
+    else:
+        expected = r"without a GUI \(opencv-python-headless.*pip install opencv-python"
+    assert gui_unavailable_reason() is not None
+    with pytest.raises(SinkError, match=expected):
+        WindowSink()
