@@ -463,7 +463,8 @@ def test_eval_cli_prints_the_table_and_writes_json(dataset_dir, capsys):
 
 
 def test_eval_cli_usage_and_failures(dataset_dir, capsys):
-    assert main(["eval", "--data", str(dataset_dir)]) == 2
+    assert main(["eval"]) == 2  # no data at all
+    assert main(["eval", "--data", str(dataset_dir), "--preds", str(dataset_dir), "--model", "m.onnx"]) == 2
     assert main(["eval", "--data", str(dataset_dir), "--preds", str(dataset_dir / "nope")]) == 1
     assert "prediction folder not found" in capsys.readouterr().err
     # without --logits the .npy logit maps are outside [0, 1]: refused, naming the flag
