@@ -68,7 +68,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("mnn", ".mnn", "edge_irst.export.to_mnn:convert_mnn", "onnx", PRECISIONS, "export", ("MNN",),
            "mnn", True, "MNN from the fp32 ONNX (fp16 weights; int8 = weight-only int8, float compute)"),
     Format("tflite", ".tflite", "edge_irst.export.to_tflite:convert_tflite", "torch", PRECISIONS, "export",
-           ("tensorflow",), "tflite", False, "TFLite, NHWC-native (int8 = full-integer, int8 I/O)"),
+           ("tensorflow",), "tflite", True, "TFLite, NHWC-native (int8 = full-integer, int8 I/O)"),
 )}
 
 

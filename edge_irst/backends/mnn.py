@@ -6,6 +6,7 @@ text is read: it decides DeviceUnavailableError / fallback, and keeps MNN's chat
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 
@@ -79,17 +80,46 @@ class MnnBackend(Backend):
             self.device = "cpu"
         self._resolve_contract()
         self._input = self.interpreter.getSessionInput(self.session)
-        self._output = self.interpreter.getSessionOutput(self.session)
         in_name = next(iter(self.interpreter.getSessionInputAll(self.session)))
         out_name = next(iter(self.interpreter.getSessionOutputAll(self.session)))
         self.inputs = [self._spec(in_name, self._input, self.contract.channels)]
-        self.outputs = [self._spec(out_name, self._output, 1)]
+        self._shape = tuple(self._input.getShape())
         self._host_output = None
+        # A dynamic model's output reads (0, 0, 0, 0) until the session is resized to a concrete input (MNN 3.6),
+        # so the session is planned at the contract's size (else 256x256) before the output spec is read.
+        concrete = self._concrete_shape()
+        if concrete != self._shape:
+            with capture_native_output():
+                self._resize(concrete)
+        self._output = self.interpreter.getSessionOutput(self.session)
+        self.outputs = [self._dynamic_like_input(self._spec(out_name, self._output, 1))]
 
     def _spec(self, name: str, tensor, channels: int) -> TensorSpec:
         shape = tuple(d if d > 0 else None for d in tensor.getShape())
         declared = _DIMENSION_TYPES.get(tensor.getDimensionType(), "NCHW")
         return TensorSpec(name, shape, "float32", layout_from_shape(shape, channels, declared, str(self.path)))
+
+    def _concrete_shape(self) -> tuple:
+        """The input shape to plan the session at first: batch 1 and H/W from `input_size()` where dynamic."""
+        spec = self.inputs[0]
+        h, w = self.input_size()
+        wanted = {"N": 1, "H": h, "W": w}
+        return tuple(dim if dim is not None else wanted[axis] for axis, dim in zip(spec.layout, spec.shape))
+
+    def _dynamic_like_input(self, planned: TensorSpec) -> TensorSpec:
+        """The output spec read at the planned size, with None on each of N/H/W that the input leaves dynamic."""
+        spec = self.inputs[0]
+        dynamic = {axis for axis in "NHW" if spec.shape[spec.layout.index(axis)] is None}
+        shape = tuple(None if axis in dynamic else dim for axis, dim in zip(planned.layout, planned.shape))
+        return dataclasses.replace(planned, shape=shape)
+
+    def _resize(self, shape: tuple) -> None:
+        """Re-plan the session for an input of `shape` (the artifact's layout)."""
+        self.interpreter.resizeTensor(self._input, shape)
+        self.interpreter.resizeSession(self.session)
+        self._output = self.interpreter.getSessionOutput(self.session)
+        self._shape = tuple(shape)
+        self._host_output = None
 
     def _host_dimension_type(self, layout: str):
         mnn = self._mnn
@@ -99,10 +129,8 @@ class MnnBackend(Backend):
         mnn, spec = self._mnn, self.inputs[0]
         data = batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
         dim_type = self._host_dimension_type(spec.layout)
-        if tuple(self._input.getShape()) != data.shape:  # a dynamic artifact: resize once per new frame size
-            self.interpreter.resizeTensor(self._input, data.shape)
-            self.interpreter.resizeSession(self.session)
-            self._host_output = None
+        if data.shape != self._shape:  # a dynamic artifact: re-plan once per new frame size (or batch)
+            self._resize(data.shape)
         self._input.copyFrom(mnn.Tensor(data.shape, mnn.Halide_Type_Float, data, dim_type))
         self.interpreter.runSession(self.session)
         if self._host_output is None:

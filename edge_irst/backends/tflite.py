@@ -2,6 +2,9 @@
 
 Layout comes from the input shape (the authors' file is NCHW [1,3,256,256], our exporter writes NHWC), the
 contract's `layout` breaking a tie. Integer I/O is (de)quantised with the tensor's own scale and zero point.
+The contract is the sidecar's, else the one the exporter embeds in the file's metadata ("edge_irst.contract"),
+else the authors' default. A dynamic-size graph (signature [1, -1, -1, 3]) is allocated at the contract's size
+(256x256 when it has none) and re-planned when a frame of another size arrives.
 Accelerators are external delegates (`load_delegate(library, options)`): `delegate` names a library path or one
 of KNOWN_DELEGATES, and `device` may name one of those too.
 """
@@ -13,7 +16,7 @@ import numpy as np
 
 from edge_irst.errors import InputError, ModelFileError
 
-from .base import Backend, TensorSpec, layout_from_shape
+from .base import Backend, TensorSpec, layout_from_shape, log
 
 # Delegates that export TFLite's external-delegate entry point (tflite_plugin_create_delegate).
 KNOWN_DELEGATES = {
@@ -42,7 +45,7 @@ class TFLiteBackend(Backend):
         super().__init__(path, options, contract)
         runtime = self.import_runtime("ai_edge_litert.interpreter")
         self._check_magic()
-        self._resolve_contract()
+        self._resolve_contract(self._embedded_metadata() if self.contract is None else None)
         self.delegate = self._load_delegate(runtime)
         resolver = (runtime.OpResolverType.AUTO if options.xnnpack
                     else runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -55,9 +58,7 @@ class TFLiteBackend(Backend):
                                      f"({exc})", "Check that the accelerator is attached and its driver runs")
             self.delegate = None
             self.interpreter = self._interpreter(runtime, resolver)
-        self.inputs = [self._spec(d, self.contract.channels) for d in self.interpreter.get_input_details()]
         self.outputs = [self._spec(d, 1) for d in self.interpreter.get_output_details()]
-        self._input_index = self.interpreter.get_input_details()[0]["index"]
         self._output_index = self.interpreter.get_output_details()[0]["index"]
 
     def _check_magic(self) -> None:
@@ -67,13 +68,61 @@ class TFLiteBackend(Backend):
             raise ModelFileError(f"{self.path}: not a TFLite model (file identifier {head[4:8]!r}, expected "
                                  f"{TFLITE_MAGIC!r})")
 
+    def _embedded_metadata(self) -> dict:
+        """{name: text} of the flatbuffer's UTF-8 metadata entries (convert_tflite embeds the contract under
+        "edge_irst.contract"); {} when there are none or the file cannot be parsed (the interpreter then says
+        why it cannot load it)."""
+        try:
+            from ai_edge_litert import schema_py_generated as schema
+        except ImportError:
+            return {}
+        data = self.path.read_bytes()
+        found = {}
+        try:
+            model = schema.Model.GetRootAs(data, 0)
+            for i in range(model.MetadataLength()):
+                entry = model.Metadata(i)
+                buffer = model.Buffers(entry.Buffer())
+                if buffer.Offset() > 1:  # models over 2 GB keep their buffers after the flatbuffer
+                    raw = data[buffer.Offset():buffer.Offset() + buffer.Size()]
+                else:
+                    raw = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+                try:
+                    found[entry.Name().decode()] = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue  # binary entries (e.g. the converter's CONVERSION_METADATA) carry no contract
+        except Exception as exc:  # a truncated flatbuffer fails with struct.error / IndexError / ...
+            log.debug("%s: metadata unreadable (%s: %s)", self.path, type(exc).__name__, exc)
+            return {}
+        return found
+
     def _interpreter(self, runtime, resolver):
+        """A new interpreter with tensors allocated at a concrete input shape; sets `inputs` and `_shape`."""
         interpreter = runtime.Interpreter(
             model_path=str(self.path), num_threads=self.options.resolved_threads(),
             experimental_delegates=[self.delegate] if self.delegate else None,
             experimental_op_resolver_type=resolver)
+        detail = interpreter.get_input_details()[0]
+        self.inputs = [self._spec(detail, self.contract.channels)]
+        self._input_index = detail["index"]
+        # A dynamic graph's tensors are stored with every -1 of the signature as 1 (TF 2.21's converter writes
+        # [1, 1, 1, 3] for [1, -1, -1, 3]); XNNPACK cannot plan LW-IRSTNet at 1x1 ("failed to reshape"), so the
+        # input is resized to a real frame size before the first allocation.
+        shape = self._concrete_shape(tuple(int(d) for d in detail["shape"]))
+        if shape != tuple(detail["shape"]):
+            interpreter.resize_tensor_input(self._input_index, shape)
         interpreter.allocate_tensors()
+        self._shape = shape
         return interpreter
+
+    def _concrete_shape(self, stored: tuple) -> tuple:
+        """The input shape to allocate first: fixed dimensions as stored, batch 1, H/W from `input_size()`
+        (the contract's size, else 256x256) where the signature leaves them dynamic."""
+        spec = self.inputs[0]
+        h, w = self.input_size()
+        wanted = {spec.layout.index("N"): 1, spec.layout.index("H"): h, spec.layout.index("W"): w}
+        return tuple(dim if spec.shape[axis] is not None else wanted.get(axis, dim)
+                     for axis, dim in enumerate(stored))
 
     def _load_delegate(self, runtime):
         requested = self.options.delegate
@@ -113,9 +162,10 @@ class TFLiteBackend(Backend):
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         spec = self.inputs[0]
         data = batch if spec.layout == "NCHW" else batch.transpose(0, 2, 3, 1)
-        if tuple(self.interpreter.get_input_details()[0]["shape"]) != data.shape:  # dynamic H/W or batch
+        if data.shape != self._shape:  # a dynamic artifact: re-plan once per new frame size (or batch)
             self.interpreter.resize_tensor_input(self._input_index, data.shape)
             self.interpreter.allocate_tensors()
+            self._shape = data.shape
         if spec.scale is not None:
             info = np.iinfo(spec.dtype)
             data = np.clip(np.round(data / spec.scale) + spec.zero_point, info.min, info.max)
