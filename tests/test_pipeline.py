@@ -282,6 +282,19 @@ def test_reader_runs_at_most_prefetch_frames_ahead_of_a_slow_consumer(fastest):
     assert len(pulled) < 100
 
 
+def test_reader_thread_by_default_only_where_a_cpu_is_left_for_it(fastest):
+    from edge_irst.pipeline import usable_cpus
+
+    with Detector(*fastest, threads=usable_cpus()) as d:
+        assert d.prefetch == 0 and d.describe()["reader_thread"]["used_for"] == "none (in line)"
+        assert [r.index for r in d.stream("synthetic:64x64,targets=1,frames=3")] == [0, 1, 2]
+    if usable_cpus() > 1:
+        with Detector(*fastest, threads=1) as d:
+            assert d.prefetch == 2
+    with pytest.raises(InputError, match="prefetch"):
+        Detector(*fastest, prefetch=-1)
+
+
 def test_keyboard_interrupt_in_the_source_reaches_the_caller_and_stops_the_reader(fastest):
     def frames():
         scene = SyntheticScene((64, 64), targets=1)
@@ -290,7 +303,7 @@ def test_keyboard_interrupt_in_the_source_reaches_the_caller_and_stops_the_reade
         raise KeyboardInterrupt
 
     seen = []
-    with Detector(*fastest, threads=1) as d:
+    with Detector(*fastest, threads=1, prefetch=2) as d:
         with pytest.raises(KeyboardInterrupt):
             for result in d.stream(frames()):
                 seen.append(result.index)

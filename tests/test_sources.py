@@ -281,7 +281,7 @@ def test_stream_that_drops_is_reopened_with_back_off_then_given_up(fast_reconnec
     attempts = [r for r in caplog.records if r.levelno == logging.INFO and "reconnection attempt" in r.getMessage()]
     assert len(attempts) == fast_reconnect.retries  # the final outage used every retry, then gave up
     assert "3 reconnection attempts" in str(error) and "--reconnect-retries" in str(error)
-    assert len(frames) >= 10  # frames kept coming across the reconnections
+    assert len(frames) > 5  # more than one connection delivers: frames kept coming across the reconnections
 
 
 def test_unreachable_stream_fails_at_open():

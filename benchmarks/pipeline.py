@@ -1,0 +1,200 @@
+"""What does everything that is not inference cost? End-to-end `Detector.stream` vs raw `backend.run`.
+
+    python benchmarks/pipeline.py                         # the authors' artifacts, fastest installed backend
+    python benchmarks/pipeline.py --model runs/export/lw_irstnet --threads 2 --frames 500
+    python benchmarks/pipeline.py --compare-backends      # raw inference of every installed backend first
+
+Every measurement uses the same backend instance at 256x256 (the default synthetic frame size = the model input,
+so resize is a no-op and the comparison isolates the pipeline):
+- raw inference: `backend.run(tensor)` on one preprocessed tensor, back to back;
+- end to end: `Detector.stream("synthetic:256x256,...")` consumed to the last frame: synthetic frame generation
+  (the "decode"), preprocessing, inference, labelling, filtering and coordinate mapping; once with the reader
+  thread (prefetch 2, the default) and once without (prefetch 0: everything in line).
+Overhead = raw FPS / end-to-end FPS - 1 (target <= 10 %), from wall time; and the same ratio from the process's
+CPU time per frame (all threads), which other tenants of a shared machine disturb far less than wall time; and
+from the CPU time of the thread that runs inference alone ("consumer"): with the reader thread on a core of its
+own, that thread is what limits the frame rate, so its overhead is the one a machine with a free core would see
+(with 1 inference thread; a runtime's own worker threads count in the process column only). The measurements
+alternate over rounds and the median round is reported. Prints a table and writes
+benchmarks/results/pipeline.json with machine information.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+AUTHORS = REPO.parent / "shared" / "reference" / "lw_irstnet_authors"
+AUTHORS_FILES = {"onnxruntime": "LW_IRST.onnx", "opencv": "LW_IRST.onnx", "ncnn": "ncnn/LW_IRST-sim-opt.param",
+                 "mnn": "LW_IRST.mnn", "tflite": "LW_IRST_fp32.tflite"}
+
+
+def _machine() -> dict:
+    from edge_irst.backends import physical_cores
+    from edge_irst.postprocess import implementation_info
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
+        platform.processor()
+    import cv2
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
+            "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "physical_cores": physical_cores(), "load_average_at_start": list(os.getloadavg()),
+            "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+            "postprocess": implementation_info()["implementation"]}
+
+
+def _authors_model(backend: str | None) -> tuple[Path, str]:
+    from edge_irst.backends import backend_class
+    from edge_irst.pipeline import BACKEND_PREFERENCE
+
+    if not AUTHORS.is_dir():
+        sys.exit(f"{AUTHORS} is absent: pass --model (an artifact or an exported model folder)")
+    names = [backend] if backend else [n for n in BACKEND_PREFERENCE["cpu"] if n in AUTHORS_FILES]
+    name = next((n for n in names if backend_class(n).installed()), None)
+    if name is None or name not in AUTHORS_FILES:
+        sys.exit(f"no installed backend among {names} reads one of the authors' artifacts")
+    return AUTHORS / AUTHORS_FILES[name], name
+
+
+def raw_inference(backend, tensor: np.ndarray, runs: int) -> dict:
+    """FPS and CPU ms per frame of `runs` back-to-back backend.run calls."""
+    cpu, consumer, start = time.process_time(), time.thread_time(), time.perf_counter()
+    for _ in range(runs):
+        backend.run(tensor)
+    wall, cpu, consumer = time.perf_counter() - start, time.process_time() - cpu, time.thread_time() - consumer
+    return {"fps": runs / wall, "cpu_ms": cpu / runs * 1e3, "consumer_cpu_ms": consumer / runs * 1e3}
+
+
+def end_to_end(detector, spec: str, prefetch: int) -> dict:
+    """FPS, CPU ms per frame and per-stage medians of one Detector.stream over `spec`."""
+    from edge_irst.pipeline import STAGES, StreamStats
+
+    detector.prefetch = prefetch
+    stats = StreamStats()
+    cpu, consumer = time.process_time(), time.thread_time()
+    with contextlib.closing(detector.stream(spec)) as results:
+        for result in results:
+            stats.add(result)
+    cpu, consumer = time.process_time() - cpu, time.thread_time() - consumer
+    return {"fps": stats.fps, "cpu_ms": cpu / stats.frames * 1e3, "consumer_cpu_ms": consumer / stats.frames * 1e3,
+            "stages": {s: stats.median_ms(s) for s in (*STAGES, "latency")}}
+
+
+def compare_backends(threads: int, runs: int) -> list[dict]:
+    """Median ms of raw inference per installed backend on the authors' artifacts (the preference table's data)."""
+    from edge_irst.backends import backend_class, load_backend
+
+    tensor = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    rows = []
+    for name, file in AUTHORS_FILES.items():
+        if not backend_class(name).installed():
+            continue
+        with load_backend(AUTHORS / file, name, threads=threads, warmup=5) as backend:
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                backend.run(tensor)
+                times.append((time.perf_counter() - start) * 1e3)
+        rows.append({"backend": name, "artifact": file, "median_ms": round(statistics.median(times), 2),
+                     "min_ms": round(min(times), 2)})
+    return sorted(rows, key=lambda r: r["median_ms"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="artifact or model folder (default: the authors' artifacts)")
+    parser.add_argument("--backend", default=None, help="default: the fastest installed (BACKEND_PREFERENCE)")
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
+    parser.add_argument("--frames", type=int, default=300, help="frames per round (default: 300)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument("--targets", type=int, default=3, help="synthetic targets per frame (default: 3)")
+    parser.add_argument("--compare-backends", action="store_true", help="also time raw inference per backend")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"))
+    args = parser.parse_args(argv)
+
+    from edge_irst.pipeline import Detector
+    from edge_irst.preprocess import preprocess
+    from edge_irst.synthetic import SyntheticScene
+
+    machine = _machine()
+    model, backend = (Path(args.model), args.backend) if args.model else _authors_model(args.backend)
+    spec = f"synthetic:256x256,targets={args.targets},frames={args.frames},seed=0"
+    report = {"machine": machine, "model": str(model), "frames_per_round": args.frames, "rounds": args.rounds,
+              "input": "256x256 synthetic grey frames (= the model input: resize is a no-op)",
+              "end_to_end_includes": "synthetic frame generation + preprocess + inference + postprocess"}
+    if args.compare_backends:
+        report["backends_raw_inference"] = compare_backends(args.threads, 50)
+    modes = {"raw inference": None, "stream, reader thread": 2, "stream, in line": 0}
+    rounds = {mode: [] for mode in modes}
+    with Detector(model, backend, threads=args.threads, warmup=10) as detector:
+        tensor = preprocess(SyntheticScene((256, 256), args.targets).frame(0).image, detector.contract)
+        for _ in range(args.rounds):
+            for mode, prefetch in modes.items():
+                rounds[mode].append(raw_inference(detector.backend, tensor, args.frames) if prefetch is None
+                                    else end_to_end(detector, spec, prefetch))
+        options = detector.backend.options_in_effect()
+        report.update(backend=detector.backend.name, artifact=str(detector.backend.path),
+                      threads_in_effect=options.get("threads"), options_in_effect=options)
+
+    def median_round(mode: str) -> dict:
+        ordered = sorted(rounds[mode], key=lambda r: r["fps"])
+        return ordered[len(ordered) // 2]
+
+    raw = median_round("raw inference")
+    raw_cpu = statistics.median(r["cpu_ms"] for r in rounds["raw inference"])
+    raw_consumer = statistics.median(r["consumer_cpu_ms"] for r in rounds["raw inference"])
+    report["results"] = {}
+    for mode in modes:
+        chosen = median_round(mode)
+        cpu = statistics.median(r["cpu_ms"] for r in rounds[mode])
+        consumer = statistics.median(r["consumer_cpu_ms"] for r in rounds[mode])
+        report["results"][mode] = {
+            "fps": round(chosen["fps"], 2), "cpu_ms_per_frame": round(cpu, 3),
+            "consumer_thread_cpu_ms_per_frame": round(consumer, 3),
+            "overhead_percent_wall": round((raw["fps"] / chosen["fps"] - 1.0) * 100.0, 2),
+            "overhead_percent_cpu": round((cpu / raw_cpu - 1.0) * 100.0, 2),
+            "overhead_percent_consumer_thread": round((consumer / raw_consumer - 1.0) * 100.0, 2),
+            "rounds_fps": [round(r["fps"], 2) for r in rounds[mode]],
+            **({"stage_median_ms": {k: round(v, 3) for k, v in chosen["stages"].items()}}
+               if "stages" in chosen else {}),
+        }
+    report["command"] = " ".join(["python", "benchmarks/pipeline.py", *(argv if argv is not None else sys.argv[1:])])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    print(f"{machine['cpu']} ({machine['usable_cpus']} CPUs usable, load {machine['load_average_at_start'][0]:.2f})")
+    print(f"model {report['artifact']} on {report['backend']}, threads {report['threads_in_effect']}, "
+          f"{args.frames} frames x {args.rounds} rounds")
+    if "backends_raw_inference" in report:
+        print("\nraw inference per backend (median of 50, ms)")
+        for row in report["backends_raw_inference"]:
+            print(f"  {row['backend']:<12} {row['median_ms']:>7.2f}  (min {row['min_ms']:.2f})  {row['artifact']}")
+    print(f"\n{'':<24}{'wall':>18}{'process CPU':>22}{'consumer thread CPU':>22}")
+    print(f"{'measure':<24}{'FPS':>8}{'overhead':>10}{'ms/frame':>12}{'overhead':>10}{'ms/frame':>12}{'overhead':>10}"
+          f"   rounds (FPS)")
+    for mode, row in report["results"].items():
+        print(f"{mode:<24}{row['fps']:>8.1f}{row['overhead_percent_wall']:>9.1f}%{row['cpu_ms_per_frame']:>12.2f}"
+              f"{row['overhead_percent_cpu']:>9.1f}%{row['consumer_thread_cpu_ms_per_frame']:>12.2f}"
+              f"{row['overhead_percent_consumer_thread']:>9.1f}%   {', '.join(f'{v:.1f}' for v in row['rounds_fps'])}")
+    print("(overhead vs raw inference; target <= 10 %)")
+    for mode, row in report["results"].items():
+        if "stage_median_ms" in row:
+            print(f"\n{mode}: per-stage median ms  " + "  ".join(
+                f"{k} {v:.3f}" for k, v in row["stage_median_ms"].items()))
+    print(f"\nwritten {out}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
