@@ -12,7 +12,7 @@ import pytest
 
 from edge_irst.backends import (BackendOptions, backend_class, backend_status, list_backends, load_backend,
                                 physical_cores, resolve_artifact)
-from edge_irst.contract import AUTHORS_CONTRACT, write_sidecar
+from edge_irst.contract import AUTHORS_CONTRACT, CONTRACT_KEY, write_sidecar
 from edge_irst.errors import (DeviceUnavailableError, InputError, MissingDependencyError, ModelFileError,
                               UnknownNameError)
 from edge_irst.preprocess import preprocess, read_image
@@ -354,23 +354,27 @@ TINY_WEIGHTS = np.array([0.5, -1.0, 0.25], np.float32)
 TINY_BIAS = np.float32(0.1)
 
 
-def tiny_tflite(path, quantised=False, dynamic=False, size=(16, 16)):
+def tiny_tflite(path, quantised=False, dynamic=False, size=(16, 16), metadata=None):
     """Write a one-convolution NHWC TFLite model (logit = TINY_WEIGHTS . rgb + TINY_BIAS) with the flatbuffer
     schema that ai-edge-litert ships. quantised: int8 input (scale 0.02, zero point 5) and int8 output (0.01, -4)
-    around float compute, like a full-integer export's I/O. dynamic: H and W are -1 in the shape signature."""
+    around float compute, like a full-integer export's I/O. dynamic: H and W are -1 in the shape signature.
+    metadata: {name: bytes} entries of the model's metadata table (where the exporter embeds the contract)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
     buffers, tensors, codes, ops = [fb.BufferT()], [], [], []
 
+    def add_buffer(payload: bytes) -> int:
+        buffer = fb.BufferT()
+        buffer.data = np.frombuffer(payload, np.uint8).tolist()
+        buffers.append(buffer)
+        return len(buffers) - 1
+
     def add_tensor(name, shape, ttype, data=None, quant=None):
         tensor = fb.TensorT()
         tensor.name, tensor.shape, tensor.type, tensor.buffer = name, list(shape), ttype, 0
         if data is not None:
-            buffer = fb.BufferT()
-            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8).tolist()
-            buffers.append(buffer)
-            tensor.buffer = len(buffers) - 1
+            tensor.buffer = add_buffer(np.ascontiguousarray(data).tobytes())
         if dynamic and len(shape) == 4:
             tensor.shapeSignature = [1, -1, -1, shape[3]]
         if quant:
@@ -411,6 +415,11 @@ def tiny_tflite(path, quantised=False, dynamic=False, size=(16, 16)):
     graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [inp], [out], ops
     model = fb.ModelT()
     model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, codes, [graph], buffers
+    model.metadata = []
+    for name, payload in (metadata or {}).items():
+        entry = fb.MetadataT()
+        entry.name, entry.buffer = name, add_buffer(payload)
+        model.metadata.append(entry)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(builder.Output())
@@ -452,6 +461,28 @@ def test_tflite_nhwc_and_dynamic_size(tflite_path, tmp_path):
         for size in ((16, 16), (24, 32)):
             x = np.random.RandomState(1).uniform(-1, 1, (2, 3, *size)).astype(np.float32)
             np.testing.assert_allclose(backend.run(x), tiny_reference(x), **SAME_RUNTIME)
+
+
+def test_tflite_contract_embedded_in_the_file_is_used_without_a_sidecar(tflite_path, tmp_path):
+    """Stored at 1x1 with a [1, -1, -1, 3] signature, as TF's converter writes a dynamic graph: the backend
+    allocates at the embedded contract's size, re-plans per frame size, and the sidecar still wins."""
+    embedded = AUTHORS_CONTRACT.replace(input_size=(24, 32), layout="NHWC", threshold=-1.5,
+                                        provenance="embedded in the file")
+    path = tiny_tflite(tmp_path / "embedded.tflite", dynamic=True, size=(1, 1),
+                       metadata={"min_runtime_version": b"1.14.0\0", CONTRACT_KEY: embedded.to_json().encode()})
+    with load_backend(path) as backend:
+        assert backend.contract == embedded and backend.contract != AUTHORS_CONTRACT
+        assert list(backend.interpreter.get_input_details()[0]["shape"]) == [1, 24, 32, 3]
+        for size in ((24, 32), (40, 16), (24, 32)):
+            x = np.random.RandomState(3).uniform(-1, 1, (1, 3, *size)).astype(np.float32)
+            np.testing.assert_allclose(backend.run(x), tiny_reference(x), **SAME_RUNTIME)
+    sidecar = AUTHORS_CONTRACT.replace(input_size=None, layout="NHWC", provenance="sidecar")
+    write_sidecar(path, sidecar)
+    with load_backend(path) as backend:
+        assert backend.contract == sidecar
+        assert list(backend.interpreter.get_input_details()[0]["shape"]) == [1, 256, 256, 3]
+    with load_backend(tiny_tflite(tmp_path / "bare.tflite", dynamic=True)) as backend:
+        assert backend.contract == AUTHORS_CONTRACT
 
 
 def test_tflite_full_integer_io_is_quantised_and_dequantised(tflite_path, tmp_path):
