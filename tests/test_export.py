@@ -4,6 +4,7 @@ on the authors' sample frames, against the contract it carries, and against the 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the exporter needs the [export] extra (torch==2.13.0)")
 
 from edge_irst.backends import load_backend  # noqa: E402
-from edge_irst.contract import CONTRACT_KEY, ModelContract, contract_for, read_sidecar  # noqa: E402
+from edge_irst.contract import AUTHORS_CONTRACT, CONTRACT_KEY, ModelContract, contract_for, read_sidecar  # noqa: E402
 from edge_irst.errors import VerificationError  # noqa: E402
 from edge_irst.export import FORMATS, export  # noqa: E402
 from edge_irst.export.exporter import ArtifactResult, ExportReport, _raise_for_failures  # noqa: E402
@@ -197,7 +198,8 @@ def test_verification_refuses_an_artifact_that_disagrees(report, model, frames):
 # ---- --dynamic ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dynamic_report(authors_dir, tmp_path_factory) -> ExportReport:
-    return export(authors_dir / "LW_IRST.pkl", formats="onnx,ncnn", dynamic=True,
+    """fp32 of every format with --dynamic (MNN shares the ONNX hub, so one call is cheaper than two)."""
+    return export(authors_dir / "LW_IRST.pkl", formats=ALL, dynamic=True,
                   calib=authors_dir / "samples" / "images", out=tmp_path_factory.mktemp("dynamic"), threads=1)
 
 
@@ -220,3 +222,30 @@ def test_dynamic_onnx_declares_symbolic_height_and_width(dynamic_report):
     onnx = pytest.importorskip("onnx")
     dims = onnx.load(str(dynamic_report.path("onnx", "fp32"))).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[:2]] == [1, 3] and all(d.dim_param for d in dims[2:])
+
+
+@pytest.mark.parametrize("fmt", ["mnn", "tflite"])
+def test_dynamic_mnn_and_tflite_follow_the_frame_size_back_and_forth(dynamic_report, model, frames, fmt):
+    """Both runtimes plan at one size when loaded: each new frame size must re-plan them (and the first size
+    again afterwards), not reuse the previous plan."""
+    row = dynamic_report.artifact(fmt, "fp32")
+    assert row.verified, row.reason
+    path = dynamic_report.path(fmt, "fp32")
+    assert read_sidecar(path)["verification"]["sizes"] == [[256, 256], [320, 480]]
+    with load_backend(path, threads=1, precision="fp32") as runtime:
+        assert runtime.contract.input_size is None
+        assert runtime.inputs[0].hw == runtime.outputs[0].hw == (None, None)
+        for size in ((256, 256), (320, 480), (256, 256)):
+            batch, expected = _logits(model, frames[:2], runtime.contract, size)
+            got = runtime.run(batch)
+            assert got.shape == expected.shape == (2, 1, *size)
+            assert np.abs(got - expected).max() <= 1e-3, size
+
+
+def test_tflite_without_its_sidecar_reads_the_contract_embedded_in_the_file(dynamic_report, tmp_path):
+    path = dynamic_report.path("tflite", "fp32")
+    alone = shutil.copyfile(path, tmp_path / path.name)  # the artifact without its sidecar
+    with load_backend(alone, threads=1) as runtime:
+        assert runtime.contract == ModelContract.from_dict(read_sidecar(path)["contract"])
+        assert runtime.contract != AUTHORS_CONTRACT
+        assert (runtime.contract.input_size, runtime.contract.layout) == (None, "NHWC")
