@@ -78,15 +78,32 @@ def test_text_summary_on_stdout(capsys, onnx):
         assert expected in out
 
 
-def test_raw_sixteen_bit_folder_with_a_fixed_raw_range(tmp_path, capsys, onnx):
+def test_raw_sixteen_bit_folder_with_a_fixed_raw_range(tmp_path, capsys, caplog, onnx):
     scene = SyntheticScene((256, 256), targets=3, seed=6, bits=14)
     for i in range(3):
         assert cv2.imwrite(str(tmp_path / f"raw_{i}.png"), scene.frame(i).image)
+    (tmp_path / "raw_3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # a corrupt file among them
     lo, hi = scene.raw_range
     summary = _run_json(capsys, "--source", str(tmp_path), "--model", onnx, "--threads", "1",
                         "--raw-range", f"{lo:g},{hi:g}")
     assert summary["frames"] == 3 and summary["targets"] == 9
+    assert summary["skipped"] == 1 and summary["source"]["skipped"] == 1
     assert summary["raw_mapping"] == {"mode": "fixed", "low": lo, "high": hi}
+    assert "skipping" in caplog.text and "raw_3.png" in caplog.text  # reported in the log (stderr)
+
+
+def test_missing_accelerator_fails_or_falls_back_to_the_cpu(capsys, onnx):
+    argv = ["run", "--model", onnx, "--backend", "onnxruntime", "--device", "cuda", "--max-frames", "1"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: nothing to fall back from")
+    assert main(argv) == 1
+    assert "fallback" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+        summary = _run_json(capsys, *argv[1:], "--fallback", "cpu")
+    assert summary["frames"] == 1 and summary["options_in_effect"]["device"] == "cpu"
+    assert "cuda" in summary["options_in_effect"]["fallback"].lower()
 
 
 def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
