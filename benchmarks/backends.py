@@ -1,0 +1,215 @@
+"""Which runtime runs LW-IRSTNet fastest here? Our exported artifacts and the authors' published ones, side by side.
+
+In ONE run, at 256x256, each at 1 thread and at all physical cores:
+  pytorch  the authors' checkpoint LW_IRST.pkl in PyTorch eager (the baseline the paper compares against);
+  authors  the authors' published artifacts: LW_IRST.onnx and LW_IRST-sim.onnx on onnxruntime and OpenCV DNN,
+           ncnn/LW_IRST-sim-opt, LW_IRST.mnn, LW_IRST_fp32.tflite;
+  ours     the same checkpoint exported by edge_irst.export (onnx, ncnn, mnn, tflite x fp32, fp16, int8; int8
+           calibrated on the SIRST trainval split when ../shared has it), every verified artifact on every
+           installed backend that reads it; plus two runtime settings tried on top (onnxruntime without
+           intra-op spinning, TFLite int8 without XNNPACK).
+Raw inference (backend.run on a prepared tensor) per edge_irst.benchmarking's method: a fresh process per
+configuration and round, >= 10 warm-up runs, >= 100 runs and >= 10 s in all, split over interleaved rounds
+(round-robin, order rotated) so drift in the machine's other load hits every row alike.
+
+Reported: the fastest backend vs PyTorch eager (the paper: 2.6x with OpenCV DNN), and the targets
+  fp32: our fastest fp32 artifact at least as fast as the authors' fastest published artifact (same run);
+  int8: our fastest int8 artifact at least 1.5x faster than the authors' fastest published artifact;
+each judged per thread count on the median wall-clock latency, with the CPU time per frame beside it (at 1 thread
+it is the latency without the time the process spent descheduled, the steadier figure on a shared machine).
+
+    .venv/bin/python benchmarks/backends.py                 # full run: table on stdout, benchmarks/results/backends.json
+    .venv/bin/python benchmarks/backends.py --quick         # smoke run (few runs; do not publish)
+    .venv/bin/python benchmarks/backends.py --model-folder exported/lw_irstnet   # a given folder as "ours"
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from edge_irst import benchmarking as bench
+from edge_irst.backends import backend_class, physical_cores
+
+REPO = Path(__file__).resolve().parents[1]
+AUTHORS = REPO.parent / "shared" / "reference" / "lw_irstnet_authors"
+CALIB = REPO.parent / "shared" / "data" / "sirst"
+RESULTS = REPO / "benchmarks" / "results" / "backends.json"
+# (file under the authors' folder, backends that read it)
+AUTHORS_ARTIFACTS = (
+    ("LW_IRST.onnx", ("onnxruntime", "opencv")),
+    ("LW_IRST-sim.onnx", ("onnxruntime", "opencv")),
+    ("ncnn/LW_IRST-sim-opt.param", ("ncnn",)),
+    ("LW_IRST.mnn", ("mnn",)),
+    ("LW_IRST_fp32.tflite", ("tflite",)),
+)
+OUR_BACKENDS = ("onnxruntime", "opencv", "ncnn", "mnn", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGET = 1.5
+
+
+def build_configs(authors: Path, ours: Path, threads: list[int]) -> tuple[list, list]:
+    configs, skipped = [], []
+    pkl = authors / "LW_IRST.pkl"
+    torch_missing = bench.installed_reason("torch")
+    if torch_missing:
+        skipped.append({"model": str(pkl), "backend": "torch", "artifact_precision": None, "reason": torch_missing})
+    else:
+        configs += [bench.Config(str(pkl), "torch", threads=n, label="pytorch:LW_IRST.pkl", group="pytorch")
+                    for n in threads]
+    for name, backends in AUTHORS_ARTIFACTS:
+        for backend in backends:
+            missing = bench.installed_reason(backend)
+            if missing:
+                skipped.append({"model": str(authors / name), "backend": backend, "artifact_precision": None,
+                                "reason": missing})
+                continue
+            configs += [bench.Config(str(authors / name), backend, threads=n, label=f"authors:{Path(name).name}",
+                                     group="authors") for n in threads]
+    if ours is not None:
+        ours_configs, ours_skipped = bench.plan([("ours", str(ours))], OUR_BACKENDS, threads, [None],
+                                                artifact_precisions=PRECISIONS, explicit_backends=True)
+        configs += [_regroup(c, "ours") for c in ours_configs]
+        skipped += ours_skipped
+        # Runtime settings tried on top of the defaults: onnxruntime's intra-op spinning off (spinning burns a
+        # second core while waiting, which other load on a shared machine pays for), and TFLite int8 without
+        # XNNPACK (the reference int8 kernels), to show what XNNPACK's int8 path contributes.
+        tried = []
+        if not bench.installed_reason("onnxruntime"):
+            tried += [bench.Config(str(ours), "onnxruntime", threads=n, artifact_precision="fp32",
+                                   options={"spin": False}, label="ours:fp32", group="ours (tried)")
+                      for n in threads if n > 1]
+        if not bench.installed_reason("tflite") and any(c.name.startswith("ours:int8/tflite") for c in configs):
+            tried += [bench.Config(str(ours), "tflite", threads=n, artifact_precision="int8",
+                                   options={"xnnpack": False}, label="ours:int8", group="ours (tried)")
+                      for n in threads]
+        configs += tried
+    return configs, skipped
+
+
+def _regroup(config, group: str):
+    from dataclasses import replace
+
+    return replace(config, group=group)
+
+
+def _fastest(rows: list[dict], keep) -> dict | None:
+    chosen = [r for r in rows if r.get("status") == "ok" and r.get("inference") and keep(r)]
+    return min(chosen, key=lambda r: r["inference"]["median_ms"], default=None)
+
+
+def _spread(row: dict) -> str:
+    rounds = row["inference"].get("median_ms_rounds") or []
+    return f"{min(rounds):.2f}..{max(rounds):.2f}" if rounds else "-"
+
+
+def analyse(rows: list[dict], threads: list[int]) -> tuple[list[dict], list[dict]]:
+    """(headline per thread count, target verdicts per thread count)."""
+    headline, targets = [], []
+    for n in threads:
+        at = [r for r in rows if r.get("threads_requested") == n]
+        torch_row = _fastest(at, lambda r: r["group"] == "pytorch")
+        fastest = _fastest(at, lambda r: r["group"] != "pytorch")
+        authors = _fastest(at, lambda r: r["group"] == "authors")
+        ours32 = _fastest(at, lambda r: r["group"].startswith("ours") and r["config"]["artifact_precision"] == "fp32")
+        ours8 = _fastest(at, lambda r: r["group"].startswith("ours") and r["config"]["artifact_precision"] == "int8")
+        if fastest and torch_row:
+            headline.append({
+                "threads": n, "fastest": fastest["name"], "fastest_median_ms": fastest["inference"]["median_ms"],
+                "pytorch": torch_row["name"], "pytorch_median_ms": torch_row["inference"]["median_ms"],
+                "speedup": torch_row["inference"]["median_ms"] / fastest["inference"]["median_ms"],
+                "speedup_cpu_time": torch_row["inference"]["cpu_ms_per_frame"]
+                / fastest["inference"]["cpu_ms_per_frame"]})
+        for label, ours, required in (("fp32: ours fastest fp32 >= authors' fastest", ours32, 1.0),
+                                      (f"int8: ours fastest int8 >= {INT8_TARGET}x authors' fastest", ours8,
+                                       INT8_TARGET)):
+            if not (ours and authors):
+                targets.append({"threads": n, "target": label, "required": required, "met": None,
+                                "reason": "no " + ("authors' row" if not authors else "row of ours") + " measured"})
+                continue
+            wall = authors["inference"]["median_ms"] / ours["inference"]["median_ms"]
+            cpu = authors["inference"]["cpu_ms_per_frame"] / ours["inference"]["cpu_ms_per_frame"]
+            targets.append({
+                "threads": n, "target": label, "required": required, "ours": ours["name"],
+                "ours_median_ms": ours["inference"]["median_ms"], "ours_round_medians": _spread(ours),
+                "authors": authors["name"], "authors_median_ms": authors["inference"]["median_ms"],
+                "authors_round_medians": _spread(authors),
+                "speedup_wall": wall, "speedup_cpu_time": cpu, "met": wall >= required,
+                "met_on_cpu_time": cpu >= required,
+                "shortfall_pct": None if wall >= required else 100 * (1 - wall / required)})
+    return headline, targets
+
+
+def summary_text(headline: list[dict], targets: list[dict]) -> str:
+    lines = ["", "headline: fastest backend vs PyTorch eager (paper: 2.6x with OpenCV DNN)"]
+    for h in headline:
+        lines.append(f"  {h['threads']} thread(s): {h['fastest']} {h['fastest_median_ms']:.2f} ms vs "
+                     f"{h['pytorch']} {h['pytorch_median_ms']:.2f} ms = {h['speedup']:.2f}x "
+                     f"(on CPU time per frame {h['speedup_cpu_time']:.2f}x)")
+    lines.append("targets (median wall clock; CPU time per frame beside; round medians min..max):")
+    for t in targets:
+        if t["met"] is None:
+            lines.append(f"  t{t['threads']} {t['target']}: not measurable ({t['reason']})")
+            continue
+        verdict = "met" if t["met"] else f"NOT MET (short by {t['shortfall_pct']:.0f}%)"
+        lines.append(f"  t{t['threads']} {t['target']}: {t['ours']} {t['ours_median_ms']:.2f} ms "
+                     f"[{t['ours_round_medians']}] vs {t['authors']} {t['authors_median_ms']:.2f} ms "
+                     f"[{t['authors_round_medians']}] = {t['speedup_wall']:.2f}x, {verdict}; on CPU time "
+                     f"{t['speedup_cpu_time']:.2f}x ({'met' if t['met_on_cpu_time'] else 'not met'})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--authors", type=Path, default=AUTHORS, help="the authors' artifact folder (../shared)")
+    parser.add_argument("--model-folder", type=Path, default=None,
+                        help="an exporter model folder to benchmark as 'ours' (default: export LW_IRST.pkl into "
+                             "the cache once)")
+    parser.add_argument("--cache", type=Path, default=bench.default_cache(), help="where exports are kept")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--min-runs", type=int, default=100)
+    parser.add_argument("--min-time", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 2 warm-up, 10 runs, 0.5 s")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not (args.authors / "LW_IRST.pkl").is_file():
+        print(f"{args.authors} holds no LW_IRST.pkl: this benchmark compares against the authors' published "
+              f"artifacts (../shared/reference/lw_irstnet_authors); pass --authors DIR", file=sys.stderr)
+        return 1
+    method = (bench.Method(warmup=2, min_runs=10, min_time_s=0.5, rounds=2) if args.quick else
+              bench.Method(warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time, rounds=args.rounds))
+    log = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    export_info = None
+    ours = args.model_folder
+    if ours is None:
+        if bench.installed_reason("torch"):
+            log("torch is not installed: cannot export our artifacts (pip install 'edge-irst[export]'); "
+                "benchmarking the authors' artifacts only")
+        else:
+            calib = f"{CALIB}:idx_427/trainval.txt" if (CALIB / "images").is_dir() else None
+            ours, manifest = bench.cached_export(args.authors / "LW_IRST.pkl", "onnx,ncnn,mnn,tflite",
+                                                 "fp32,fp16,int8", args.cache, calib=calib, log=log)
+            export_info = {"folder": str(ours), "calibration": manifest.get("calibration"),
+                           "artifacts": bench.export_summary(manifest)}
+    threads = sorted({1, physical_cores()})
+    configs, skipped = build_configs(args.authors, ours, threads)
+    machine = bench.machine_info()
+    log(f"{len(configs)} configurations x {method.rounds} rounds; {method.describe()}")
+    rows = bench.run_configs(configs, method)
+    headline, targets = analyse(rows, threads)
+    command = "python benchmarks/backends.py" + ("" if argv is None and len(sys.argv) == 1
+                                                 else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    doc = bench.document(rows, skipped, method, machine, command, benchmark="backends", export=export_info,
+                         threads=threads, headline=headline, targets=targets)
+    print(bench.render(doc))
+    print(summary_text(headline, targets))
+    bench.write_json(doc, args.out)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
