@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size.add_argument("--imgsz", default=None, metavar="N|H,W",
                       help="fixed input size, multiples of 8 (default: 256)")
     size.add_argument("--dynamic", action="store_true",
-                      help="symbolic H/W (multiples of 8) for ONNX, ncnn and MNN, so full-resolution frames run; "
+                      help="symbolic H/W (multiples of 8) for ONNX, ncnn, MNN and TFLite, so full-resolution frames run; "
                            "traced and verified at 256x256 and 320x480")
     p.add_argument("--out", default="runs/export", metavar="DIR",
                    help="parent folder; artifacts go to DIR/<name>/ (default: %(default)s)")
