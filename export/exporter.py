@@ -177,7 +177,7 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     cannot write is recorded as skipped with the reason. calib: folder of calibration/verification images
     (default: the authors' sample frames when ../shared exists, else synthetic IR frames); at most `calib_limit`
     are used. imgsz: export size, an int or (H, W), multiples of the model stride. dynamic: symbolic H/W where the
-    format allows (ONNX, ncnn, MNN), verified at imgsz and at 320x480. out / name: the model folder is
+    format allows (ONNX, ncnn, MNN, TFLite), verified at imgsz and at 320x480. out / name: the model folder is
     out/name (name defaults to the architecture). threads: CPU threads for torch (tracing, the reference logits)
     and for the runtimes during verification (None: each library's default).
     """
