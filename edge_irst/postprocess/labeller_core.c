@@ -181,6 +181,8 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
     const ptrdiff_t first_touching = k;
     for (; k < above_end && runs[k].x0 <= x1 + 1; k++) {
         int32_t other = runs[k].link;
+        if (other == root) /* already joined through an earlier run above: common in dense regions */
+            continue;
         if (runs[other].link != other) /* most runs point straight at their root */
             other = find_root(runs, other);
         if (other < root) {
@@ -220,23 +222,28 @@ static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspa
                                                             : mask_strided(p, step, pixels, threshold);
             uint64_t edges = word ^ ((word << 1) | carry);
             carry = word >> 63;
+            /* A word ends at most 32 runs: room for them is made once per word, not per run. */
+            if (edges && count + 32 > ws->run_capacity) {
+                if (reserve((void **)&ws->runs, &ws->run_capacity, count + 32, sizeof(run_t),
+                            FIRST_RUN_CAPACITY) != 0)
+                    return -1;
+                runs = ws->runs;
+            }
+            /* Edges alternate start, end, start ...; a run open at the word's start (start >= 0) ends at its
+             * first edge. Taking them in pairs keeps the branches predictable on noisy maps. */
             while (edges) {
-                const ptrdiff_t x = base + lowest_bit(edges);
-                edges &= edges - 1;
                 if (start < 0) {
-                    start = x;
-                    continue;
+                    start = base + lowest_bit(edges);
+                    edges &= edges - 1;
+                    if (!edges) /* the run goes on into the next word */
+                        break;
                 }
-                if (count == ws->run_capacity) {
-                    if (reserve((void **)&ws->runs, &ws->run_capacity, count + 1, sizeof(run_t),
-                                FIRST_RUN_CAPACITY) != 0)
-                        return -1;
-                    runs = ws->runs;
-                }
+                const ptrdiff_t end = base + lowest_bit(edges); /* first background pixel after the run */
+                edges &= edges - 1;
                 runs[count].x0 = (int32_t)start;
-                runs[count].x1 = (int32_t)(x - 1);
+                runs[count].x1 = (int32_t)(end - 1);
                 runs[count].y = (int32_t)y;
-                join_above(runs, (int32_t)count, start, x - 1, &above, above_end);
+                join_above(runs, (int32_t)count, start, end - 1, &above, above_end);
                 count++;
                 start = -1;
             }
@@ -252,6 +259,35 @@ static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspa
 static inline void add_run_pixels(accumulator *a, const run_t run, const float *row, ptrdiff_t step,
                                   double weight_origin)
 {
+    if (run.x0 == run.x1) { /* single-pixel runs dominate dense noise: the same sums without the loop */
+        const int32_t x = run.x0;
+        const float v = row[x * step];
+        a->size++;
+        a->sum_x += x;
+        a->sum_y += run.y;
+        if (x < a->x_min)
+            a->x_min = x;
+        if (x > a->x_max)
+            a->x_max = x;
+        a->y_max = run.y;
+        a->sum_logit += (double)v;
+        if (v > a->peak) {
+            a->peak = v;
+            a->peak_x = x;
+            a->peak_y = run.y;
+        }
+        if (v == INFINITY) {
+            a->inf_count++;
+            a->inf_sum_x += x;
+            a->inf_sum_y += run.y;
+        } else {
+            const double weight = (double)v - weight_origin;
+            a->sum_weight += weight;
+            a->sum_weight_x += weight * (double)x;
+            a->sum_weight_y += weight * (double)run.y;
+        }
+        return;
+    }
     const uint64_t length = (uint64_t)(run.x1 - run.x0) + 1;
     a->size += (int64_t)length;
     a->sum_x += (int64_t)(((uint64_t)run.x0 + (uint64_t)run.x1) * length / 2);
