@@ -1,0 +1,143 @@
+"""`edge-irst bench` and edge_irst.benchmarking: what the output states, not how fast anything is.
+
+Every run here uses a tiny method (1 warm-up, 3 runs, no time floor) on the bundled model: the tests check that
+the numbers are consistent with each other and that the options read back from the runtimes are reported, never
+a speed (speed is for benchmarks/).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from edge_irst import benchmarking as bench
+from edge_irst.assets import default_model
+
+TINY = ["--warmup", "1", "--min-runs", "3", "--min-time", "0", "--no-progress"]
+
+
+def run_cli(args: list[str], prelude: str = "") -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter; `prelude` runs first (e.g. to hide a runtime)."""
+    code = f"{prelude}\nimport sys\nfrom edge_irst.cli import main\nsys.exit(main({args!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_backends(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = run_cli(["bench", "--backend", "onnxruntime,ncnn", "--threads", "1", "--json", str(out),
+                    "--compare", "onnxruntime", *TINY])
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(out.read_text())
+
+
+def test_rows_hold_consistent_latency_statistics(two_backends):
+    _, doc = two_backends
+    rows = {r["backend"]: r for r in doc["rows"]}
+    assert set(rows) == {"onnxruntime", "ncnn"} and all(r["status"] == "ok" for r in rows.values())
+    for row in rows.values():
+        stats = row["inference"]
+        assert stats["runs"] >= 3
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+        assert stats["fps"] == pytest.approx(1000.0 / stats["median_ms"])
+        assert stats["cpu_ms_per_frame"] > 0
+        assert row["load_ms"] > 0 and row["first_inference_ms"] > 0 and row["peak_rss_mb"] > 0
+        assert row["batch_shape"] == [1, 3, 256, 256]
+
+
+def test_threads_and_precision_are_read_back_from_the_runtime(two_backends):
+    _, doc = two_backends
+    for row in doc["rows"]:
+        assert row["threads_requested"] == 1 and row["threads_in_effect"] == 1
+        assert row["threads_source"]  # says where the number came from (read back, or echoed)
+        assert row["precision_in_effect"] in ("fp32", "fp16", "bf16", "int8")
+        assert row["options_in_effect"]["backend"] == row["backend"]
+
+
+def test_pipeline_stages_are_timed_separately(two_backends):
+    _, doc = two_backends
+    for row in doc["rows"]:
+        stages = row["pipeline"]["median_ms"]
+        assert {"decode", "preprocess", "inference", "postprocess"} <= set(stages)
+        assert all(value >= 0 for value in stages.values())
+        assert row["pipeline"]["frames"] >= 3 and row["pipeline"]["fps"] > 0
+
+
+def test_method_and_machine_are_recorded(two_backends):
+    done, doc = two_backends
+    assert doc["method"]["warmup"] == 1 and doc["method"]["min_runs"] == 3
+    machine = doc["machine"]
+    assert machine["cores_logical"] >= 1 and machine["cpu"] and machine["python"]
+    assert "numpy" in machine["libraries"] and "onnxruntime" in machine["libraries"]
+    assert "method:" in done.stdout and "machine:" in done.stdout
+
+
+def test_compare_ratios_are_baseline_over_row(two_backends):
+    done, doc = two_backends
+    rows = {r["name"]: r for r in doc["rows"]}
+    baseline = doc["compare"]["baseline"]
+    assert rows[baseline]["backend"] == "onnxruntime"
+    for name, ratios in doc["compare"]["ratios"].items():
+        expected = rows[baseline]["inference"]["median_ms"] / rows[name]["inference"]["median_ms"]
+        assert ratios["inference"] == pytest.approx(expected)
+    assert doc["compare"]["ratios"][baseline]["inference"] == 1.0
+    assert "x vs " in done.stdout
+
+
+def test_load_renders_a_saved_result_without_running(two_backends, tmp_path):
+    _, doc = two_backends
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(doc))
+    done = run_cli(["bench", "--load", str(saved), "--compare", "ncnn"])
+    assert done.returncode == 0, done.stderr
+    ncnn_name = next(r["name"] for r in doc["rows"] if r["backend"] == "ncnn")
+    assert f"x vs {ncnn_name}" in done.stdout
+
+
+def test_without_torch_and_a_runtime_the_missing_ones_are_listed_as_skipped(tmp_path):
+    """The small-device case: torch and ncnn absent (blocked in sys.modules), `--backend all` still runs."""
+    out = tmp_path / "bench.json"
+    prelude = ("import sys\nsys.modules['torch'] = None\nsys.modules['ncnn'] = None\n"
+               "import atexit\natexit.register(lambda: print('TORCH_IMPORTED' if sys.modules.get('torch') "
+               "else 'TORCH_ABSENT'))")
+    done = run_cli(["bench", "--backend", "all", "--threads", "1", "--stages", "inference", "--json", str(out),
+                    *TINY], prelude)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH_ABSENT" in done.stdout
+    doc = json.loads(out.read_text())
+    skipped = {s["backend"]: s["reason"] for s in doc["skipped"]}
+    assert "ncnn not installed" in skipped["ncnn"] and "edge-irst[ncnn]" in skipped["ncnn"]
+    assert "torch not installed" in skipped["torch"]
+    ran = {r["backend"] for r in doc["rows"] if r["status"] == "ok"}
+    assert {"onnxruntime", "opencv"} <= ran and not ran & {"ncnn", "torch"}
+
+
+def test_a_failing_configuration_is_reported_not_fatal(tmp_path):
+    """A model that cannot load becomes a row with the error; the other rows still run."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    out = tmp_path / "bench.json"
+    good = default_model() / "lw_irstnet_fp32.onnx"
+    done = run_cli(["bench", "--model", f"good={good}", "--model", f"broken={broken}", "--backend", "onnxruntime",
+                    "--threads", "1", "--stages", "inference", "--json", str(out), *TINY])
+    doc = json.loads(out.read_text())
+    rows = {r["config"]["label"]: r for r in doc["rows"]}
+    assert rows["good"]["status"] == "ok"
+    assert rows["broken"]["status"] != "ok" and "broken.onnx" in json.dumps(rows["broken"])
+    assert done.returncode != 0  # a failed row is not silently a success
+
+
+def test_summarize_percentiles_on_known_samples():
+    stats = bench.summarize([float(v) for v in range(1, 101)])  # 1..100 ms
+    assert stats["median_ms"] == pytest.approx(50.5)
+    assert stats["p90_ms"] == pytest.approx(90.1) and stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["fps"] == pytest.approx(1000 / 50.5)
+    assert math.isclose(stats["min_ms"], 1.0) and math.isclose(stats["max_ms"], 100.0)
+
+
+@pytest.mark.parametrize("text, size", [("256", (256, 256)), ("640x512", (512, 640)), ("1920x1080", (1080, 1920))])
+def test_sizes_are_width_by_height(text, size):
+    assert bench.parse_size(text) == size
