@@ -726,7 +726,7 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
     The folder is keyed by the weights' sha256, the export settings and the edge-irst version; a folder whose
-    manifest is missing is exported again. Returns (folder, its manifest). An export in which some converter
+    manifest is missing, or lacks a wanted artifact, or marks one FAILED, is exported again. Returns (folder, its manifest). An export in which some converter
     failed still leaves a folder (the exporter writes the manifest first): the failures are logged and the
     verified artifacts used; the manifest says why the others are missing.
     """
@@ -740,7 +740,11 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
         doc = json.loads(manifest.read_text())
         have = {(a.get("format"), a.get("precision")) for a in doc.get("artifacts", [])}
         wanted = {(f, p) for f in formats.split(",") for p in precisions.split(",")}
-        if wanted <= have:
+        # A FAILED artifact is tried again (a newer exporter or verification rule may pass it); "skipped" ones
+        # (no converter here) are not.
+        failed = {(a.get("format"), a.get("precision")) for a in doc.get("artifacts", [])
+                  if a.get("status") == "FAILED"}
+        if wanted <= have and not wanted & failed:
             log(f"using the cached export {folder}")
             return folder, doc
     from edge_irst.errors import EdgeIrstError

@@ -249,3 +249,19 @@ def test_tflite_without_its_sidecar_reads_the_contract_embedded_in_the_file(dyna
         assert runtime.contract == ModelContract.from_dict(read_sidecar(path)["contract"])
         assert runtime.contract != AUTHORS_CONTRACT
         assert (runtime.contract.input_size, runtime.contract.layout) == (None, "NHWC")
+
+
+def test_fp32_tolerance_scales_with_the_frames_logit_range_not_beyond():
+    """float32 noise grows with a frame's activations (5.5e-3 measured on a frame reaching |logit| 127); a real
+    conversion bug (0.1 and more) fails at any scale."""
+    from edge_irst.export.verify import _judge, _tolerance_used
+
+    calm = np.zeros((1, 1, 4, 4), np.float32)
+    calm[0, 0, 0, 0] = -5.0
+    loud = calm.copy()
+    loud[0, 0, 0, 0] = -150.0
+    noise = np.full_like(calm, 5e-3)
+    assert _judge("fp32", 5e-3, _tolerance_used("fp32", loud + noise, loud), 1.0, 1.0) is None
+    assert "bound" in _judge("fp32", 5e-3, _tolerance_used("fp32", calm + noise, calm), 1.0, 1.0)
+    assert "bound" in _judge("fp32", 0.1, _tolerance_used("fp32", loud + 0.1, loud), 1.0, 1.0)
+    assert _tolerance_used("int8", loud, loud) is None  # int8 / fp16 are judged by mask IoU only
