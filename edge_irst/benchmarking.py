@@ -726,9 +726,9 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
     The folder is keyed by the weights' sha256, the export settings and the edge-irst version; a folder whose
-    manifest is missing, or lacks a wanted artifact, or marks one FAILED, is exported again. Returns (folder, its manifest). An export in which some converter
-    failed still leaves a folder (the exporter writes the manifest first): the failures are logged and the
-    verified artifacts used; the manifest says why the others are missing.
+    manifest is missing, or lacks a wanted artifact, or marks one FAILED, is exported again. Returns (folder, its
+    manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
+    first): the failures are logged and the verified artifacts used; the manifest says why the others are missing.
     """
     weights = Path(weights)
     sha = _sha256(weights)
