@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     machine = _machine()
     model, backend = (Path(args.model), args.backend) if args.model else _authors_model(args.backend)
     spec = f"synthetic:256x256,targets={args.targets},frames={args.frames},seed=0"
-    report = {"machine": machine, "model": str(model), "frames_per_round": args.frames, "rounds": args.rounds,
+    report = {"benchmark": "pipeline", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
+              "model": str(model), "frames_per_round": args.frames, "rounds": args.rounds,
               "input": "256x256 synthetic grey frames (= the model input: resize is a no-op)",
               "end_to_end_includes": "synthetic frame generation + preprocess + inference + postprocess"}
     if args.compare_backends:
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
             **({"stage_median_ms": {k: round(v, 3) for k, v in chosen["stages"].items()}}
                if "stages" in chosen else {}),
         }
+    report["load_average_at_end"] = list(os.getloadavg())
     report["command"] = " ".join(["python", "benchmarks/pipeline.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
