@@ -25,12 +25,11 @@ it is the latency without the time the process spent descheduled, the steadier f
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 from edge_irst import benchmarking as bench
-from edge_irst.backends import backend_class, physical_cores
+from edge_irst.backends import physical_cores
 
 REPO = Path(__file__).resolve().parents[1]
 AUTHORS = REPO.parent / "shared" / "reference" / "lw_irstnet_authors"
@@ -47,6 +46,7 @@ AUTHORS_ARTIFACTS = (
 OUR_BACKENDS = ("onnxruntime", "opencv", "ncnn", "mnn", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGET = 1.5
+QUICK = bench.Method(warmup=2, min_runs=10, min_time_s=0.5, rounds=2)  # smoke runs only
 
 
 def build_configs(authors: Path, ours: Path, threads: list[int]) -> tuple[list, list]:
@@ -141,22 +141,25 @@ def analyse(rows: list[dict], threads: list[int]) -> tuple[list[dict], list[dict
     return headline, targets
 
 
+def headline_sentence(h: dict) -> str:
+    return (f"{h['threads']} thread(s): {h['fastest']} {h['fastest_median_ms']:.2f} ms vs {h['pytorch']} "
+            f"{h['pytorch_median_ms']:.2f} ms = {h['speedup']:.2f}x (on CPU time per frame {h['speedup_cpu_time']:.2f}x)")
+
+
+def target_sentence(t: dict) -> str:
+    if t["met"] is None:
+        return f"t{t['threads']} {t['target']}: not measurable ({t['reason']})"
+    verdict = "met" if t["met"] else f"NOT MET (short by {t['shortfall_pct']:.0f}%)"
+    return (f"t{t['threads']} {t['target']}: {t['ours']} {t['ours_median_ms']:.2f} ms [{t['ours_round_medians']}] vs "
+            f"{t['authors']} {t['authors_median_ms']:.2f} ms [{t['authors_round_medians']}] = {t['speedup_wall']:.2f}x, "
+            f"{verdict}; on CPU time {t['speedup_cpu_time']:.2f}x ({'met' if t['met_on_cpu_time'] else 'not met'})")
+
+
 def summary_text(headline: list[dict], targets: list[dict]) -> str:
     lines = ["", "headline: fastest backend vs PyTorch eager (paper: 2.6x with OpenCV DNN)"]
-    for h in headline:
-        lines.append(f"  {h['threads']} thread(s): {h['fastest']} {h['fastest_median_ms']:.2f} ms vs "
-                     f"{h['pytorch']} {h['pytorch_median_ms']:.2f} ms = {h['speedup']:.2f}x "
-                     f"(on CPU time per frame {h['speedup_cpu_time']:.2f}x)")
+    lines += [f"  {headline_sentence(h)}" for h in headline]
     lines.append("targets (median wall clock; CPU time per frame beside; round medians min..max):")
-    for t in targets:
-        if t["met"] is None:
-            lines.append(f"  t{t['threads']} {t['target']}: not measurable ({t['reason']})")
-            continue
-        verdict = "met" if t["met"] else f"NOT MET (short by {t['shortfall_pct']:.0f}%)"
-        lines.append(f"  t{t['threads']} {t['target']}: {t['ours']} {t['ours_median_ms']:.2f} ms "
-                     f"[{t['ours_round_medians']}] vs {t['authors']} {t['authors_median_ms']:.2f} ms "
-                     f"[{t['authors_round_medians']}] = {t['speedup_wall']:.2f}x, {verdict}; on CPU time "
-                     f"{t['speedup_cpu_time']:.2f}x ({'met' if t['met_on_cpu_time'] else 'not met'})")
+    lines += [f"  {target_sentence(t)}" for t in targets]
     return "\n".join(lines)
 
 
@@ -168,19 +171,14 @@ def main(argv=None) -> int:
                         help="an exporter model folder to benchmark as 'ours' (default: export LW_IRST.pkl into "
                              "the cache once)")
     parser.add_argument("--cache", type=Path, default=bench.default_cache(), help="where exports are kept")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--min-runs", type=int, default=100)
-    parser.add_argument("--min-time", type=float, default=10.0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 2 warm-up, 10 runs, 0.5 s")
+    bench.add_method_arguments(parser, rounds=5, quick=QUICK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not (args.authors / "LW_IRST.pkl").is_file():
         print(f"{args.authors} holds no LW_IRST.pkl: this benchmark compares against the authors' published "
               f"artifacts (../shared/reference/lw_irstnet_authors); pass --authors DIR", file=sys.stderr)
         return 1
-    method = (bench.Method(warmup=2, min_runs=10, min_time_s=0.5, rounds=2) if args.quick else
-              bench.Method(warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time, rounds=args.rounds))
+    method = bench.method_from_args(args, QUICK)
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
     export_info = None
     ours = args.model_folder
@@ -200,15 +198,10 @@ def main(argv=None) -> int:
     log(f"{len(configs)} configurations x {method.rounds} rounds; {method.describe()}")
     rows = bench.run_configs(configs, method)
     headline, targets = analyse(rows, threads)
-    command = "python benchmarks/backends.py" + ("" if argv is None and len(sys.argv) == 1
-                                                 else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    command = bench.script_command("benchmarks/backends.py", argv)
     doc = bench.document(rows, skipped, method, machine, command, benchmark="backends", export=export_info,
                          threads=threads, headline=headline, targets=targets)
-    print(bench.render(doc))
-    print(summary_text(headline, targets))
-    bench.write_json(doc, args.out)
-    log(f"wrote {args.out}")
-    return 0
+    return bench.publish(doc, summary_text(headline, targets), args.out, log)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
 from edge_irst.benchmarking import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,21 +55,13 @@ def backends_section(doc: dict) -> str:
     lines = ["### Backends: LW-IRSTNet 256x256, raw inference (`benchmarks/backends.py`)", "", provenance(doc), "",
              table(["row", "group", "threads req>eff", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
                     "peak RSS MB", "x vs PyTorch eager"], body), ""]
-    for h in doc.get("headline", []):
-        lines.append(f"- **{h['threads']} thread(s): fastest `{h['fastest']}` is {h['speedup']:.2f}x PyTorch eager** "
-                     f"({h['fastest_median_ms']:.2f} vs {h['pytorch_median_ms']:.2f} ms; "
-                     f"{h['speedup_cpu_time']:.2f}x on CPU time per frame). The paper reports 2.6x with OpenCV DNN.")
-    for t in doc.get("targets", []):
-        if t["met"] is None:
-            lines.append(f"- t{t['threads']} {t['target']}: not measurable ({t['reason']}).")
-            continue
-        verdict = "**met**" if t["met"] else f"**not met** (short by {t['shortfall_pct']:.0f} %)"
-        lines.append(f"- t{t['threads']} {t['target']}: `{t['ours']}` {t['ours_median_ms']:.2f} ms vs "
-                     f"`{t['authors']}` {t['authors_median_ms']:.2f} ms = {t['speedup_wall']:.2f}x, {verdict}; "
-                     f"on CPU time per frame {t['speedup_cpu_time']:.2f}x.")
+    lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
+    lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
+    lines.append("\nTargets (median wall clock; CPU time per frame beside; [min..max of the round medians]):")
+    lines += [f"- {target_sentence(t)}" for t in doc.get("targets", [])]
     skipped = doc.get("skipped") or []
     if skipped:
-        lines.append(f"- Skipped: " + "; ".join(sorted({f"{s['backend']}: {s['reason']}" for s in skipped})) + ".")
+        lines.append("- Skipped: " + "; ".join(sorted({f"{s['backend']}: {s['reason']}" for s in skipped})) + ".")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -775,6 +776,37 @@ def document(rows: list[dict], skipped: list[dict], method: Method, machine: dic
     return {"schema": SCHEMA, "benchmark": benchmark, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": command, "edge_irst": __version__, "method": method.to_dict(), "machine": machine,
             "load_average_at_end": load_average(), **extra, "rows": rows, "skipped": skipped}
+
+
+def add_method_arguments(parser, rounds: int, quick: Method) -> None:
+    """--rounds/--warmup/--min-runs/--min-time/--quick for a benchmarks/ script (defaults: the stated method)."""
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"interleaved rounds (default {rounds})")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--min-runs", type=int, default=100)
+    parser.add_argument("--min-time", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run, do not publish: {quick.rounds} round(s), {quick.warmup} warm-up, "
+                             f"{quick.min_runs} runs, {quick.min_time_s} s")
+
+
+def method_from_args(args, quick: Method) -> Method:
+    return quick if args.quick else Method(warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time,
+                                           rounds=args.rounds)
+
+
+def script_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command line that reproduces a run of a benchmarks/ script (argv None: this process's arguments)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    return f"python {script}" + (f" {shlex.join(words)}" if words else "")
+
+
+def publish(doc: dict, summary: str, out, log: Callable[[str], None]) -> int:
+    """Print a benchmark script's result (rows table, then its own summary) and write its JSON; returns 0."""
+    print(render(doc))
+    print(summary)
+    write_json(doc, out)
+    log(f"wrote {out}")
+    return 0
 
 
 def write_json(doc: dict, path) -> Path:
