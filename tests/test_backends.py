@@ -299,16 +299,23 @@ def test_format_mismatch_names_file_and_backend(authors_dir):
 
 
 # ---- MNN -------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mnn_path(authors_dir):
-    pytest.importorskip("MNN", reason="the mnn backend needs the [mnn] extra")
-    return authors_dir / "LW_IRST.mnn"
+def authors_artifact_fixtures(name: str, module: str, relative: str):
+    """(NAME_path, NAME_backend) module fixtures: an authors' artifact (skipping without its runtime) and it loaded
+    on 1 thread."""
+    @pytest.fixture(scope="module", name=f"{name}_path")
+    def path(authors_dir):
+        pytest.importorskip(module, reason=f"the {name} backend needs the [{name}] extra")
+        return authors_dir / relative
+
+    @pytest.fixture(scope="module", name=f"{name}_backend")
+    def backend(request):
+        with load_backend(request.getfixturevalue(f"{name}_path"), threads=1) as loaded:
+            yield loaded
+
+    return path, backend
 
 
-@pytest.fixture(scope="module")
-def mnn_backend(mnn_path):
-    with load_backend(mnn_path, threads=1) as backend:
-        yield backend
+mnn_path, mnn_backend = authors_artifact_fixtures("mnn", "MNN", "LW_IRST.mnn")
 
 
 def test_mnn_reads_the_spec(mnn_backend):
@@ -430,16 +437,7 @@ def tiny_reference(batch: np.ndarray) -> np.ndarray:
     return np.einsum("nchw,c->nhw", batch, TINY_WEIGHTS)[:, None] + TINY_BIAS
 
 
-@pytest.fixture(scope="module")
-def tflite_path(authors_dir):
-    pytest.importorskip("ai_edge_litert", reason="the tflite backend needs the [tflite] extra")
-    return authors_dir / "LW_IRST_fp32.tflite"
-
-
-@pytest.fixture(scope="module")
-def tflite_backend(tflite_path):
-    with load_backend(tflite_path, threads=1) as backend:
-        yield backend
+tflite_path, tflite_backend = authors_artifact_fixtures("tflite", "ai_edge_litert", "LW_IRST_fp32.tflite")
 
 
 def test_tflite_authors_file_is_detected_as_nchw(tflite_backend):
