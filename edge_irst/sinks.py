@@ -6,7 +6,8 @@ frame (the file always ends with a complete line), the video writer is released 
 `with` / `finally`), and annotated images are written to a temporary name and renamed into place.
 
 JSON Lines record (one object per frame; schema: tests/schemas/detections.schema.json):
-    {"frame_index", "timestamp", "source", "frame_name", "frame_shape": [H, W(, C)], "threshold", "policy",
+    {"frame_index", "timestamp", "source", "frame_name", "frame_shape": [H, W(, C)], "threshold",
+     "filter": {"size_min", "size_max", "ratio_min", "ratio_max", "inclusive"}, "policy",
      "conventions": {...}, "targets": [{"id", "centroid": [x, y], "weighted_centroid": [x, y],
      "box": [x_min, y_min, x_max, y_max], "size", "aspect_ratio", "score", "mean_logit", "peak": [x, y]}]}
 """
@@ -24,6 +25,7 @@ import cv2
 from .annotate import annotate
 from .errors import InputError, SinkError
 from .pipeline import FrameResult
+from .postprocess import FILTER_FIELDS
 from .preprocess import RawMapping
 
 # suffix -> FourCC of the video writer (all through OpenCV's FFmpeg backend).
@@ -49,6 +51,11 @@ def _finite(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def filter_record(target_filter) -> dict:
+    """The target filter as plain values: the four bounds (None = open) and inclusive."""
+    return {name: getattr(target_filter, name) for name in FILTER_FIELDS}
+
+
 def frame_record(result: FrameResult, source: str, policy: str) -> dict:
     """The JSON Lines object of one frame (plain Python types; non-finite values as None)."""
     d = result.detections
@@ -65,7 +72,8 @@ def frame_record(result: FrameResult, source: str, policy: str) -> dict:
     } for i in range(len(d))]
     return {"frame_index": result.index, "timestamp": result.timestamp, "source": source,
             "frame_name": result.frame.name, "frame_shape": list(result.frame.image.shape),
-            "threshold": result.settings.threshold, "policy": policy, "conventions": conventions(policy),
+            "threshold": result.settings.threshold, "filter": filter_record(result.settings.target_filter),
+            "policy": policy, "conventions": conventions(policy),
             "targets": targets}
 
 

@@ -194,7 +194,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, architecture: str,
         "architecture": architecture,
         "model_config": dict(model_config or {}),
         "contract": contract.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
     tmp = path.with_name(path.name + ".tmp")

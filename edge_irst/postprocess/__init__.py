@@ -12,9 +12,9 @@ says which one is active ("c" or "opencv"); implementation_info() says why.
 from .labeller import (ENVIRONMENT_VARIABLE, IMPLEMENTATION, available_implementations, checked_threshold,
                        implementation_info, label_targets)
 from .settings import LiveSettings, PostprocessSettings
-from .target_filter import FILTER_PRESETS, TargetFilter
+from .target_filter import FILTER_FIELDS, FILTER_PRESETS, TargetFilter
 
 __all__ = [
-    "ENVIRONMENT_VARIABLE", "FILTER_PRESETS", "IMPLEMENTATION", "LiveSettings", "PostprocessSettings",
+    "ENVIRONMENT_VARIABLE", "FILTER_FIELDS", "FILTER_PRESETS", "IMPLEMENTATION", "LiveSettings", "PostprocessSettings",
     "TargetFilter", "available_implementations", "checked_threshold", "implementation_info", "label_targets",
 ]

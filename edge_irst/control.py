@@ -1,0 +1,164 @@
+"""Live control of a running stream from text lines: `edge-irst run --control stdin` (or a FIFO / file path).
+
+One command per line, `key=value` pairs separated by spaces, applied together to the Detector's live settings
+(LiveSettings.update: atomic, the next frame uses them):
+
+    threshold=0.5                      logit threshold
+    size_min=5 size_max=100            target filter bounds (pixels); `none` clears a bound
+    ratio_min=0.2 ratio_max=5          box w/h bounds
+    inclusive=true                     <= bounds instead of strict <
+    filter=authors                     a preset (none | authors), applied before the single bounds on the line
+    show                               log the settings in effect
+    quit                               end the run cleanly (outputs closed, summary printed, exit 0)
+
+`#` starts a comment; blank lines are ignored. A bad line is logged with the reason and changes nothing; the run
+goes on. This is what a robot stack can drive through a pipe (`mkfifo ctl; edge-irst run --control ctl &; echo
+threshold=1 > ctl`) without a GUI.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+from .errors import EdgeIrstError, InputError
+from .postprocess import FILTER_FIELDS
+
+log = logging.getLogger("edge_irst.control")
+
+_BOUNDS = tuple(name for name in FILTER_FIELDS if name != "inclusive")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_CLEARED = ("none", "off", "-")
+
+
+def _bound(key: str, text: str) -> Optional[float]:
+    if text.lower() in _CLEARED:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{key}={text!r}: expected a number or 'none'") from None
+
+
+def _flag(key: str, text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise InputError(f"{key}={text!r}: expected true or false")
+
+
+def _threshold(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{key}={text!r}: expected a number") from None
+
+
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "threshold": _threshold, "inclusive": _flag, "filter": lambda _key, text: text,
+    **{name: _bound for name in _BOUNDS},
+}
+
+
+def parse_command(line: str) -> Optional[dict]:
+    """A control line -> the LiveSettings.update changes (None for a blank/comment line).
+
+    The words `show` and `quit` come back as {"show": True} / {"quit": True}. Raises InputError naming the
+    offending word on anything else it cannot read.
+    """
+    words = line.split("#", 1)[0].split()
+    if not words:
+        return None
+    if len(words) == 1 and words[0].lower() in ("show", "quit"):
+        return {words[0].lower(): True}
+    changes: dict = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or not value:
+            raise InputError(f"{word!r}: expected key=value (keys: {', '.join(_PARSERS)}), show or quit")
+        if key not in _PARSERS:
+            raise InputError(f"{word!r}: unknown setting {key!r}; expected one of {', '.join(_PARSERS)}")
+        changes["target_filter" if key == "filter" else key] = _PARSERS[key](key, value)
+    return changes
+
+
+class ControlChannel:
+    """Reads control lines from a text stream or path in a daemon thread and applies them to `detector`.
+
+    source: "stdin", an open text stream, or a path (a FIFO is reopened after each writer closes it, so
+    `echo ... > fifo` can be repeated; a regular file is read once). `quit_requested` is set by a `quit` line
+    (and by the end of stdin, when quit_on_eof). `applied` counts the lines that changed the settings.
+    """
+
+    def __init__(self, detector, source, quit_on_eof: bool = False):
+        self.detector, self.quit_on_eof = detector, quit_on_eof
+        self.quit_requested = threading.Event()
+        self.applied = 0
+        self._source = source
+        self._thread = threading.Thread(target=self._run, name="edge-irst-control", daemon=True)
+
+    def start(self) -> "ControlChannel":
+        self._thread.start()
+        return self
+
+    def handle(self, line: str) -> None:
+        """Applies one line (logged); a bad line is logged and changes nothing."""
+        try:
+            changes = parse_command(line)
+            if changes is None:
+                return
+            if changes.pop("quit", False):
+                log.warning("control: quit requested")
+                self.quit_requested.set()
+                return
+            if changes.pop("show", False):
+                log.warning("control: %s", _describe(self.detector.settings.snapshot()))
+                return
+            settings = self.detector.update(**changes)
+        except EdgeIrstError as exc:  # InputError / UnknownNameError: the line is refused, the run goes on
+            log.error("control: line %r refused: %s", line.strip(), exc)
+            return
+        self.applied += 1
+        log.warning("control: %s (from the next frame)", _describe(settings))
+
+    def _lines(self, stream: TextIO) -> None:
+        for line in stream:
+            self.handle(line)
+            if self.quit_requested.is_set():
+                return
+
+    def _run(self) -> None:
+        try:
+            if self._source == "stdin":
+                import sys
+
+                self._lines(sys.stdin)
+            elif hasattr(self._source, "readline"):
+                self._lines(self._source)
+            else:
+                self._read_path(Path(self._source))
+        except OSError as exc:
+            log.error("control: %s: %s", self._source, exc)
+            return
+        if self.quit_on_eof:
+            self.quit_requested.set()
+
+    def _read_path(self, path: Path) -> None:
+        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+        while not self.quit_requested.is_set():
+            with open(path, encoding="utf-8") as stream:  # a FIFO blocks here until a writer opens it
+                self._lines(stream)
+            if not is_fifo:
+                return
+
+
+def _describe(settings) -> str:
+    f = settings.target_filter
+    bounds = ", ".join(f"{name} {getattr(f, name):g}" for name in _BOUNDS if getattr(f, name) is not None)
+    return (f"threshold {settings.threshold:g}, filter "
+            f"{(bounds + (' inclusive' if f.inclusive else ' strict')) if bounds else 'none'}")
