@@ -265,3 +265,43 @@ def test_fp32_tolerance_scales_with_the_frames_logit_range_not_beyond():
     assert "bound" in _judge("fp32", 5e-3, _tolerance_used("fp32", calm + noise, calm), 1.0, 1.0)
     assert "bound" in _judge("fp32", 0.1, _tolerance_used("fp32", loud + 0.1, loud), 1.0, 1.0)
     assert _tolerance_used("int8", loud, loud) is None  # int8 / fp16 are judged by mask IoU only
+
+
+def test_onnx_has_leaky_relu_where_the_slope_is_shared(report, model):
+    """Every PRelu of LW-IRSTNet has one slope: the ONNX artifacts carry them as LeakyRelu with that slope."""
+    import onnx
+
+    graph = onnx.load(str(report.path("onnx", "fp32"))).graph
+    ops = [node.op_type for node in graph.node]
+    slopes = sorted(float(m.weight.detach()) for m in model.modules() if isinstance(m, torch.nn.PReLU))
+    alphas = sorted(next(a.f for a in node.attribute if a.name == "alpha") for node in graph.node
+                    if node.op_type == "LeakyRelu")
+    assert "PRelu" not in ops and len(alphas) == len(slopes) == 89
+    assert np.allclose(alphas, slopes, rtol=0, atol=0)
+    used = {name for node in graph.node for name in node.input}
+    assert all(init.name in used for init in graph.initializer)  # the slope tensors are gone
+
+
+def test_a_per_channel_prelu_stays_a_prelu():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_irst.export.to_onnx import shared_slope_prelu_to_leaky_relu
+
+    shared = numpy_helper.from_array(np.array([0.25], np.float32), "shared")
+    per_channel = numpy_helper.from_array(np.array([[[0.1]], [[0.2]]], np.float32), "per_channel")
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "shared"], ["y"]), helper.make_node("PRelu", ["y", "per_channel"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 3, 3])], [shared, per_channel])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert shared_slope_prelu_to_leaky_relu(proto) == 1
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == ["LeakyRelu", "PRelu"]
+    assert [i.name for i in proto.graph.initializer] == ["per_channel"]
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).normal(size=(1, 2, 3, 3)).astype(np.float32)
+    z = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = np.where(x > 0, x, 0.25 * x)
+    assert np.array_equal(z, np.where(y > 0, y, np.array([0.1, 0.2], np.float32)[None, :, None, None] * y))
