@@ -61,8 +61,11 @@ def add_target(image: np.ndarray, mask: np.ndarray, cx: float, cy: float, sigma:
     radius = int(math.ceil(6.0 * sigma)) + 1
     x0, x1 = max(int(cx) - radius, 0), min(int(cx) + radius + 1, w)
     y0, y1 = max(int(cy) - radius, 0), min(int(cy) + radius + 1, h)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(2.0 * sigma * sigma))
+    scale = np.float32(-0.5 / (sigma * sigma))
+    # Separable: exp(a(x^2 + y^2)) = exp(a x^2) exp(a y^2), two 1-D exps and an outer product instead of an
+    # mgrid and a 2-D exp (Python overhead dominates windows this small).
+    blob = np.outer(np.exp(scale * (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2),
+                    np.exp(scale * (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2))
     image[y0:y1, x0:x1] += np.float32(amplitude) * blob
     half = blob > 0.5
     mask[y0:y1, x0:x1] |= half
@@ -124,6 +127,7 @@ class SyntheticScene:
             raise InputError(f"SyntheticScene: {targets} targets do not fit a {h}x{w} frame (each needs a cell of "
                              f"at least {4 * _MARGIN}x{4 * _MARGIN} px); use fewer targets or a larger size")
         self.size, self.seed, self.noise, self.bits = (h, w), int(seed), float(noise), int(bits)
+        self._noise_levels = _GAUSSIAN_BYTES * np.float32(self.noise)  # byte -> noise in grey levels
         rng = np.random.default_rng([self.seed, 0])
         self._background = _clutter(rng, h, w)
         chosen = rng.permutation(len(cells))[:targets]
@@ -153,18 +157,19 @@ class SyntheticScene:
         """Frame `index` (>= 0): image uint8 [H, W] (bits 8) or uint16 [H, W] (raw), with its ground truth."""
         h, w = self.size
         rng = np.random.default_rng([self.seed, 1, int(index)])
-        image = np.take(_GAUSSIAN_BYTES, rng.integers(0, 256, (h, w), dtype=np.uint8))  # sensor noise
-        image *= np.float32(self.noise)
+        image = np.take(self._noise_levels, rng.integers(0, 256, (h, w), dtype=np.uint8))  # sensor noise
         image += self._background
         mask = np.zeros((h, w), bool)
         centers = self.centers(index)
         sizes = [add_target(image, mask, cx, cy, s, a)
                  for (cx, cy), s, a in zip(centers, self.sigmas, self.amplitudes)]
+        np.clip(image, 0, 255, out=image)
         if self.bits == 8:
-            pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+            pixels = np.rint(image, out=image).astype(np.uint8)
         else:
-            raw = self.raw_offset + np.clip(image, 0, 255) * np.float32(self.raw_gain)
-            pixels = np.rint(raw).astype(np.uint16)
+            image *= np.float32(self.raw_gain)
+            image += np.float32(self.raw_offset)
+            pixels = np.rint(image, out=image).astype(np.uint16)
         return SyntheticFrame(pixels, mask, centers, self.sigmas, np.asarray(sizes, np.int64), int(index))
 
 
