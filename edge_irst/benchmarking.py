@@ -888,8 +888,7 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     if with_inference:
         header = ("inference (backend.run)", "thr req>eff busy", "prec", "input", "median ms", "p90", "p99", "FPS",
                   "CPU ms/frame", "load ms", "1st ms", "RSS MB")
-        if ratio_name:
-            header += (f"x vs {ratio_name}",)
+        header += _ratio_header(ratio_name, "x")
         table = []
         for r in with_inference:
             s = r["inference"]
@@ -897,17 +896,13 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
                      "x".join(str(v) for v in r["batch_shape"]), _ms(s["median_ms"]), _ms(s["p90_ms"]),
                      _ms(s["p99_ms"]), _ms(s["fps"], 1), _ms(s["cpu_ms_per_frame"]), _ms(r["load_ms"], 1),
                      _ms(r["first_inference_ms"], 1), _ms(r["peak_rss_mb"], 0))
-            if ratio_name:
-                ratio = comparison["ratios"].get(r["name"], {}).get("inference")
-                cells += ("-" if ratio is None else f"{ratio:.2f}x",)
-            table.append(cells)
+            table.append(cells + _ratio_cell(comparison, r["name"], "inference"))
         lines += ["", text_table(table, header)]
     with_pipeline = [r for r in ok if r.get("pipeline")]
     if with_pipeline:
         header = ("pipeline (Detector.stream, synthetic)", "policy", "frame", "decode", "preproc", "infer",
                   "postproc", "latency", "FPS e2e", "CPU ms/frame")
-        if ratio_name:
-            header += (f"FPS x vs {ratio_name}",)
+        header += _ratio_header(ratio_name, "FPS x")
         table = []
         for r in with_pipeline:
             p = r["pipeline"]
@@ -918,10 +913,7 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
             cells = (r["name"], r["policy"]["policy"], "x".join(str(v) for v in r["frame"][::-1]), _ms(m["decode"]),
                      _ms(m["preprocess"]), _ms(m["inference"]), _ms(m["postprocess"]), _ms(m["latency"]),
                      _ms(p["fps"], 1), _ms(p["cpu_ms_per_frame"]))
-            if ratio_name:
-                ratio = comparison["ratios"].get(r["name"], {}).get("pipeline_fps")
-                cells += ("-" if ratio is None else f"{ratio:.2f}x",)
-            table.append(cells)
+            table.append(cells + _ratio_cell(comparison, r["name"], "pipeline_fps"))
         lines += ["", "stage medians in ms; FPS end to end (reader thread overlaps decode+preprocess with inference)",
                   text_table(table, header, align="ll")]
     notes = _thread_notes(ok, doc["machine"])
@@ -938,6 +930,19 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     lines.append("thr req>eff busy: threads requested > in effect as the runtime reports them (TFLite cannot: it "
                  "echoes the request) ; b = threads of the process busy >= 10% of the timed window")
     return "\n".join(lines)
+
+
+def _ratio_header(baseline: Optional[str], what: str) -> tuple:
+    """The --compare column's header (none without a baseline)."""
+    return (f"{what} vs {baseline}",) if baseline else ()
+
+
+def _ratio_cell(comparison: Optional[dict], name: str, key: str) -> tuple:
+    """The --compare cell of row `name` for the ratio `key` ("-" where it has none; nothing without --compare)."""
+    if not comparison:
+        return ()
+    ratio = comparison["ratios"].get(name, {}).get(key)
+    return ("-" if ratio is None else f"{ratio:.2f}x",)
 
 
 def _thread_notes(rows: list[dict], machine: dict) -> list[str]:
