@@ -114,12 +114,7 @@ def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
                "--save-csv", str(table), "--save-video", str(video)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            if jsonl.is_file() and jsonl.read_text().count("\n") >= 3:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.communicate()[1]
+        _wait_for(lambda: len(_records(jsonl)) >= 3, process)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:
@@ -211,19 +206,27 @@ def _check_one_switch(records: list) -> int:
     return first
 
 
-def test_control_lines_on_stdin_change_the_running_stream_and_quit_it(tmp_path, onnx):
-    process, jsonl = _control_run(tmp_path, onnx, "stdin")
+def _switch_then_quit(process, jsonl: Path, send, extra: str = "") -> tuple[str, str]:
+    """After 3 frames: send the new settings (+ extra lines), wait until a frame shows them, send quit."""
     try:
         _wait_for(lambda: len(_records(jsonl)) >= 3, process)
-        process.stdin.write("threshold=3 filter=authors\nbogus=1\n")
-        process.stdin.flush()
+        send("threshold=3 filter=authors\n" + extra)
         _wait_for(lambda: any(r["threshold"] == 3.0 for r in _records(jsonl)), process)
-        process.stdin.write("quit\n")
-        process.stdin.flush()
-        out, err = process.communicate(timeout=60)
+        send("quit\n")
+        return process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_control_lines_on_stdin_change_the_running_stream_and_quit_it(tmp_path, onnx):
+    process, jsonl = _control_run(tmp_path, onnx, "stdin")
+
+    def send(text: str) -> None:
+        process.stdin.write(text)
+        process.stdin.flush()
+
+    out, err = _switch_then_quit(process, jsonl, send, extra="bogus=1\n")
     assert process.returncode == 0, err
     summary = json.loads(out)
     assert summary["outcome"] == "stopped by a control quit" and summary["control"]["applied"] == 1
@@ -238,15 +241,8 @@ def test_control_fifo_is_reopened_for_each_writer(tmp_path, onnx):
     fifo = tmp_path / "control"
     os.mkfifo(fifo)
     process, jsonl = _control_run(tmp_path, onnx, str(fifo))
-    try:
-        _wait_for(lambda: len(_records(jsonl)) >= 3, process)
-        fifo.write_text("threshold=3 filter=authors\n")  # one writer: opens, writes, closes
-        _wait_for(lambda: any(r["threshold"] == 3.0 for r in _records(jsonl)), process)
-        fifo.write_text("quit\n")  # a second writer: the channel must have reopened the FIFO
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # Each write_text is one writer (open, write, close): the quit only arrives if the channel reopened the FIFO.
+    out, err = _switch_then_quit(process, jsonl, fifo.write_text)
     assert process.returncode == 0, err
     assert json.loads(out)["outcome"] == "stopped by a control quit"
     _check_one_switch(_records(jsonl))
