@@ -34,13 +34,15 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _CLEARED = ("none", "off", "-")
 
 
-def _bound(key: str, text: str) -> Optional[float]:
-    if text.lower() in _CLEARED:
-        return None
+def _number(key: str, text: str, expected: str = "a number") -> float:
     try:
         return float(text)
     except ValueError:
-        raise InputError(f"{key}={text!r}: expected a number or 'none'") from None
+        raise InputError(f"{key}={text!r}: expected {expected}") from None
+
+
+def _bound(key: str, text: str) -> Optional[float]:
+    return None if text.lower() in _CLEARED else _number(key, text, "a number or 'none'")
 
 
 def _flag(key: str, text: str) -> bool:
@@ -51,15 +53,8 @@ def _flag(key: str, text: str) -> bool:
     raise InputError(f"{key}={text!r}: expected true or false")
 
 
-def _threshold(key: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"{key}={text!r}: expected a number") from None
-
-
 _PARSERS: dict[str, Callable[[str, str], object]] = {
-    "threshold": _threshold, "inclusive": _flag, "filter": lambda _key, text: text,
+    "threshold": _number, "inclusive": _flag, "filter": lambda _key, text: text,
     **{name: _bound for name in _BOUNDS},
 }
 
@@ -92,7 +87,7 @@ class ControlChannel:
 
     source: "stdin", an open text stream, or a path (a FIFO is reopened after each writer closes it, so
     `echo ... > fifo` can be repeated; a regular file is read once). `quit_requested` is set by a `quit` line
-    (and by the end of stdin, when quit_on_eof). `applied` counts the lines that changed the settings.
+    (and by the end of the source, when quit_on_eof). `applied` counts the lines that changed the settings.
     """
 
     def __init__(self, detector, source, quit_on_eof: bool = False):
@@ -158,7 +153,4 @@ class ControlChannel:
 
 
 def _describe(settings) -> str:
-    f = settings.target_filter
-    bounds = ", ".join(f"{name} {getattr(f, name):g}" for name in _BOUNDS if getattr(f, name) is not None)
-    return (f"threshold {settings.threshold:g}, filter "
-            f"{(bounds + (' inclusive' if f.inclusive else ' strict')) if bounds else 'none'}")
+    return f"threshold {settings.threshold:g}, filter {settings.target_filter.describe()}"

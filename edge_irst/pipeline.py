@@ -59,7 +59,7 @@ import numpy as np
 from .backends import backend_class, list_backends, load_backend, resolve_artifact
 from .detections import Detections
 from .errors import InputError, ModelFileError
-from .postprocess import FILTER_FIELDS, LiveSettings, PostprocessSettings, TargetFilter, implementation_info
+from .postprocess import LiveSettings, PostprocessSettings, TargetFilter, implementation_info
 from .preprocess import RawMapping, preprocess
 from .sources import Frame, Reconnect, Source, open_source
 
@@ -547,7 +547,7 @@ class Detector:
                          "stride": self.contract.stride, "provenance": self.contract.provenance},
             **self._policy.describe(),
             "threshold": settings.threshold,
-            "filter": {k: getattr(settings.target_filter, k) for k in FILTER_FIELDS},
+            "filter": settings.target_filter.to_dict(),
             "raw_mapping": {"mode": self.raw.mode, "low": self.raw.low, "high": self.raw.high},
             "reader_thread": {"prefetch": self.prefetch, "usable_cpus": usable_cpus(),
                               "used_for": "files, folders, video, synthetic" if self.prefetch else "none (in line)"},

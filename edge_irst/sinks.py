@@ -25,7 +25,6 @@ import cv2
 from .annotate import annotate
 from .errors import InputError, SinkError
 from .pipeline import FrameResult
-from .postprocess import FILTER_FIELDS
 from .preprocess import RawMapping
 
 # suffix -> FourCC of the video writer (all through OpenCV's FFmpeg backend).
@@ -51,11 +50,6 @@ def _finite(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def filter_record(target_filter) -> dict:
-    """The target filter as plain values: the four bounds (None = open) and inclusive."""
-    return {name: getattr(target_filter, name) for name in FILTER_FIELDS}
-
-
 def frame_record(result: FrameResult, source: str, policy: str) -> dict:
     """The JSON Lines object of one frame (plain Python types; non-finite values as None)."""
     d = result.detections
@@ -72,7 +66,7 @@ def frame_record(result: FrameResult, source: str, policy: str) -> dict:
     } for i in range(len(d))]
     return {"frame_index": result.index, "timestamp": result.timestamp, "source": source,
             "frame_name": result.frame.name, "frame_shape": list(result.frame.image.shape),
-            "threshold": result.settings.threshold, "filter": filter_record(result.settings.target_filter),
+            "threshold": result.settings.threshold, "filter": result.settings.target_filter.to_dict(),
             "policy": policy, "conventions": conventions(policy),
             "targets": targets}
 

@@ -381,6 +381,16 @@ def test_none_preset_and_one_sided_bounds():
     assert TargetFilter(size_max=10).keep(d).tolist() == [True, False, False]
 
 
+def test_filter_as_plain_values_and_one_line():
+    authors = TargetFilter.preset("authors")
+    assert authors.to_dict() == {"size_min": 5, "size_max": 100, "ratio_min": 0.2, "ratio_max": 5,
+                                 "inclusive": False}
+    assert TargetFilter(**authors.to_dict()) == authors
+    assert authors.describe() == "size_min 5, size_max 100, ratio_min 0.2, ratio_max 5 (strict)"
+    assert TargetFilter(size_max=7.5, inclusive=True).describe() == "size_max 7.5 (inclusive)"
+    assert TargetFilter(inclusive=True).describe() == "none"
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"size_min": 10, "size_max": 5}, "size_min = 10 > size_max = 5"),
     ({"ratio_min": 3.0, "ratio_max": 2.0}, "ratio_min <= ratio_max"),

@@ -90,15 +90,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _target_filter(args):
+    from dataclasses import replace
+
     from edge_irst.postprocess import TargetFilter
 
-    base = TargetFilter.preset(args.filter)
     bounds = {k: getattr(args, k) for k in ("size_min", "size_max", "ratio_min", "ratio_max")
               if getattr(args, k) is not None}
     if args.inclusive:
         bounds["inclusive"] = True
-    return TargetFilter(**{**{k: getattr(base, k) for k in ("size_min", "size_max", "ratio_min", "ratio_max",
-                                                             "inclusive")}, **bounds})
+    return replace(TargetFilter.preset(args.filter), **bounds)
 
 
 def _raw_mapping(args):
@@ -222,6 +222,8 @@ def _summary(detector, source, stats, truth, outcome: str, args) -> dict:
 
 
 def _summary_text(s: dict) -> str:
+    from edge_irst.postprocess import TargetFilter
+
     options = s["options_in_effect"]
     medians = s["median_ms"]
     source = s["source"]
@@ -231,9 +233,6 @@ def _summary_text(s: dict) -> str:
                                       if "model_input" in policy else
                                       f" ({policy['tile'][0]}x{policy['tile'][1]} tiles, overlap "
                                       f"{policy['overlap']} px)" if "tile" in policy else f" ({policy.get('pad')})")
-    bounds = {k: v for k, v in s["filter"].items() if v is not None and k != "inclusive"}
-    filter_text = (", ".join(f"{k} {v:g}" for k, v in bounds.items()) + (" (inclusive)" if s["filter"]["inclusive"]
-                                                                          else " (strict)")) if bounds else "none"
     rows = [
         ("outcome", s["outcome"]),
         ("source", f"{source['source']} ({source['kind']})"),
@@ -241,7 +240,7 @@ def _summary_text(s: dict) -> str:
         ("backend", f"{s['backend']}, threads {threads} ({options.get('threads_source', 'as requested')}), "
                     f"device {options.get('device', 'cpu')}"),
         ("policy", policy_text),
-        ("threshold", f"logit > {s['threshold']:g}; filter: {filter_text}"),
+        ("threshold", f"logit > {s['threshold']:g}; filter: {TargetFilter(**s['filter']).describe()}"),
         ("postprocess", f"{s['postprocess']['implementation']} ({s['postprocess']['detail']})"),
         ("frames", f"{s['frames']}  skipped {s['skipped']}  dropped {s['dropped']}  reconnects "
                    f"{source['reconnects']}  targets {s['targets']}"),

@@ -64,6 +64,16 @@ class TargetFilter:
             raise UnknownNameError("target filter preset", name, FILTER_PRESETS)
         return FILTER_PRESETS[name]
 
+    def to_dict(self) -> dict:
+        """The bounds (None = open side) and inclusive, as plain values (JSON records, summaries)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> str:
+        """One line for logs and summaries: 'size_min 5, size_max 100 (strict)', or 'none'."""
+        bounds = [f"{name} {value:g}" for name, value in self.to_dict().items()
+                  if name != "inclusive" and value is not None]
+        return ", ".join(bounds) + (" (inclusive)" if self.inclusive else " (strict)") if bounds else "none"
+
     @property
     def keeps_everything(self) -> bool:
         """True when no bound is set (the "none" preset): filtering is then skipped."""
