@@ -29,8 +29,10 @@ class OptionalBuildExt(build_ext):
             # -std=c99 also turns off floating-point contraction in gcc (GNU modes contract a*b+c into an FMA on
             # aarch64); -ffp-contract=off says it explicitly for clang. Without FMA the C sums are bit-identical
             # to the numpy ones of the OpenCV fallback, which the tests require.
+            # -pthread: the labeller scans row bands on threads of its own.
             for ext in self.extensions:
-                ext.extra_compile_args = ["-std=c99", "-O3", "-ffp-contract=off", *ext.extra_compile_args]
+                ext.extra_compile_args = ["-std=c99", "-O3", "-ffp-contract=off", "-pthread", *ext.extra_compile_args]
+                ext.extra_link_args = ["-pthread", *ext.extra_link_args]
         super().build_extensions()
 
     def run(self):

@@ -2,7 +2,9 @@
 
 Compared, on the same float32 logit map (threshold 0):
   ours         edge_irst.postprocess.label_targets(logits): threshold + 8-connected labelling + all statistics,
-               returned as Detections (the public call, Python overhead included);
+               returned as Detections (the public call, Python overhead included), on the calling thread;
+  ours auto    the same with threads="auto": row bands scanned on several threads where the map is large enough
+               (one band per AUTO_PIXELS_PER_THREAD pixels, at most one per usable CPU; 1 below that);
   cv2 CC       cv2.connectedComponentsWithStats((logits > 0).view(uint8), connectivity=8): thresholding is inside
                the timed region, as the C labeller thresholds too;
   ours+filter  label_targets(logits, target_filter=...) with the authors' bounds (area 5..100, ratio 0.2..5,
@@ -12,7 +14,8 @@ Compared, on the same float32 logit map (threshold 0):
                built with a lookup table, the fastest reading of it), then a second connected-components pass on
                the filtered mask.
 OpenCV runs multithreaded by default: every OpenCV figure is taken twice, with its default thread count and
-with cv2.setNumThreads(1). The C labeller is single-threaded.
+with cv2.setNumThreads(1). Like against like: OpenCV with its default threads is compared with ours auto (and
+ours+filter auto), OpenCV with 1 thread with ours on one thread.
 
 Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background of -20 +- 2) and dense (5 % and
 50 % random foreground, checkerboard), at 256x256, 640x512 and 1920x1080.
@@ -39,6 +42,7 @@ import cv2
 import numpy as np
 
 from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
+from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.json"
 SAMPLE_US = 2000.0  # each sample times enough calls to last this long
@@ -110,6 +114,14 @@ def ours_filtered(logits: np.ndarray):
     return label_targets(logits, target_filter=AUTHORS_FILTER)
 
 
+def ours_auto(logits: np.ndarray):
+    return label_targets(logits, threads="auto")
+
+
+def ours_filtered_auto(logits: np.ndarray):
+    return label_targets(logits, target_filter=AUTHORS_FILTER, threads="auto")
+
+
 def sample(function, argument, calls: int) -> tuple:
     """(wall-clock, CPU time of this thread) in microseconds per call, over `calls` calls."""
     wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
@@ -176,9 +188,11 @@ def main(argv=None) -> int:
     machine = machine_info(default_threads)
     methods = {
         "ours": (label_targets, None),
+        "ours auto": (ours_auto, None),
         f"cv2 CC ({default_threads} thr)": (cv2_components, default_threads),
         "cv2 CC (1 thr)": (cv2_components, 1),
         "ours+filter": (ours_filtered, None),
+        "ours+filter auto": (ours_filtered_auto, None),
         f"authors ({default_threads} thr)": (authors_procedure, default_threads),
         "authors (1 thr)": (authors_procedure, 1),
     }
@@ -191,17 +205,17 @@ def main(argv=None) -> int:
             maps.append(("dense", kind, shape, dense_map(rng, shape, kind), None))
 
     # (speed-up name, method timed, reference method, clock): CPU time only where everything runs on this thread.
-    comparisons = [(f"cv2 CC ({threads} thr)", "ours", f"cv2 CC ({threads} thr)", "wall")
-                   for threads in (default_threads, 1)]
-    comparisons += [(f"authors ({threads} thr)", "ours+filter", f"authors ({threads} thr)", "wall")
-                    for threads in (default_threads, 1)]
+    comparisons = [(f"cv2 CC ({default_threads} thr)", "ours auto", f"cv2 CC ({default_threads} thr)", "wall"),
+                   ("cv2 CC (1 thr)", "ours", "cv2 CC (1 thr)", "wall"),
+                   (f"authors ({default_threads} thr)", "ours+filter auto", f"authors ({default_threads} thr)", "wall"),
+                   ("authors (1 thr)", "ours+filter", "authors (1 thr)", "wall")]
     comparisons += [("cv2 CC (1 thr)", "ours", "cv2 CC (1 thr)", "cpu"),
                      ("authors (1 thr)", "ours+filter", "authors (1 thr)", "cpu")]
     print(f"OpenCV {cv2.__version__}, default threads {default_threads}; edge-irst postprocess: "
           f"{info['implementation']} ({info['detail']}); medians of {rounds} samples (each >= {SAMPLE_US / 1e3:g} ms "
           f"of calls), microseconds per call; x = speed-up of ours")
     names = list(methods)
-    print(f"\n{'':>22} | {'wall-clock':<89} | thread CPU time")
+    print(f"\n{'':>22} | {'wall-clock':<{15 * len(names) - 1}} | thread CPU time")
     print(f"{'size':>9} {'map':<12} | " + " ".join(f"{n:>14}" for n in names) + " | "
           + " ".join(f"{n:>14}" for n in ("ours", "cv2 CC (1 thr)", "ours+filter", "authors (1 thr)")))
     rows = []
@@ -222,11 +236,7 @@ def main(argv=None) -> int:
 
         walls = []
         for n in names:
-            ratio = ""
-            if n.startswith("cv2"):
-                ratio = f"{wall[n] / wall['ours']:.1f}x"
-            elif n.startswith("authors"):
-                ratio = f"{wall[n] / wall['ours+filter']:.1f}x"
+            ratio = next((f"{speedup['wall'][label]:.1f}x" for label, *_ in comparisons if label == n), "")
             walls.append(f"{wall[n]:>8.1f} {ratio:>5}")
         cpus = [f"{cpu['ours']:>8.1f} {'':>5}",
                 f"{cpu['cv2 CC (1 thr)']:>8.1f} {speedup['cpu']['cv2 CC (1 thr)']:>4.1f}x",
@@ -257,6 +267,7 @@ def main(argv=None) -> int:
     document = {"benchmark": "postprocess", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": "python benchmarks/postprocess.py" + (" --quick" if args.quick else ""),
                 "rounds": rounds, "machine": machine,
+                "auto_pixels_per_thread": AUTO_PIXELS_PER_THREAD,
                 "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
                 "results": rows, "targets": verdicts}
     args.out.parent.mkdir(parents=True, exist_ok=True)

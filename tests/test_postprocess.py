@@ -122,6 +122,57 @@ def test_c_and_opencv_fallback_agree_bit_for_bit(logits, threshold):
     assert_identical(c_detections, cv_detections)
 
 
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here: its row bands cannot be tested")
+@PROPERTY_SETTINGS
+@given(logits=logit_maps(), threads=st.integers(2, 16), threshold=st.sampled_from([0.0, 2.5]))
+def test_row_bands_on_threads_give_the_one_thread_result_bit_for_bit(logits, threads, threshold):
+    one, one_labels = label_targets(logits, threshold, return_labels=True, implementation="c")
+    banded, banded_labels = label_targets(logits, threshold, return_labels=True, implementation="c",
+                                          threads=threads)
+    assert np.array_equal(one_labels, banded_labels)
+    assert_identical(one, banded)
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here: its row bands cannot be tested")
+@pytest.mark.parametrize("kind", ["checkerboard", "diagonal", "column", "noise"])
+def test_targets_crossing_every_band_seam_stay_whole(kind):
+    """Large maps whose components cross the seams of 2..16 bands in every way: a checkerboard (diagonal-only
+    contacts at each seam), one diagonal line, one column, and dense noise."""
+    shape = (331, 257)
+    rng = np.random.default_rng(11)
+    if kind == "checkerboard":
+        on = np.indices(shape).sum(axis=0) % 2 == 0
+    elif kind == "diagonal":
+        on = np.eye(*shape, dtype=bool)
+    elif kind == "column":
+        on = np.zeros(shape, bool)
+        on[:, 200] = True
+    else:
+        on = rng.random(shape) < 0.45
+    logits = np.where(on, rng.uniform(0.5, 9.0, shape), -5.0).astype(np.float32)
+    reference, reference_labels = label_targets(logits, return_labels=True, implementation="opencv")
+    if kind != "noise":
+        assert len(reference) == 1
+    for threads in (2, 3, 7, 16, "auto"):
+        banded, labels = label_targets(logits, return_labels=True, implementation="c", threads=threads)
+        assert np.array_equal(labels, reference_labels), threads
+        assert_identical(banded, reference)
+
+
+@pytest.mark.parametrize("threads", [0, 17, -1, 2.0, True, "all", None])
+def test_rejected_thread_counts(threads):
+    with pytest.raises(InputError, match=r"threads = .*expected an integer 1\.\.16 or 'auto'"):
+        label_targets(np.zeros((4, 4), np.float32), threads=threads)
+
+
+def test_auto_threads_use_one_band_per_half_megapixel_and_no_more_than_the_cpus(monkeypatch):
+    monkeypatch.setattr(labeller_module, "_USABLE_CPUS", 4)
+    per_thread = labeller_module.AUTO_PIXELS_PER_THREAD
+    assert labeller_module._checked_threads("auto", 256 * 256) == 1
+    assert labeller_module._checked_threads("auto", 2 * per_thread) == 2
+    assert labeller_module._checked_threads("auto", 1920 * 1080 * 4) == 4
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_views_give_the_results_of_their_contiguous_copy(implementation):
     base = np.random.default_rng(3).normal(-1.0, 1.5, (90, 150)).astype(np.float32)
@@ -501,36 +552,41 @@ def _c_compiler():
 
 
 def _build(compiler, sources, output, flags):
-    return subprocess.run([compiler, "-std=c99", *flags, "-I", str(POSTPROCESS), *map(str, sources), "-o",
-                           str(output), "-lm"], capture_output=True, text=True)
+    return subprocess.run([compiler, "-std=c99", "-pthread", *flags, "-I", str(POSTPROCESS), *map(str, sources),
+                           "-o", str(output), "-lm"], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("scan", ["simd", "portable"])
-def test_c_core_under_address_sanitizer_matches_a_flood_fill(tmp_path, scan):
+@pytest.mark.parametrize("scan, sanitizer", [("simd", "address,undefined"), ("sse2", "address,undefined"),
+                                              ("portable", "address,undefined"), ("simd", "thread")])
+def test_c_core_under_sanitizers_matches_a_flood_fill(tmp_path, scan, sanitizer):
+    """simd: the scan this CPU gets (AVX2 where it has it); sse2: the x86 baseline; portable: plain C. The driver
+    labels with 1-5 row bands on threads: ThreadSanitizer checks that they share nothing they write."""
     compiler = _c_compiler()
     if compiler is None:
-        pytest.skip("no C compiler (cc, gcc, clang or $CC) to build the AddressSanitizer driver")
-    flags = ["-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-             "-Wall", "-Wextra", *(["-DIRST_PORTABLE"] if scan == "portable" else [])]
-    driver = tmp_path / "labeller_asan"
+        pytest.skip("no C compiler (cc, gcc, clang or $CC) to build the sanitizer driver")
+    flags = ["-g", "-O1", "-fno-omit-frame-pointer", f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all",
+             "-Wall", "-Wextra", *{"simd": [], "sse2": ["-DIRST_NO_AVX2"], "portable": ["-DIRST_PORTABLE"]}[scan]]
+    driver = tmp_path / "labeller_sanitized"
     build = _build(compiler, [ASAN_DRIVER, POSTPROCESS / "labeller_core.c"], driver, flags)
     if build.returncode != 0:
         probe = tmp_path / "probe.c"
         probe.write_text("int main(void) { return 0; }\n")
-        if _build(compiler, [probe], tmp_path / "probe", ["-fsanitize=address,undefined"]).returncode != 0:
-            pytest.skip(f"{compiler} cannot link AddressSanitizer programs here (no libasan/libubsan)")
+        if _build(compiler, [probe], tmp_path / "probe", [f"-fsanitize={sanitizer}"]).returncode != 0:
+            pytest.skip(f"{compiler} cannot link -fsanitize={sanitizer} programs here (sanitizer runtime missing)")
         pytest.fail(f"the driver does not compile:\n{build.stderr}")
     assert "warning" not in build.stderr, build.stderr
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-    run = subprocess.run([str(driver), "600"], capture_output=True, text=True, env=env, timeout=300)
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1", "TSAN_OPTIONS": "halt_on_error=1"}
+    maps = 300 if sanitizer == "thread" else 600
+    run = subprocess.run([str(driver), str(maps)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.startswith("ok: 600 maps"), run.stdout
+    assert run.stdout.startswith(f"ok: {maps} maps"), run.stdout
+    assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr
 
 
 def test_c_core_neon_scan_on_aarch64_under_qemu(tmp_path):
     """The NEON scan compiled for aarch64 (Termux, Raspberry Pi OS 64-bit) and run under qemu-user, where both
-    are installed (apt install gcc-aarch64-linux-gnu qemu-user); x86 machines test only SSE2 and portable C."""
+    are installed (apt install gcc-aarch64-linux-gnu qemu-user); x86 machines test AVX2, SSE2 and portable C."""
     cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
     if not (cross and qemu):
         pytest.skip("needs aarch64-linux-gnu-gcc and qemu-aarch64 (apt install gcc-aarch64-linux-gnu qemu-user)")

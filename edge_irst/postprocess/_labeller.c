@@ -111,11 +111,12 @@ static PyObject *column_blocks(const irst_result *result)
 }
 
 PyDoc_STRVAR(label_doc,
-"label(logits, threshold, labels, workspace, target_filter) -> bytes\n\n"
+"label(logits, threshold, labels, workspace, target_filter, threads) -> bytes\n\n"
 "logits: 2-D native float32 buffer, any strides. threshold: float (used as float32).\n"
 "labels: None, or a zero-filled C-contiguous int32 buffer of the same shape, filled with target labels.\n"
 "workspace: from new_workspace(), used by one thread at a time.\n"
 "target_filter: None, or (size_min, size_max, ratio_min, ratio_max, inclusive), open sides as -inf / inf.\n"
+"threads: row bands scanned at once (1 = the calling thread only); the result does not depend on it.\n"
 "Returns the targets as bytes: an int64 block (one row per INT field of TARGET_FIELDS, one column per target)\n"
 "followed by a double block (one row per REAL field), native byte order.");
 
@@ -123,8 +124,10 @@ static PyObject *label(PyObject *module, PyObject *args)
 {
     PyObject *logits_obj, *labels_obj, *capsule, *filter_obj;
     float threshold;
+    int threads;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OfOOO:label", &logits_obj, &threshold, &labels_obj, &capsule, &filter_obj))
+    if (!PyArg_ParseTuple(args, "OfOOOi:label", &logits_obj, &threshold, &labels_obj, &capsule, &filter_obj,
+                          &threads))
         return NULL;
     irst_filter filter;
     if (filter_obj != Py_None &&
@@ -168,7 +171,8 @@ static PyObject *label(PyObject *module, PyObject *args)
     int status;
     handle->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    status = irst_label(&map, threshold, labels, filter_obj != Py_None ? &filter : NULL, handle->ws, &result);
+    status = irst_label(&map, threshold, labels, filter_obj != Py_None ? &filter : NULL, threads, handle->ws,
+                        &result);
     Py_END_ALLOW_THREADS
     handle->busy = 0;
 

@@ -32,9 +32,13 @@ _FLOAT32_OF: dict = {}  # validated float threshold -> its float32 value
 _MAX_PIXELS = 2**31 - 1  # IRST_MAX_PIXELS: run indices and labels are int32
 
 # A labeller: (float32 (H, W) logits, float32-representable threshold, None or zeroed int32 (H, W) labels,
-# None or a TargetFilter that rejects something) -> (ints, reals) read-only column blocks (records.py) of the kept
-# targets.
-Labeller = Callable[[np.ndarray, float, Optional[np.ndarray], Optional[TargetFilter]], tuple]
+# None or a TargetFilter that rejects something, threads >= 1) -> (ints, reals) read-only column blocks
+# (records.py) of the kept targets.
+Labeller = Callable[[np.ndarray, float, Optional[np.ndarray], Optional[TargetFilter], int], tuple]
+# threads="auto": one row band per this many pixels (a thread is created per call, which costs tens of
+# microseconds; benchmarks/postprocess.py measures where it pays), at most one per CPU this process may use.
+AUTO_PIXELS_PER_THREAD = 1 << 19
+_MAX_THREADS = 16  # IRST_MAX_THREADS
 
 
 def _load_c_labeller() -> tuple:
@@ -48,12 +52,12 @@ def _load_c_labeller() -> tuple:
 
     per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
 
-    def label_blocks(logits, threshold, labels, target_filter):
+    def label_blocks(logits, threshold, labels, target_filter, threads):
         workspace = getattr(per_thread, "workspace", None)
         if workspace is None:
             workspace = per_thread.workspace = _labeller.new_workspace()
         bounds = None if target_filter is None else target_filter.c_bounds
-        return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace, bounds))
+        return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace, bounds, threads))
 
     label_blocks.compiler = _labeller.COMPILER
     return label_blocks, None
@@ -130,6 +134,27 @@ def checked_threshold(threshold) -> float:
     return value
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+_USABLE_CPUS = _usable_cpus()
+
+
+def _checked_threads(threads, pixels: int) -> int:
+    if type(threads) is int and threads == 1:
+        return 1
+    if isinstance(threads, str) and threads == "auto":
+        return max(1, min(_USABLE_CPUS, _MAX_THREADS, pixels // AUTO_PIXELS_PER_THREAD))
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral) \
+            or not 1 <= threads <= _MAX_THREADS:
+        raise InputError(f"threads = {threads!r}; expected an integer 1..{_MAX_THREADS} or 'auto'")
+    return int(threads)
+
+
 def _checked_map(logits) -> np.ndarray:
     if type(logits) is np.ndarray and logits.dtype is _NATIVE_FLOAT32 and logits.ndim == 2 \
             and logits.flags.c_contiguous and logits.flags.aligned and logits.size:
@@ -156,7 +181,7 @@ def _checked_map(logits) -> np.ndarray:
 def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: bool = False, *,
                   target_filter: Optional[Union[TargetFilter, str]] = None, implementation: Optional[str] = None,
                   frame_index: Optional[int] = None, timestamp: Optional[float] = None,
-                  frame_shape: Optional[tuple] = None):
+                  frame_shape: Optional[tuple] = None, threads: Union[int, str] = 1):
     """Eight-connected targets of `logits > threshold`, with their statistics, in one pass.
 
     logits: numpy float32 array of shape (H, W) (any H, W >= 1), any strides (views such as a[::2, ::3], a.T
@@ -169,6 +194,10 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
         the labeller, with the same result as TargetFilter.__call__ on the unfiltered Detections.
     implementation: 'c' or 'opencv' to override the active IMPLEMENTATION (tests, benchmarks).
     frame_index, timestamp, frame_shape: metadata stored in the Detections (frame_shape defaults to (H, W)).
+    threads: row bands the C labeller scans at once, each on a thread of its own (1, the default, = the calling
+        thread only: in a pipeline the other cores run inference); 'auto' = one per AUTO_PIXELS_PER_THREAD
+        pixels, at most one per usable CPU (so 1 below 1 Mpixel on 2 CPUs). The result is the same, bit for bit,
+        for any value. The OpenCV fallback ignores it (OpenCV uses cv2.setNumThreads()).
 
     Returns Detections in the grid of `logits` (x = column, y = row, pixel centres at integers), one row per
     target in the raster order of its first pixel (row, then column); with return_labels, (Detections, labels).
@@ -180,7 +209,8 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
         if target_filter.keeps_everything:
             target_filter = None
     labels = np.zeros(logits.shape, np.int32) if return_labels else None
-    ints, reals = _resolve(implementation)(logits, threshold, labels, target_filter)
+    threads = _checked_threads(threads, logits.size)
+    ints, reals = _resolve(implementation)(logits, threshold, labels, target_filter, threads)
     # The labellers build read-only blocks in Detections' layout (records.py, checked against the C extension at
     # import); from_blocks()'s per-call checks would cost a fifth of a sparse 256x256 labelling.
     detections = Detections._trusted(ints, reals, _checked_metadata(

@@ -7,7 +7,15 @@
  * the component's first run in raster order. Pass 2 visits the runs only (not the image): it numbers the
  * components and accumulates their statistics from the pixels of the runs. Work and memory grow with the
  * foreground.
+ *
+ * Threads: pass 1 can split the rows into bands scanned on separate threads, each with its own runs and its own
+ * union-find; the bands' runs are then concatenated in row order and the runs of the rows on either side of each
+ * seam joined. Roots stay the lowest run index, so the numbering, and everything after it, is the same as with
+ * one band. Pass 2 stays on the calling thread: it sums each component in raster order (see the header).
  */
+#if !defined(_POSIX_C_SOURCE) && (defined(__unix__) || defined(__APPLE__))
+#define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
+#endif
 #include "labeller_core.h"
 
 #include <math.h>
@@ -36,11 +44,30 @@ typedef union {
 /* The slots are returned as an irst_target array, so both must have the same stride. */
 typedef char slot_is_a_target[sizeof(slot_t) == sizeof(irst_target) ? 1 : -1];
 
-struct irst_workspace {
+/* Foreground bits of one row, 64 pixels per word; words past the last pixel are 0 (see mask_row_with). */
+typedef void (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words);
+
+/* One band of rows scanned by pass 1: its runs, with links local to the band, and where its first and last rows'
+ * runs are (for the seams). Band 0's runs are then extended by the others' into the workspace's run list. */
+typedef struct {
     run_t *runs;
     ptrdiff_t run_capacity;
+    uint64_t *words; /* the current row's bits */
+    ptrdiff_t word_capacity;
+    ptrdiff_t count, first_row_end, last_row_begin;
+    /* the job */
+    const irst_map *map;
+    float threshold;
+    ptrdiff_t y_begin, y_end;
+    row_mask_fn mask_row;
+    int status;
+} band_t;
+
+struct irst_workspace {
+    band_t bands[IRST_MAX_THREADS]; /* bands[0].runs: every run, after the merge */
     slot_t *slots;
     ptrdiff_t slot_capacity;
+    row_mask_fn mask_row; /* the fastest scan this CPU runs, chosen in irst_workspace_new() */
 };
 
 #define FIRST_RUN_CAPACITY 1024
@@ -108,6 +135,30 @@ static inline uint64_t mask64(const float *p, float t)
 static inline uint64_t mask64(const float *p, float t)
 {
     return mask_strided(p, 1, 64, t);
+}
+#endif
+
+/* AVX2 (x86 since 2013) halves the instructions of the scan; chosen at run time, so the extension still loads on
+ * any x86-64. Same NaN rule: the ordered compare is false for NaN, and MAXPS keeps its second operand for one. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(IRST_PORTABLE) && \
+    !defined(IRST_NO_AVX2)
+#define IRST_AVX2_DISPATCH 1
+#include <immintrin.h>
+__attribute__((target("avx2"))) static inline uint64_t mask64_avx2(const float *p, float t)
+{
+    const __m256 tv = _mm256_set1_ps(t);
+    __m256 m0 = tv, m1 = tv;
+    for (int k = 0; k < 64; k += 16) {
+        m0 = _mm256_max_ps(_mm256_loadu_ps(p + k), m0);
+        m1 = _mm256_max_ps(_mm256_loadu_ps(p + k + 8), m1);
+    }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_max_ps(m0, m1), tv, _CMP_GT_OQ)) == 0)
+        return 0;
+    uint64_t bits = 0;
+    for (int k = 0; k < 8; k++)
+        bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 8 * k), tv, _CMP_GT_OQ))
+                << (8 * k);
+    return bits;
 }
 #endif
 
@@ -199,36 +250,75 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
     *above = k > first_touching ? k - 1 : k;
 }
 
-/* Pass 1: the runs of every row, joined to the runs of the row above that they touch. Returns the run count,
- * or -1 out of memory. A row is read as 64-pixel bit words: the set bits of word ^ (word << 1 | carry) are where
- * the foreground starts or stops, so runs come out of a bit loop with no per-pixel branch on dense maps, and an
- * all-background word costs one test. */
-static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspace *ws)
+/* Writes width / 64 + 1 words of foreground bits for one row: one more (empty) word when width is a multiple of
+ * 64, so that a run reaching the last pixel still ends at an edge (at x = width). Inlined into one function per
+ * instruction set, each called once per row through workspace->mask_row. */
+#define MASK_ROW_WITH(word_mask)                                                                                \
+    do {                                                                                                        \
+        ptrdiff_t base = 0, k = 0;                                                                              \
+        if (step == 1)                                                                                          \
+            for (; base + 64 <= width; base += 64)                                                              \
+                words[k++] = word_mask(row + base, t);                                                          \
+        for (; base < width; base += 64)                                                                        \
+            words[k++] = mask_strided(row + base * step, step, width - base < 64 ? (int)(width - base) : 64, t); \
+        if (width % 64 == 0)                                                                                    \
+            words[k] = 0;                                                                                       \
+    } while (0)
+
+static void mask_row_baseline(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words)
 {
-    const ptrdiff_t width = map->width, step = map->col_stride;
-    /* One more (empty) word when width is a multiple of 64, so a run reaching the last pixel still sees its end
-     * as an edge (at x = width). */
-    const ptrdiff_t scan_end = width % 64 ? width : width + 1;
-    run_t *runs = ws->runs;
+    MASK_ROW_WITH(mask64);
+}
+
+#ifdef IRST_AVX2_DISPATCH
+__attribute__((target("avx2"))) static void mask_row_avx2(const float *row, ptrdiff_t width, ptrdiff_t step, float t,
+                                                          uint64_t *words)
+{
+    MASK_ROW_WITH(mask64_avx2);
+}
+#endif
+
+static row_mask_fn fastest_row_mask(void)
+{
+#ifdef IRST_AVX2_DISPATCH
+    if (__builtin_cpu_supports("avx2"))
+        return mask_row_avx2;
+#endif
+    return mask_row_baseline;
+}
+
+/* Pass 1 over the rows of one band: the runs of every row, joined to the runs of the row above (in the band)
+ * that they touch. Sets band->status (IRST_OK or IRST_NO_MEMORY) and its counts. The set bits of
+ * word ^ (word << 1 | carry) are where the foreground starts or stops, so runs come out of a bit loop with no
+ * per-pixel branch on dense maps, and an all-background word costs one test. */
+static void collect_runs(band_t *band)
+{
+    const irst_map *map = band->map;
+    const ptrdiff_t width = map->width, word_count = width / 64 + 1;
+    band->count = band->first_row_end = band->last_row_begin = 0;
+    band->status = IRST_NO_MEMORY;
+    if (reserve((void **)&band->words, &band->word_capacity, word_count, sizeof(uint64_t), 32) != 0)
+        return;
+    run_t *runs = band->runs;
     ptrdiff_t count = 0, above_begin = 0, above_end = 0;
-    for (ptrdiff_t y = 0; y < map->height; y++) {
-        const float *row = map->data + y * map->row_stride;
+    for (ptrdiff_t y = band->y_begin; y < band->y_end; y++) {
+        band->mask_row(map->data + y * map->row_stride, width, map->col_stride, band->threshold, band->words);
         ptrdiff_t above = above_begin, start = -1;
         uint64_t carry = 0; /* 1 if the pixel before this word is foreground */
-        for (ptrdiff_t base = 0; base < scan_end; base += 64) {
-            const int pixels = width - base < 64 ? (int)(width - base) : 64;
-            const float *p = row + base * step;
-            const uint64_t word = step == 1 && pixels == 64 ? mask64(p, threshold)
-                                                            : mask_strided(p, step, pixels, threshold);
+        for (ptrdiff_t k = 0; k < word_count; k++) {
+            const uint64_t word = band->words[k];
             uint64_t edges = word ^ ((word << 1) | carry);
             carry = word >> 63;
+            if (!edges)
+                continue;
             /* A word ends at most 32 runs: room for them is made once per word, not per run. */
-            if (edges && count + 32 > ws->run_capacity) {
-                if (reserve((void **)&ws->runs, &ws->run_capacity, count + 32, sizeof(run_t),
+            if (count + 32 > band->run_capacity) {
+                if (reserve((void **)&band->runs, &band->run_capacity, count + 32, sizeof(run_t),
                             FIRST_RUN_CAPACITY) != 0)
-                    return -1;
-                runs = ws->runs;
+                    return;
+                runs = band->runs;
             }
+            const ptrdiff_t base = 64 * k;
             /* Edges alternate start, end, start ...; a run open at the word's start (start >= 0) ends at its
              * first edge. Taking them in pairs keeps the branches predictable on noisy maps. */
             while (edges) {
@@ -248,10 +338,105 @@ static ptrdiff_t collect_runs(const irst_map *map, float threshold, irst_workspa
                 start = -1;
             }
         }
+        if (y == band->y_begin)
+            band->first_row_end = count;
         above_begin = above_end;
         above_end = count;
     }
-    return count;
+    band->count = count;
+    band->last_row_begin = above_begin; /* the runs of the band's last row: [above_begin, count) */
+    band->status = IRST_OK;
+}
+
+/* Joins runs i and j (global indices): the higher root points to the lower one, so roots stay the lowest index. */
+static inline void join_runs(run_t *runs, int32_t i, int32_t j)
+{
+    const int32_t a = find_root(runs, i), b = find_root(runs, j);
+    if (a < b)
+        runs[b].link = a;
+    else if (b < a)
+        runs[a].link = b;
+}
+
+/* Joins the runs of a seam's lower row, [below, below_end), to those of its upper row, [above, above_end), that
+ * they touch under the eight-neighbour rule (both lists left to right, as in join_above). */
+static void join_seam(run_t *runs, ptrdiff_t above, ptrdiff_t above_end, ptrdiff_t below, ptrdiff_t below_end)
+{
+    for (; below < below_end; below++) {
+        const int32_t x0 = runs[below].x0, x1 = runs[below].x1;
+        while (above < above_end && runs[above].x1 + 1 < x0)
+            above++;
+        ptrdiff_t k = above;
+        for (; k < above_end && runs[k].x0 <= x1 + 1; k++)
+            join_runs(runs, (int32_t)below, (int32_t)k);
+        if (k > above)
+            above = k - 1; /* only the last run touched may also touch the next run below */
+    }
+}
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define IRST_THREADS 1
+static void *collect_runs_thread(void *band)
+{
+    collect_runs(band);
+    return NULL;
+}
+#endif
+
+/* Pass 1 over the whole map in `band_count` bands (band 0 on the calling thread, the others on threads of their
+ * own where pthreads exist, else one after the other), then the merge into bands[0].runs. Returns the run
+ * count, or -1 out of memory. */
+static ptrdiff_t collect_all_runs(const irst_map *map, float threshold, int band_count, irst_workspace *ws)
+{
+    band_t *bands = ws->bands;
+    for (int b = 0; b < band_count; b++) {
+        bands[b].map = map;
+        bands[b].threshold = threshold;
+        bands[b].y_begin = map->height * b / band_count;
+        bands[b].y_end = map->height * (b + 1) / band_count;
+        bands[b].mask_row = ws->mask_row;
+    }
+#ifdef IRST_THREADS
+    pthread_t threads[IRST_MAX_THREADS];
+    int started[IRST_MAX_THREADS] = {0};
+    for (int b = 1; b < band_count; b++)
+        started[b] = pthread_create(&threads[b], NULL, collect_runs_thread, &bands[b]) == 0;
+    collect_runs(&bands[0]);
+    for (int b = 1; b < band_count; b++) {
+        if (started[b])
+            pthread_join(threads[b], NULL);
+        else /* no thread to be had: scanned here */
+            collect_runs(&bands[b]);
+    }
+#else
+    for (int b = 0; b < band_count; b++)
+        collect_runs(&bands[b]);
+#endif
+    ptrdiff_t total = 0;
+    for (int b = 0; b < band_count; b++) {
+        if (bands[b].status != IRST_OK)
+            return -1;
+        total += bands[b].count;
+    }
+    if (band_count == 1)
+        return total;
+    if (reserve((void **)&bands[0].runs, &bands[0].run_capacity, total, sizeof(run_t), FIRST_RUN_CAPACITY) != 0)
+        return -1;
+    run_t *runs = bands[0].runs;
+    ptrdiff_t offset = bands[0].count, upper_row = bands[0].last_row_begin;
+    for (int b = 1; b < band_count; b++) {
+        const band_t *band = &bands[b];
+        for (ptrdiff_t i = 0; i < band->count; i++) {
+            runs[offset + i] = band->runs[i];
+            runs[offset + i].link += (int32_t)offset;
+        }
+        join_seam(runs, upper_row, offset, offset, offset + band->first_row_end);
+        /* A band's last row is its first when it has one row: upper_row then starts at its first run. */
+        upper_row = offset + band->last_row_begin;
+        offset += band->count;
+    }
+    return total;
 }
 
 /* The per-pixel helpers must melt into the pass-2 loop: left as calls, dense maps take 20 % longer. */
@@ -326,7 +511,7 @@ static ptrdiff_t measure_components(const irst_map *map, float threshold, irst_w
                                     int32_t *labels)
 {
     const double weight_origin = (double)threshold;
-    run_t *runs = ws->runs;
+    run_t *runs = ws->bands[0].runs;
     accumulator current;
     int32_t count = 0, current_label = 0;
     for (ptrdiff_t i = 0; i < run_count; i++) {
@@ -397,13 +582,19 @@ static void finish(slot_t *slot, int64_t label)
 
 irst_workspace *irst_workspace_new(void)
 {
-    return calloc(1, sizeof(irst_workspace));
+    irst_workspace *ws = calloc(1, sizeof(irst_workspace));
+    if (ws)
+        ws->mask_row = fastest_row_mask();
+    return ws;
 }
 
 void irst_workspace_free(irst_workspace *ws)
 {
     if (ws) {
-        free(ws->runs);
+        for (int b = 0; b < IRST_MAX_THREADS; b++) {
+            free(ws->bands[b].runs);
+            free(ws->bands[b].words);
+        }
         free(ws->slots);
         free(ws);
     }
@@ -430,8 +621,8 @@ static ptrdiff_t apply_filter(const irst_filter *filter, slot_t *slots, ptrdiff_
     return kept;
 }
 
-int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, irst_workspace *ws,
-               irst_result *result)
+int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, int threads,
+               irst_workspace *ws, irst_result *result)
 {
     result->targets = NULL;
     result->count = 0;
@@ -440,7 +631,10 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     if (map->height > IRST_MAX_PIXELS / map->width)
         return IRST_TOO_LARGE;
 
-    const ptrdiff_t run_count = collect_runs(map, threshold, ws);
+    int band_count = threads < 1 ? 1 : threads > IRST_MAX_THREADS ? IRST_MAX_THREADS : threads;
+    if (band_count > map->height)
+        band_count = (int)map->height;
+    const ptrdiff_t run_count = collect_all_runs(map, threshold, band_count, ws);
     if (run_count < 0)
         return IRST_NO_MEMORY;
     const ptrdiff_t count = measure_components(map, threshold, ws, run_count, labels);
@@ -449,7 +643,9 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
     const ptrdiff_t kept = filter ? apply_filter(filter, ws->slots, count) : count;
-    shrink_excess((void **)&ws->runs, &ws->run_capacity, run_count, sizeof(run_t));
+    for (int b = 0; b < band_count; b++) /* band 0 held every run; the others only their own */
+        shrink_excess((void **)&ws->bands[b].runs, &ws->bands[b].run_capacity, b ? ws->bands[b].count : run_count,
+                      sizeof(run_t));
     shrink_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t));
     result->targets = kept ? &ws->slots[0].target : NULL;
     result->count = kept;

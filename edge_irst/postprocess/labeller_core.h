@@ -59,6 +59,9 @@ typedef struct {
 
 enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
 
+/* Most threads (row bands) one call uses. */
+#define IRST_MAX_THREADS 16
+
 /* Largest height * width accepted: run indices and labels are int32. */
 #define IRST_MAX_PIXELS ((ptrdiff_t)INT32_MAX)
 
@@ -73,11 +76,14 @@ enum { IRST_OK = 0, IRST_NO_MEMORY = 1, IRST_TOO_LARGE = 2 };
  * weights grow without bound); peak_logit = the largest logit, peak_x, peak_y = its first raster position;
  * mean_logit = mean of the logits (+inf if any is +inf). Every double sum is accumulated pixel by pixel in raster
  * order, so a reference that sums in that order reproduces the values bit for bit.
+ * threads: how many row bands to scan at once (clipped to 1..IRST_MAX_THREADS and to the height), each on a thread
+ *         of its own (the calling thread takes the first); the result does not depend on it, bit for bit. Threads
+ *         are created per call, so they pay off only on large maps (the Python wrapper decides "auto").
  * filter: NULL, or the targets to keep; the kept ones keep their labels (and their raster order), so labels can
  *         then have gaps; the label image still shows every target.
  * Returns IRST_OK, IRST_NO_MEMORY or IRST_TOO_LARGE (more than IRST_MAX_PIXELS); on failure result is empty and
  * the workspace stays usable. Memory: O(number of runs + number of targets), never per pixel; no global state. */
-int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, irst_workspace *ws,
-               irst_result *result);
+int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, int threads,
+               irst_workspace *ws, irst_result *result);
 
 #endif

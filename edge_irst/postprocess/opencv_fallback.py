@@ -15,12 +15,14 @@ import numpy as np
 from .records import INT_FIELDS, REAL_FIELDS
 
 
-def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray], target_filter) -> tuple:
+def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray], target_filter,
+                 threads: int = 1) -> tuple:
     """Targets of `logits > threshold` as (ints, reals) column blocks (records.py; contract of labeller_core.h).
 
     logits: float32, shape (H, W), any strides (validated by the caller). threshold: a float32-representable
     finite float. labels: None, or a zero-filled C-contiguous int32 (H, W) array that receives the target labels.
     target_filter: None, or the TargetFilter whose kept targets are returned (the label image shows them all).
+    threads: unused; OpenCV takes its thread count from cv2.setNumThreads().
     """
     threshold = np.float32(threshold)
     # `>` keeps NaN out of the foreground; ascontiguousarray because a transposed view yields a Fortran-ordered mask.

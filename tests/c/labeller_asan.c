@@ -2,15 +2,16 @@
  *
  * Labels many random maps (sparse, dense, checkerboard, all-on, stripes, NaN/inf sprinkled; shapes from 1x1 to
  * 70x200 including 1xN, Nx1 and widths around the 64-pixel word size; contiguous, strided, transposed and
- * reversed views; one workspace reused across maps, so its buffers grow and shrink) and checks every label and
- * every statistic against a naive 8-connected flood fill written here, bit for bit, and the target filter
- * against the same reference filtered here.
+ * reversed views; one workspace reused across maps, so its buffers grow and shrink; 1 to 5 row bands on as many
+ * threads) and checks every label and every statistic against a naive 8-connected flood fill written here, bit
+ * for bit, and the target filter against the same reference filtered here.
  *
- *   cc -std=c99 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
+ *   cc -std=c99 -pthread -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
  *      -I edge_irst/postprocess tests/c/labeller_asan.c edge_irst/postprocess/labeller_core.c -o labeller_asan
  *   ./labeller_asan [maps]          prints "ok: N maps, P pixels, T targets" and exits 0, or reports and exits 1
  *
- * tests/test_postprocess.py compiles and runs it (also with -DIRST_PORTABLE, the non-SIMD scan).
+ * tests/test_postprocess.py compiles and runs it (also with -DIRST_PORTABLE, the non-SIMD scan, and with
+ * -DIRST_NO_AVX2, the SSE2 scan where the CPU has AVX2).
  */
 #include "labeller_core.h"
 
@@ -192,7 +193,7 @@ static int check_filter(const irst_map *m, float threshold, irst_workspace *ws, 
     irst_filter filter = {sizes[random_below(4)], sizes[3 + random_below(4)], ratios[random_below(4)],
                           ratios[3 + random_below(4)], random_below(2)};
     irst_result result;
-    if (irst_label(m, threshold, NULL, &filter, ws, &result) != IRST_OK)
+    if (irst_label(m, threshold, NULL, &filter, 1 + random_below(5), ws, &result) != IRST_OK)
         return 0;
     ptrdiff_t kept = 0;
     for (int k = 0; k < count; k++) {
@@ -254,24 +255,26 @@ static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_
 
     irst_result result;
     memset(labels, 0, (size_t)(h * w) * sizeof *labels);
-    if (irst_label(&m, threshold, labels, NULL, ws, &result) != IRST_OK) {
-        fprintf(stderr, "irst_label failed on a %tdx%td map\n", h, w);
+    const int threads = 1 + random_below(5);
+    if (irst_label(&m, threshold, labels, NULL, threads, ws, &result) != IRST_OK) {
+        fprintf(stderr, "irst_label failed on a %tdx%td map (%d threads)\n", h, w, threads);
         return 0;
     }
     if (result.count != count) {
-        fprintf(stderr, "kind %d layout %d %tdx%td: %td targets, flood fill finds %d\n", kind, layout, h, w,
-                result.count, count);
+        fprintf(stderr, "kind %d layout %d %tdx%td, %d threads: %td targets, flood fill finds %d\n", kind, layout,
+                h, w, threads, result.count, count);
         return 0;
     }
     if (memcmp(labels, want_labels, (size_t)(h * w) * sizeof *labels) != 0) {
-        fprintf(stderr, "kind %d layout %d %tdx%td: label images differ\n", kind, layout, h, w);
+        fprintf(stderr, "kind %d layout %d %tdx%td, %d threads: label images differ\n", kind, layout, h, w, threads);
         return 0;
     }
     if (!compare_targets(result.targets, want, count, "with labels"))
         return 0;
     /* Again without a label image, and once in a while with a fresh workspace. */
     irst_workspace *fresh = random_below(8) == 0 ? irst_workspace_new() : NULL;
-    if (irst_label(&m, threshold, NULL, NULL, fresh ? fresh : ws, &result) != IRST_OK || result.count != count ||
+    if (irst_label(&m, threshold, NULL, NULL, 1 + random_below(5), fresh ? fresh : ws, &result) != IRST_OK ||
+        result.count != count ||
         !compare_targets(result.targets, want, count, "without labels")) {
         irst_workspace_free(fresh);
         return 0;
@@ -306,7 +309,7 @@ int main(int argc, char **argv)
     /* The empty map and a map with no foreground. */
     irst_result result;
     const irst_map empty = {storage, 0, 5, 5, 1};
-    ok = ok && irst_label(&empty, 0.0f, NULL, NULL, ws, &result) == IRST_OK && result.count == 0;
+    ok = ok && irst_label(&empty, 0.0f, NULL, NULL, 4, ws, &result) == IRST_OK && result.count == 0;
 
     irst_workspace_free(ws);
     free(storage);
