@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 
 from edge_irst.errors import EdgeIrstError, InputError
 
@@ -158,8 +160,9 @@ def run(args) -> int:
             stats.start()
             with contextlib.closing(detector.stream(source, args.max_frames, reconnect)) as results:
                 for result in results:
-                    sinks.write(result)
-                    stats.add(result)
+                    with interrupt_after_block():  # Ctrl-C between the two would count a frame not written
+                        sinks.write(result)
+                        stats.add(result)
                     if result.frame.truth is not None:
                         _tally(truth, match_truth(result.detections.x, result.detections.y,
                                                   result.frame.truth.centers))
@@ -189,6 +192,23 @@ def run(args) -> int:
     if failure is not None:
         raise failure
     return 130 if outcome == "interrupted" else 0
+
+
+@contextlib.contextmanager
+def interrupt_after_block():
+    """Holds a SIGINT that arrives inside the block and raises it as KeyboardInterrupt at the block's end, so
+    the outputs and the summary agree on what was done. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _tally(truth: dict, match) -> None:

@@ -213,6 +213,9 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     ints, reals = _resolve(implementation)(logits, threshold, labels, target_filter, threads)
     # The labellers build read-only blocks in Detections' layout (records.py, checked against the C extension at
     # import); from_blocks()'s per-call checks would cost a fifth of a sparse 256x256 labelling.
-    detections = Detections._trusted(ints, reals, _checked_metadata(
-        frame_index, timestamp, logits.shape if frame_shape is None else frame_shape))
+    if frame_index is None and timestamp is None and frame_shape is None:
+        metadata = {"frame_index": None, "timestamp": None, "frame_shape": logits.shape}  # nothing to check
+    else:
+        metadata = _checked_metadata(frame_index, timestamp, logits.shape if frame_shape is None else frame_shape)
+    detections = Detections._trusted(ints, reals, metadata)
     return (detections, labels) if return_labels else detections
