@@ -44,7 +44,7 @@ typedef union {
 /* The slots are returned as an irst_target array, so both must have the same stride. */
 typedef char slot_is_a_target[sizeof(slot_t) == sizeof(irst_target) ? 1 : -1];
 
-/* Foreground bits of one row, 64 pixels per word; words past the last pixel are 0 (see mask_row_with). */
+/* Foreground bits of one row, 64 pixels per word; bits past the last pixel are 0 (see MASK_ROW_WITH). */
 typedef void (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words);
 
 /* One band of rows scanned by pass 1: its runs, with links local to the band, and where its first and last rows'
