@@ -13,8 +13,11 @@
  * seam joined. Roots stay the lowest run index, so the numbering, and everything after it, is the same as with
  * one band. Pass 2 stays on the calling thread: it sums each component in raster order (see the header).
  */
-#if !defined(_POSIX_C_SOURCE) && (defined(__unix__) || defined(__APPLE__))
+#if defined(__unix__) || defined(__APPLE__)
+#define IRST_THREADS 1 /* row bands on pthreads; elsewhere they are scanned one after the other */
+#ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
+#endif
 #endif
 #include "labeller_core.h"
 
@@ -374,9 +377,8 @@ static void join_seam(run_t *runs, ptrdiff_t above, ptrdiff_t above_end, ptrdiff
     }
 }
 
-#if defined(__unix__) || defined(__APPLE__)
+#ifdef IRST_THREADS
 #include <pthread.h>
-#define IRST_THREADS 1
 static void *collect_runs_thread(void *band)
 {
     collect_runs(band);

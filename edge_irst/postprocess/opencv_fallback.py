@@ -16,7 +16,7 @@ from .records import INT_FIELDS, REAL_FIELDS
 
 
 def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarray], target_filter,
-                 threads: int = 1) -> tuple:
+                 threads: int) -> tuple:
     """Targets of `logits > threshold` as (ints, reals) column blocks (records.py; contract of labeller_core.h).
 
     logits: float32, shape (H, W), any strides (validated by the caller). threshold: a float32-representable
