@@ -61,6 +61,9 @@ class TrainConfig:
     device: str = "auto"
     out: str = "runs/train"
     init: Optional[str] = None  # warm start: weights from this checkpoint, fresh optimizer and lr schedule
+    # Exponential moving average of the weights (and BN statistics), e.g. 0.999 ~ the last 1000 steps; 0 = off.
+    # With it on, validation, best.pt and the best-epoch choice use the averaged weights.
+    ema_decay: float = 0.0
     max_iters_per_epoch: Optional[int] = None  # for smoke tests
 
 
@@ -154,6 +157,8 @@ class Trainer:
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         self.train_samples = _load_images(cfg.train, self.contract, cfg.holdout if not cfg.val else 0, False)
         self.val_samples = (_load_images(cfg.val, self.contract, 0, False) if cfg.val
                             else _load_images(cfg.train, self.contract, cfg.holdout, True))
@@ -173,6 +178,20 @@ class Trainer:
         elif prior is not None:
             x, _ = next(self._batches(self._PRIOR_STREAM))  # its own stream: the epochs' draws stay unchanged
             prior(x.to(self.device))
+        self.ema = self._make_ema()
+
+    def _make_ema(self):
+        """torch's AveragedModel (EMA of parameters and buffers), built after any warm start so it starts there."""
+        if not self.cfg.ema_decay:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
+
+    @property
+    def eval_model(self):
+        """The weights that are validated and saved as best.pt: the EMA when enabled, else the trained ones."""
+        return self.model if self.ema is None else self.ema.module
 
     def _warm_start(self, path: Path) -> None:
         """Start from another run's weights (e.g. a longer schedule on top of an earlier best.pt); only the weights
@@ -194,6 +213,8 @@ class Trainer:
             "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.ema is not None:
+            state["ema_state"] = self.ema.state_dict()
         path = self.out / "last.pt"
         torch.save(state, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
@@ -207,6 +228,11 @@ class Trainer:
             raise InputError(f"{path} trains {state['config']['model']!r}, not {self.cfg.model!r}")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
+        if (self.ema is None) != ("ema_state" not in state):
+            raise InputError(f"{path} was saved with ema_decay={state['config'].get('ema_decay', 0.0)}; "
+                             f"this run has {self.cfg.ema_decay}: resume with the same setting")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema_state"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.best_iou, self.history = state["best_iou"], state["history"]
@@ -241,6 +267,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.iteration += 1
                 losses.append(loss.item())
                 seen += x.shape[0]
@@ -253,10 +281,12 @@ class Trainer:
         stop = self.cfg.epochs if epochs_this_run is None else min(self.cfg.epochs, self.epoch + epochs_this_run)
         while self.epoch < stop:
             stats = self.train_epoch()
-            val = validate(self.model, self.val_samples, self.contract, self.device)
+            val = validate(self.eval_model, self.val_samples, self.contract, self.device)
             self.epoch += 1
-            row = {"epoch": self.epoch, "iteration": self.iteration, **stats,
-                   **{f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))}}
+            row = {"epoch": self.epoch, "iteration": self.iteration, **stats, **{f"val_{k}": v for k, v in val.items()}}
+            if self.ema is not None:  # the raw weights too, so the log shows what the averaging buys
+                raw = validate(self.model, self.val_samples, self.contract, self.device)
+                row.update({f"val_raw_{k}": v for k, v in raw.items()})
             self.history.append(row)
             if val["iou"] > self.best_iou:
                 self.best_iou = val["iou"]
@@ -272,7 +302,7 @@ class Trainer:
     def save_best(self, row: dict) -> Path:
         meta = {"train_config": dataclasses.asdict(self.cfg), "epoch": row["epoch"], "validation": row,
                 "trained_with": "edge-irst train"}
-        return save_checkpoint(self.out / "best.pt", self.model, self.cfg.model, self.cfg.model_overrides,
+        return save_checkpoint(self.out / "best.pt", self.eval_model, self.cfg.model, self.cfg.model_overrides,
                                self.contract, meta)
 
     def _write_logs(self) -> None:

@@ -103,3 +103,28 @@ def test_warm_start_takes_the_weights_but_a_fresh_schedule(tiny_dataset, tmp_pat
     with pytest.raises(Exception, match="model config"):
         Trainer(_config(tiny_dataset, tmp_path / "other", init=str(tmp_path / "first" / "best.pt"),
                         model_overrides={"asymmetric_kernel": 5}))
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tiny_dataset, tmp_path):
+    one = Trainer(_config(tiny_dataset, tmp_path / "one", epochs=1, ema_decay=0.5))
+    one.fit()  # one epoch: it is the best, so best.pt must hold the averaged weights, not the trained ones
+    trained, averaged = one.model.state_dict(), one.ema.module.state_dict()
+    assert any(not torch.equal(averaged[k], v) for k, v in trained.items() if v.is_floating_point())
+    best = load_checkpoint(tmp_path / "one" / "best.pt").model.state_dict()
+    for name, value in best.items():
+        assert torch.allclose(value.float(), averaged[name].float(), atol=1e-6), name
+    assert {"val_raw_iou", "val_iou"} <= set(one.history[0])
+
+    straight = Trainer(_config(tiny_dataset, tmp_path / "straight", ema_decay=0.5))
+    straight.fit()
+    first = Trainer(_config(tiny_dataset, tmp_path / "split", ema_decay=0.5))
+    first.fit(epochs_this_run=1)
+    resumed = Trainer(_config(tiny_dataset, tmp_path / "split", ema_decay=0.5))
+    resumed.load_state(tmp_path / "split" / "last.pt")
+    resumed.fit()
+    for name, value in resumed.ema.module.state_dict().items():
+        assert torch.allclose(value.float(), straight.ema.module.state_dict()[name].float(), atol=1e-6), name
+    with pytest.raises(Exception, match="ema_decay"):
+        Trainer(_config(tiny_dataset, tmp_path / "split")).load_state(tmp_path / "split" / "last.pt")
+    with pytest.raises(Exception, match="ema_decay"):
+        Trainer(_config(tiny_dataset, tmp_path / "bad", ema_decay=1.0))

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blur", type=float, default=0.5, dest="blur_prob", help="Gaussian blur probability")
     p.add_argument("--synthetic-targets", type=float, default=0.0, dest="synthetic_targets_prob",
                    help="probability of pasting simulated point targets onto a training crop")
+    p.add_argument("--ema", type=float, default=0.0, dest="ema_decay", metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999); validation and best.pt "
+                        "use it (default: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
