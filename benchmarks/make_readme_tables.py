@@ -89,6 +89,11 @@ def postprocess_section(doc: dict) -> str:
         verdict = "met" if t["met"] else "**not met**"
         lines.append(f"- {t['maps']} {t['size']} vs {t['against']} ({t['clock']}): worst {t['worst']:.2f}x "
                      f"({t['worst_map']}), required {t['required']:g}x: {verdict}.")
+    stress = doc.get("stress")
+    if stress:
+        slower = " — slower than OpenCV" if stress["worst"] < 1 else ""
+        lines.append(f"- checkerboard (a stress map beyond the issue's dense maps, no target) vs {stress['against']} "
+                     f"({stress['clock']}): worst {stress['worst']:.2f}x ({stress['worst_map']}){slower}.")
     return "\n".join(lines)
 
 

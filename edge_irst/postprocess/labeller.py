@@ -53,8 +53,9 @@ def _load_c_labeller() -> tuple:
     per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
 
     def label_blocks(logits, threshold, labels, target_filter, threads):
-        workspace = getattr(per_thread, "workspace", None)
-        if workspace is None:
+        try:
+            workspace = per_thread.workspace
+        except AttributeError:  # this thread's first call
             workspace = per_thread.workspace = _labeller.new_workspace()
         bounds = None if target_filter is None else target_filter.c_bounds
         return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace, bounds, threads))

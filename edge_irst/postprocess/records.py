@@ -19,7 +19,17 @@ TARGET_FIELDS = tuple((name, "i8") for name in INT_FIELDS) + tuple((name, "f8") 
 BYTES_PER_TARGET = 8 * len(TARGET_FIELDS)
 
 
+_INT64, _FLOAT64 = np.dtype(np.int64), np.dtype(np.float64)
+_INT_ROWS, _REAL_ROWS = len(INT_FIELDS), len(REAL_FIELDS)
+
+
 def blocks_from_bytes(buffer: bytes) -> tuple:
-    """(ints, reals) read-only views of the C extension's output: the int block, then the real block."""
-    rows = np.frombuffer(buffer, np.int64).reshape(len(TARGET_FIELDS), -1)
-    return rows[:len(INT_FIELDS)], rows[len(INT_FIELDS):].view(np.float64)
+    """(ints, reals) read-only views of the C extension's output: the int block, then the real block.
+
+    Built with the ndarray constructor straight over the buffer (two calls instead of frombuffer + reshape +
+    slicing + view: half the cost, which matters on a sparse frame, where the whole labelling takes microseconds).
+    The views are read-only because bytes are immutable.
+    """
+    count = len(buffer) // BYTES_PER_TARGET
+    return (np.ndarray((_INT_ROWS, count), _INT64, buffer),
+            np.ndarray((_REAL_ROWS, count), _FLOAT64, buffer, 8 * _INT_ROWS * count))
