@@ -116,9 +116,22 @@ def _make_optimizer(cfg: TrainConfig, params):
 
 
 def _device(name: str) -> torch.device:
+    """auto = the first GPU when torch sees one, else the CPU; a named device must exist (a clear error instead of
+    torch's assertion at the first tensor moved)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"device {name!r}: {exc}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU here; train with "
+                             f"--device cpu, or --device auto to use a GPU only where there is one")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {name!r}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
+    return device
 
 
 @torch.no_grad()

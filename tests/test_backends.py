@@ -545,6 +545,29 @@ def test_opencv_missing_dnn_target_errors_or_falls_back(authors_dir, batch, refe
     assert_agrees(backend.run(batch[:1]), reference[:1])
 
 
+def test_opencv_float16_onnx_runs_or_is_refused_by_name(tmp_path, batch, reference):
+    """OpenCV 5.1's engine cannot load a float16 ONNX (4.x and 5.0 could): the error must name the file and the
+    way out at load time, not surface as a raw cv2.error at the first frame."""
+    onnx = pytest.importorskip("onnx", reason="making a float16 ONNX needs the onnx package ([export] extra)")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from edge_irst.assets import default_model
+
+    fp16 = tmp_path / "lw_irstnet_fp16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(default_model() / "lw_irstnet_fp32.onnx")),
+                                       keep_io_types=True), str(fp16))
+    with load_backend(default_model() / "lw_irstnet_fp32.onnx", backend="opencv", threads=1) as fp32:
+        expected = fp32.run(batch[:1])
+    try:
+        backend = load_backend(fp16, backend="opencv", threads=1)
+    except ModelFileError as exc:
+        assert str(fp16) in str(exc) and "fp32 artifact" in str(exc) and "onnxruntime" in str(exc)
+        return
+    with backend:
+        logits = backend.run(batch[:1])
+    assert ((logits > 0) == (expected > 0)).mean() > 0.999
+
+
 def test_opencv_corrupt_onnx(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 10)

@@ -128,3 +128,12 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_dataset, tmp_path):
         Trainer(_config(tiny_dataset, tmp_path / "split")).load_state(tmp_path / "split" / "last.pt")
     with pytest.raises(Exception, match="ema_decay"):
         Trainer(_config(tiny_dataset, tmp_path / "bad", ema_decay=1.0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: cuda is not missing here")
+def test_a_missing_gpu_is_named_before_any_work(tiny_dataset, tmp_path):
+    with pytest.raises(Exception, match="sees no CUDA GPU.*--device cpu"):
+        Trainer(_config(tiny_dataset, tmp_path / "gpu", device="cuda"))
+    with pytest.raises(Exception, match="expected auto, cpu, cuda"):
+        Trainer(_config(tiny_dataset, tmp_path / "bogus", device="gpu0"))
+    assert Trainer(_config(tiny_dataset, tmp_path / "auto", device="auto")).device.type == "cpu"

@@ -27,7 +27,15 @@ DEVICES = {
 }
 
 
+def _cpu_only_engine(cv2) -> bool:
+    """OpenCV >= 5.1: the classic engine, the only one that honours DNN targets, is gone (5.0 had ENGINE_CLASSIC
+    beside ENGINE_AUTO; 4.x has neither), and the engine left runs on the CPU whatever target is set."""
+    return hasattr(cv2.dnn, "ENGINE_AUTO") and not hasattr(cv2.dnn, "ENGINE_CLASSIC")
+
+
 def _available(cv2, device: str) -> bool:
+    if device != "cpu" and _cpu_only_engine(cv2):
+        return False
     backend, target = (getattr(cv2.dnn, name, None) for name in DEVICES[device])
     return backend is not None and target is not None and target in cv2.dnn.getAvailableTargets(backend)
 
@@ -50,9 +58,14 @@ class OpenCVBackend(Backend):
         if self.device not in DEVICES:
             raise InputError(f"opencv device {self.device!r} not understood: accepted {', '.join(DEVICES)}")
         if not _available(cv2, self.device):
-            self._device_unavailable(f"this OpenCV build has no DNN target for {self.device!r} (it offers: cpu"
-                                     f"{''.join(', ' + d for d in DEVICES if d != 'cpu' and _available(cv2, d))})",
-                                     "Use an OpenCV build with that DNN backend")
+            if _cpu_only_engine(cv2):
+                self._device_unavailable(f"OpenCV {cv2.__version__}'s DNN engine runs on the CPU only, so it has no "
+                                         f"DNN target for {self.device!r}", "Use OpenCV 4.x or 5.0 for DNN targets")
+            else:
+                self._device_unavailable(
+                    f"this OpenCV build has no DNN target for {self.device!r} (it offers: cpu"
+                    f"{''.join(', ' + d for d in DEVICES if d != 'cpu' and _available(cv2, d))})",
+                    "Use an OpenCV build with that DNN backend")
             self.device = "cpu"
         # OpenCV 5's new graph engine (the default) runs on the CPU only and ignores targets; an accelerator
         # needs the classic engine. OpenCV 4 has one engine and no `engine` argument.
@@ -62,6 +75,11 @@ class OpenCVBackend(Backend):
         except cv2.error as exc:
             raise ModelFileError(f"{self.path}: OpenCV DNN cannot read it as ONNX "
                                  f"({str(exc).strip().splitlines()[-1]})") from exc
+        if self.net.empty():  # OpenCV 5.1 logs the node it stopped at and returns an empty net instead of raising
+            raise ModelFileError(
+                f"{self.path}: OpenCV {cv2.__version__}'s DNN engine cannot load this model (its log above names "
+                f"the node); float16 ONNX graphs are among those it refuses: run the fp32 artifact (OpenCV DNN "
+                f"computes in float32 on the CPU anyway) or this file with the onnxruntime backend")
         if self.device != "cpu":
             backend, target = (getattr(cv2.dnn, name) for name in DEVICES[self.device])
             self.net.setPreferableBackend(backend)
@@ -74,8 +92,8 @@ class OpenCVBackend(Backend):
         self.outputs = [TensorSpec(out_name, (1, 1, *hw), "float32")]
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        self.net.setInput(batch)
         try:
+            self.net.setInput(batch)
             logits = self.net.forward(self.outputs[0].name)
         except self._cv2.error as exc:
             raise InputError(f"OpenCV DNN failed on {self.path.name} for a {batch.shape[2]}x{batch.shape[3]} "
