@@ -125,7 +125,7 @@ def _device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise InputError(f"device {name!r}: {exc}; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = torch.cuda.device_count()  # 0 on a CPU-only build or without a usable driver
         if count == 0:
             raise InputError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU here; train with "
                              f"--device cpu, or --device auto to use a GPU only where there is one")

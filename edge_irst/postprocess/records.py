@@ -32,4 +32,4 @@ def blocks_from_bytes(buffer: bytes) -> tuple:
     """
     count = len(buffer) // BYTES_PER_TARGET
     return (np.ndarray((_INT_ROWS, count), _INT64, buffer),
-            np.ndarray((_REAL_ROWS, count), _FLOAT64, buffer, 8 * _INT_ROWS * count))
+            np.ndarray((_REAL_ROWS, count), _FLOAT64, buffer, _INT64.itemsize * _INT_ROWS * count))
