@@ -34,8 +34,14 @@ OPSET = 18
 # other runtimes and EPs (TensorRT, OpenVINO, QNN, XNNPACK) consume: QDQ it is. With the PRelu -> LeakyRelu
 # rewrite (shared_slope_prelu_to_leaky_relu) both get faster, int8 QDQ ~2.3x, but int8 still does not beat fp32
 # here (7.1 vs 5.8 ms in one interleaved run): the tensors are small and the three ConvTranspose stay float.
+# MaxPool stays float (_max_pools, _pools_of_inputs_in_float): onnxruntime runs a quantised MaxPool with its generic
+# uint8 kernel, which took 4.5 of 24 ms per frame (3 nodes; the same pools in float 0.3 ms) in a profiled run of
+# the bundled LW-IRSTNet on an AVX-512 Xeon. onnxruntime still folds DequantizeLinear -> MaxPool -> QuantizeLinear
+# back into a uint8 pool where both carry the same calibrated scale (exact, as max commutes with the mapping).
+# Figures: benchmarks/backends.py in the README (int8 vs fp32 onnxruntime rows).
 _QUANT = {"quant_format": "QDQ", "per_channel": True, "weight_type": "int8", "activation_type": "uint8",
-          "float_nodes": "the output head (_output_heads)"}
+          "float_nodes": "the output head (_output_heads), MaxPool (_max_pools) and a pool of a graph input with "
+                         "its output (_pools_of_inputs_in_float)"}
 
 
 def _set_contract(model_proto, contract: ModelContract) -> None:
@@ -142,26 +148,30 @@ class _Batches:
         return next(self._feeds, None)
 
 
-def _output_heads(fp32_onnx: Path) -> list[str]:
+def _output_heads(graph) -> list[str]:
     """Names of the nodes that write a graph output: kept in float by the int8 export.
 
     The logit map is what gets thresholded; quantised to uint8 it loses the resolution near the threshold where
     a small target's few pixels sit. Measured on our LW-IRSTNet weights, with the 64 verification frames of `make
     bundle`: mask IoU vs fp32 0.900 with the 1-channel head quantised, 0.925 in float, for one float ConvTranspose.
     """
-    import onnx
-
-    graph = onnx.load(str(fp32_onnx)).graph
     outputs = {o.name for o in graph.output}
     return [node.name for node in graph.node if outputs.intersection(node.output) and node.name]
 
 
+def _max_pools(graph) -> list[str]:
+    """Names of the MaxPool nodes: kept in float by the int8 export (see _QUANT)."""
+    return [node.name for node in graph.node if node.op_type == "MaxPool" and node.name]
+
+
 def _quantize_int8(fp32_onnx: Path, out_path: Path, contract: ModelContract, calib_batches) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calib_batches:
         raise InputError("int8 ONNX export needs calibration frames (float32 NCHW [1, C, H, W], preprocessed with "
                          "the contract): pass --calib DIR with representative frames")
+    graph = onnx.load(str(fp32_onnx)).graph
     # quantize_static logs two "consider pre-processing" hints through the root logger on every call; the model
     # is already simplified (onnxslim), so they are noise here.
     root = logging.getLogger()
@@ -171,9 +181,59 @@ def _quantize_int8(fp32_onnx: Path, out_path: Path, contract: ModelContract, cal
         quantize_static(str(fp32_onnx), str(out_path), _Batches(contract.input_name, calib_batches),
                         quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=_output_heads(fp32_onnx))
+                        nodes_to_exclude=_output_heads(graph) + _max_pools(graph))
     finally:
         root.setLevel(level)
+    quantized = onnx.load(str(out_path))
+    if _pools_of_inputs_in_float(quantized.graph):
+        onnx.save(quantized, str(out_path))
+
+
+def _pools_of_inputs_in_float(graph) -> int:
+    """Runs each MaxPool of a graph input in float: returns how many.
+
+    quantize_static leaves such a pool reading DequantizeLinear(QuantizeLinear(input)) and writing a
+    QuantizeLinear -> DequantizeLinear pair, which onnxruntime folds into its slow uint8 pool (see _QUANT); on
+    LW-IRSTNet that is the stem's pool of the 3 x 256 x 256 image, 2.5 ms of a 20 ms frame in a profiled run.
+    Pointing the pool at the float input alone does not help: onnxruntime's QDQ propagation moves the
+    QuantizeLinear that follows up above the pool. So the pair after the pool goes too, and its consumer (the
+    stem's Concat) reads float; onnxruntime then runs that Concat in float and quantises its output, one rounding
+    fewer than before. Only graph inputs: a float tensor that an operator writes would have to stay materialised
+    for the pool, undoing that operator's fusion with its QuantizeLinear."""
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(tensor: str, op_type: str):
+        found = consumers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+    inputs = {value.name for value in graph.input}
+    dropped = []
+    for pool in [node for node in graph.node if node.op_type == "MaxPool"]:
+        dequantized_input = producer.get(pool.input[0])
+        quantized_input = producer.get(dequantized_input.input[0]) \
+            if dequantized_input is not None and dequantized_input.op_type == "DequantizeLinear" else None
+        if quantized_input is None or quantized_input.op_type != "QuantizeLinear" \
+                or quantized_input.input[0] not in inputs:
+            continue
+        quantize = only_consumer(pool.output[0], "QuantizeLinear")
+        dequantize = quantize and only_consumer(quantize.output[0], "DequantizeLinear")
+        if dequantize is None:
+            continue
+        pool.input[0] = quantized_input.input[0]
+        for consumer in consumers.get(dequantize.output[0], []):
+            consumer.input[:] = [pool.output[0] if name == dequantize.output[0] else name for name in consumer.input]
+        dropped += [quantize, dequantize]
+    for node in dropped:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    params = {name for node in dropped for name in node.input[1:]} - used
+    for initializer in [i for i in graph.initializer if i.name in params]:
+        graph.initializer.remove(initializer)
+    return len(dropped) // 2
 
 
 def convert_onnx(fp32_onnx: Path, contract: ModelContract, out_path: Path, precision: str,

@@ -139,6 +139,12 @@ def test_model_folder_ncnn_pair_and_missing_files(authors_dir, tmp_path):
 
 
 # ---- onnxruntime -----------------------------------------------------------------------------------------------
+def test_bundled_int8_onnx_runs_its_max_pools_in_float(check_float_max_pools):
+    from edge_irst.assets import default_model
+
+    check_float_max_pools(default_model() / "lw_irstnet_int8.onnx")
+
+
 def test_onnxruntime_reads_spec_and_contract(ort_backend):
     assert ort_backend.inputs[0].name == "input" and ort_backend.inputs[0].shape == (1, 3, 256, 256)
     assert ort_backend.outputs[0].shape == (1, 1, 256, 256)

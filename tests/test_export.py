@@ -146,6 +146,10 @@ def test_int8_onnx_is_qdq_with_per_channel_weights(report):
     assert weight_dq, "expected per-channel (1-D) weight scales"
 
 
+def test_int8_onnx_runs_its_max_pools_in_float(report, check_float_max_pools):
+    check_float_max_pools(report.path("onnx", "int8"))
+
+
 def test_ncnn_fp32_artifact_stores_fp32_weights(report, model):
     """pnnx writes fp16 weights unless told fp16=0: the fp32 .bin must hold ~4 bytes per parameter."""
     params = sum(p.numel() for p in model.parameters())
