@@ -211,6 +211,7 @@ def _pools_of_inputs_in_float(graph) -> int:
         return found[0] if len(found) == 1 and found[0].op_type == op_type else None
 
     inputs = {value.name for value in graph.input}
+    outputs = {value.name for value in graph.output}
     dropped = []
     for pool in [node for node in graph.node if node.op_type == "MaxPool"]:
         dequantized_input = producer.get(pool.input[0])
@@ -221,7 +222,7 @@ def _pools_of_inputs_in_float(graph) -> int:
             continue
         quantize = only_consumer(pool.output[0], "QuantizeLinear")
         dequantize = quantize and only_consumer(quantize.output[0], "DequantizeLinear")
-        if dequantize is None:
+        if dequantize is None or dequantize.output[0] in outputs:
             continue
         pool.input[0] = quantized_input.input[0]
         for consumer in consumers.get(dequantize.output[0], []):
