@@ -914,7 +914,9 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
                      _ms(m["preprocess"]), _ms(m["inference"]), _ms(m["postprocess"]), _ms(m["latency"]),
                      _ms(p["fps"], 1), _ms(p["cpu_ms_per_frame"]))
             table.append(cells + _ratio_cell(comparison, r["name"], "pipeline_fps"))
-        lines += ["", "stage medians in ms; FPS end to end (reader thread overlaps decode+preprocess with inference)",
+        lines += ["", "stage medians in ms; FPS end to end (reader thread overlaps decode+preprocess with inference); "
+                      "latency = capture to result, including the wait in the reader's prefetch queue, which a "
+                      "synthetic or file source keeps full (a live source runs in line, without one)",
                   text_table(table, header, align="ll")]
     notes = _thread_notes(ok, doc["machine"])
     if notes:
