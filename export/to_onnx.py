@@ -206,6 +206,10 @@ def _pools_of_inputs_in_float(graph) -> int:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
+    def written_by(tensor: str, op_type: str):
+        found = producer.get(tensor)
+        return found if found is not None and found.op_type == op_type else None
+
     def only_consumer(tensor: str, op_type: str):
         found = consumers.get(tensor, [])
         return found[0] if len(found) == 1 and found[0].op_type == op_type else None
@@ -214,11 +218,9 @@ def _pools_of_inputs_in_float(graph) -> int:
     outputs = {value.name for value in graph.output}
     dropped = []
     for pool in [node for node in graph.node if node.op_type == "MaxPool"]:
-        dequantized_input = producer.get(pool.input[0])
-        quantized_input = producer.get(dequantized_input.input[0]) \
-            if dequantized_input is not None and dequantized_input.op_type == "DequantizeLinear" else None
-        if quantized_input is None or quantized_input.op_type != "QuantizeLinear" \
-                or quantized_input.input[0] not in inputs:
+        dequantized_input = written_by(pool.input[0], "DequantizeLinear")
+        quantized_input = dequantized_input and written_by(dequantized_input.input[0], "QuantizeLinear")
+        if quantized_input is None or quantized_input.input[0] not in inputs:
             continue
         quantize = only_consumer(pool.output[0], "QuantizeLinear")
         dequantize = quantize and only_consumer(quantize.output[0], "DequantizeLinear")
