@@ -4,6 +4,7 @@ AddressSanitizer."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -377,6 +378,29 @@ def test_active_implementation_is_reported():
     assert "opencv" in info["available"] and info["detail"]
     if REQUIRE_EXT:
         assert C_BUILT, f"EDGE_IRST_REQUIRE_EXT=1 but the C labeller is unavailable: {info['detail']}"
+    if IMPLEMENTATION == "c":
+        assert info["scan"] in _expected_scans() and info["scan"] in info["detail"]
+    else:
+        assert info["scan"] is None
+
+
+def _cpu_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith(("flags", "Features"))
+            for flag in line.split(":", 1)[1].split()}
+
+
+def _expected_scans() -> tuple:
+    """The scans the C labeller may pick on this CPU, best first (one, where /proc/cpuinfo tells)."""
+    machine, flags = platform.machine().lower(), _cpu_flags()
+    if machine in ("x86_64", "amd64", "i686", "i386"):
+        if not flags:
+            return ("avx512", "avx2", "sse2")
+        return ("avx512",) if "avx512f" in flags else ("avx2",) if "avx2" in flags else ("sse2",)
+    return ("neon",) if machine in ("aarch64", "arm64") else ("portable",)
 
 
 def test_environment_variable_chooses_and_missing_extension_falls_back(monkeypatch):
@@ -556,16 +580,25 @@ def _build(compiler, sources, output, flags):
                            "-o", str(output), "-lm"], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("scan, sanitizer", [("simd", "address,undefined"), ("sse2", "address,undefined"),
-                                              ("portable", "address,undefined"), ("simd", "thread")])
+@pytest.mark.parametrize("scan, sanitizer", [("simd", "address,undefined"), ("avx2", "address,undefined"),
+                                              ("sse2", "address,undefined"), ("portable", "address,undefined"),
+                                              ("simd", "thread")])
 def test_c_core_under_sanitizers_matches_a_flood_fill(tmp_path, scan, sanitizer):
-    """simd: the scan this CPU gets (AVX2 where it has it); sse2: the x86 baseline; portable: plain C. The driver
-    labels with 1-5 row bands on threads: ThreadSanitizer checks that they share nothing they write."""
+    """simd: the scan this CPU gets (AVX-512 or AVX2 where it has them); avx2: with AVX-512 compiled out; sse2:
+    the x86 baseline; portable: plain C. The driver says which scan ran, so a test meant for one scan cannot pass
+    on another. It labels with 1-5 row bands on threads: ThreadSanitizer checks that they share nothing they
+    write."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    if scan in ("avx2", "sse2") and not x86:
+        pytest.skip(f"the {scan} scan exists on x86 only")
+    if scan == "avx2" and _expected_scans()[0] not in ("avx512", "avx2"):
+        pytest.skip("this CPU has no AVX2")
     compiler = _c_compiler()
     if compiler is None:
         pytest.skip("no C compiler (cc, gcc, clang or $CC) to build the sanitizer driver")
     flags = ["-g", "-O1", "-fno-omit-frame-pointer", f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all",
-             "-Wall", "-Wextra", *{"simd": [], "sse2": ["-DIRST_NO_AVX2"], "portable": ["-DIRST_PORTABLE"]}[scan]]
+             "-Wall", "-Wextra", *{"simd": [], "avx2": ["-DIRST_NO_AVX512"], "sse2": ["-DIRST_NO_AVX2"],
+                                   "portable": ["-DIRST_PORTABLE"]}[scan]]
     driver = tmp_path / "labeller_sanitized"
     build = _build(compiler, [ASAN_DRIVER, POSTPROCESS / "labeller_core.c"], driver, flags)
     if build.returncode != 0:
@@ -581,6 +614,8 @@ def test_c_core_under_sanitizers_matches_a_flood_fill(tmp_path, scan, sanitizer)
     run = subprocess.run([str(driver), str(maps)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith(f"ok: {maps} maps"), run.stdout
+    ran = run.stdout.split(", ")[-1].split()[0]
+    assert ran in (_expected_scans() if scan == "simd" else (scan,)), run.stdout
     assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr
 
 
@@ -596,6 +631,7 @@ def test_c_core_neon_scan_on_aarch64_under_qemu(tmp_path):
     assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
     run = subprocess.run([qemu, str(driver), "400"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.startswith("ok: 400 maps"), run.stdout + run.stderr
+    assert run.stdout.rstrip().endswith("neon scan"), run.stdout
 
 
 # -- the build ----------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _postprocess() -> dict:
     if callable(describe):
         detail = describe()
         info["detail"] = ("; ".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}"
-                                    for k, v in detail.items() if k != "implementation")
+                                    for k, v in detail.items() if k != "implementation" and v is not None)
                           if isinstance(detail, dict) else str(detail))
     return info
 

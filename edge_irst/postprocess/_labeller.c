@@ -236,7 +236,8 @@ PyMODINIT_FUNC PyInit__labeller(void)
         return NULL;
     }
     if (PyModule_AddIntConstant(module, "RECORD_SIZE", (long)sizeof(irst_target)) != 0 ||
-        PyModule_AddStringConstant(module, "COMPILER", COMPILER_NAME) != 0) {
+        PyModule_AddStringConstant(module, "COMPILER", COMPILER_NAME) != 0 ||
+        PyModule_AddStringConstant(module, "SCAN", irst_scan_name()) != 0) {
         Py_DECREF(module);
         return NULL;
     }

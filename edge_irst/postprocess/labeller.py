@@ -49,6 +49,8 @@ def _load_c_labeller() -> tuple:
         return None, f"the C extension is not built ({exc})"
     if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != BYTES_PER_TARGET:
         return None, "the C extension is stale (its target fields differ from records.py)"
+    if not hasattr(_labeller, "SCAN"):
+        return None, "the C extension is stale (it predates the run-time choice of its scan)"
 
     per_thread = threading.local()  # one workspace (reused run buffers) per thread: the C call releases the GIL
 
@@ -61,6 +63,7 @@ def _load_c_labeller() -> tuple:
         return blocks_from_bytes(_labeller.label(logits, threshold, labels, workspace, bounds, threads))
 
     label_blocks.compiler = _labeller.COMPILER
+    label_blocks.scan = _labeller.SCAN
     return label_blocks, None
 
 
@@ -80,7 +83,7 @@ def _select() -> tuple:
     if requested == "opencv":
         return "opencv", "forced by " + ENVIRONMENT_VARIABLE, available
     if c_labeller:
-        return "c", "C extension built with " + c_labeller.compiler, available
+        return "c", f"C extension built with {c_labeller.compiler}, {c_labeller.scan} scan", available
     fix = "rebuild it with a C compiler: pip install -e . (EDGE_IRST_REQUIRE_EXT=1 turns a failed build into an error)"
     if requested == "c":
         raise EdgeIrstError(f"{ENVIRONMENT_VARIABLE}=c but {why_not}; {fix}, or set {ENVIRONMENT_VARIABLE}=opencv")
@@ -98,8 +101,12 @@ def available_implementations() -> tuple:
 
 
 def implementation_info() -> dict:
-    """{"implementation": active name, "detail": why / which compiler, "available": usable names}."""
-    return {"implementation": IMPLEMENTATION, "detail": _REASON, "available": list(available_implementations())}
+    """{"implementation": active name, "detail": why / which compiler, "available": usable names, "scan": the
+    instruction set of the C labeller's scan ("avx512", "avx2", "sse2", "neon", "portable"; chosen at run time on
+    x86), or None when the C labeller is not the active one}."""
+    scan = _AVAILABLE["c"].scan if IMPLEMENTATION == "c" else None
+    return {"implementation": IMPLEMENTATION, "detail": _REASON, "available": list(available_implementations()),
+            "scan": scan}
 
 
 def _resolve(name: Optional[str]) -> Labeller:

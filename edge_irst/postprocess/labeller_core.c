@@ -47,8 +47,9 @@ typedef union {
 /* The slots are returned as an irst_target array, so both must have the same stride. */
 typedef char slot_is_a_target[sizeof(slot_t) == sizeof(irst_target) ? 1 : -1];
 
-/* Foreground bits of one row, 64 pixels per word; bits past the last pixel are 0 (see MASK_ROW_WITH). */
-typedef void (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words);
+/* Foreground bits of one row, 64 pixels per word; bits past the last pixel are 0 (see MASK_ROW_WITH). Returns 0
+ * when the row holds no foreground, and then its words need not have been written; nonzero otherwise. */
+typedef uint64_t (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words);
 
 /* One band of rows scanned by pass 1: its runs, with links local to the band, and where its first and last rows'
  * runs are (for the seams). Band 0's runs are then extended by the others' into the workspace's run list. */
@@ -254,38 +255,103 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
 }
 
 /* Writes width / 64 + 1 words of foreground bits for one row: one more (empty) word when width is a multiple of
- * 64, so that a run reaching the last pixel still ends at an edge (at x = width). Inlined into one function per
- * instruction set, each called once per row through workspace->mask_row. */
+ * 64, so that a run reaching the last pixel still ends at an edge (at x = width); returns their OR. Inlined into
+ * one function per instruction set, each called once per row through workspace->mask_row. */
 #define MASK_ROW_WITH(word_mask)                                                                                \
     do {                                                                                                        \
         ptrdiff_t base = 0, k = 0;                                                                              \
+        uint64_t any = 0;                                                                                       \
         if (step == 1)                                                                                          \
             for (; base + 64 <= width; base += 64)                                                              \
-                words[k++] = word_mask(row + base, t);                                                          \
+                any |= words[k++] = word_mask(row + base, t);                                                   \
         for (; base < width; base += 64)                                                                        \
-            words[k++] = mask_strided(row + base * step, step, width - base < 64 ? (int)(width - base) : 64, t); \
+            any |= words[k++] = mask_strided(row + base * step, step,                                           \
+                                             width - base < 64 ? (int)(width - base) : 64, t);                  \
         if (width % 64 == 0)                                                                                    \
             words[k] = 0;                                                                                       \
+        return any;                                                                                             \
     } while (0)
 
-static void mask_row_baseline(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words)
+static uint64_t mask_row_baseline(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words)
 {
     MASK_ROW_WITH(mask64);
 }
 
 #ifdef IRST_AVX2_DISPATCH
-__attribute__((target("avx2"))) static void mask_row_avx2(const float *row, ptrdiff_t width, ptrdiff_t step, float t,
-                                                          uint64_t *words)
+__attribute__((target("avx2"))) static uint64_t mask_row_avx2(const float *row, ptrdiff_t width, ptrdiff_t step,
+                                                              float t, uint64_t *words)
 {
     MASK_ROW_WITH(mask64_avx2);
 }
 #endif
 
-static row_mask_fn fastest_row_mask(void)
+/* AVX-512F (Intel Xeon since Skylake-SP, AMD since Zen 4): the row is first tested as a whole, one MAXPS per 16
+ * pixels into four running maxima, and its words are computed only when it holds foreground, which most rows of a
+ * sparse map do not: the scan of an empty row is then a third of the AVX2 one's instructions, with no word stored
+ * and none read back. A compare into a mask register gives 16 bits at once, and masked loads (which cannot fault on
+ * the lanes they leave out) take the row's tail, so no pixel past the row is read. The NaN rule is the AVX2 one. */
+#if defined(IRST_AVX2_DISPATCH) && !defined(IRST_NO_AVX512)
+#define IRST_AVX512_DISPATCH 1
+__attribute__((target("avx512f"))) static inline uint64_t mask16_avx512(const float *p, ptrdiff_t left, __m512 tv)
 {
+    const __mmask16 lanes = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    return _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, p), tv, _CMP_GT_OQ);
+}
+
+__attribute__((target("avx512f"))) static uint64_t mask_row_avx512(const float *row, ptrdiff_t width, ptrdiff_t step,
+                                                                   float t, uint64_t *words)
+{
+    if (step != 1)
+        return mask_row_baseline(row, width, step, t, words);
+    const __m512 tv = _mm512_set1_ps(t);
+    __m512 m0 = tv, m1 = tv, m2 = tv, m3 = tv;
+    ptrdiff_t x = 0;
+    for (; x + 64 <= width; x += 64) {
+        m0 = _mm512_max_ps(_mm512_loadu_ps(row + x), m0);
+        m1 = _mm512_max_ps(_mm512_loadu_ps(row + x + 16), m1);
+        m2 = _mm512_max_ps(_mm512_loadu_ps(row + x + 32), m2);
+        m3 = _mm512_max_ps(_mm512_loadu_ps(row + x + 48), m3);
+    }
+    for (; x + 16 <= width; x += 16)
+        m0 = _mm512_max_ps(_mm512_loadu_ps(row + x), m0);
+    if (x < width) /* the lanes left out keep t, which is not > t */
+        m1 = _mm512_max_ps(_mm512_mask_loadu_ps(tv, (__mmask16)((1u << (width - x)) - 1), row + x), m1);
+    if (!_mm512_cmp_ps_mask(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)), tv, _CMP_GT_OQ))
+        return 0;
+    ptrdiff_t k = 0;
+    for (x = 0; x + 64 <= width; x += 64)
+        words[k++] = (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(row + x), tv, _CMP_GT_OQ) |
+                     (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(row + x + 16), tv, _CMP_GT_OQ) << 16 |
+                     (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(row + x + 32), tv, _CMP_GT_OQ) << 32 |
+                     (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(row + x + 48), tv, _CMP_GT_OQ) << 48;
+    uint64_t last = 0; /* the partial word, or the empty one after a multiple of 64 */
+    for (int q = 0; x + 16 * q < width; q++)
+        last |= mask16_avx512(row + x + 16 * q, width - x - 16 * q, tv) << (16 * q);
+    words[k] = last;
+    return 1;
+}
+#endif
+
+static row_mask_fn fastest_row_mask(const char **name)
+{
+#ifdef IRST_AVX512_DISPATCH
+    if (__builtin_cpu_supports("avx512f")) {
+        *name = "avx512";
+        return mask_row_avx512;
+    }
+#endif
 #ifdef IRST_AVX2_DISPATCH
-    if (__builtin_cpu_supports("avx2"))
+    if (__builtin_cpu_supports("avx2")) {
+        *name = "avx2";
         return mask_row_avx2;
+    }
+#endif
+#if defined(__SSE2__) && !defined(IRST_PORTABLE)
+    *name = "sse2";
+#elif defined(__aarch64__) && !defined(IRST_PORTABLE)
+    *name = "neon";
+#else
+    *name = "portable";
 #endif
     return mask_row_baseline;
 }
@@ -305,10 +371,11 @@ static void collect_runs(band_t *band)
     run_t *runs = band->runs;
     ptrdiff_t count = 0, above_begin = 0, above_end = 0;
     for (ptrdiff_t y = band->y_begin; y < band->y_end; y++) {
-        band->mask_row(map->data + y * map->row_stride, width, map->col_stride, band->threshold, band->words);
+        const int any = band->mask_row(map->data + y * map->row_stride, width, map->col_stride, band->threshold,
+                                       band->words) != 0;
         ptrdiff_t above = above_begin, start = -1;
         uint64_t carry = 0; /* 1 if the pixel before this word is foreground */
-        for (ptrdiff_t k = 0; k < word_count; k++) {
+        for (ptrdiff_t k = 0; any && k < word_count; k++) {
             const uint64_t word = band->words[k];
             uint64_t edges = word ^ ((word << 1) | carry);
             carry = word >> 63;
@@ -585,9 +652,17 @@ static void finish(slot_t *slot, int64_t label)
 irst_workspace *irst_workspace_new(void)
 {
     irst_workspace *ws = calloc(1, sizeof(irst_workspace));
+    const char *scan;
     if (ws)
-        ws->mask_row = fastest_row_mask();
+        ws->mask_row = fastest_row_mask(&scan);
     return ws;
+}
+
+const char *irst_scan_name(void)
+{
+    const char *name;
+    fastest_row_mask(&name);
+    return name;
 }
 
 void irst_workspace_free(irst_workspace *ws)

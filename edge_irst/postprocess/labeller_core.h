@@ -48,6 +48,9 @@ typedef struct irst_workspace irst_workspace;
 
 irst_workspace *irst_workspace_new(void); /* NULL when out of memory */
 void irst_workspace_free(irst_workspace *ws);
+/* The instruction set of the pass-1 scan, the fastest this CPU and this build allow (chosen at run time on x86):
+ * "avx512", "avx2", "sse2", "neon" or "portable". */
+const char *irst_scan_name(void);
 
 /* The paper's target filter (eq. 4), applied to the finished targets: keep a target only if
  * size_min < size < size_max and ratio_min < aspect_ratio < ratio_max (<= with `inclusive`). An open side is

@@ -8,10 +8,11 @@
  *
  *   cc -std=c99 -pthread -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
  *      -I edge_irst/postprocess tests/c/labeller_asan.c edge_irst/postprocess/labeller_core.c -o labeller_asan
- *   ./labeller_asan [maps]          prints "ok: N maps, P pixels, T targets" and exits 0, or reports and exits 1
+ *   ./labeller_asan [maps]          prints "ok: N maps, P pixels, T targets, S scan" and exits 0, or reports and
+ *                                   exits 1 (S: the instruction set the scan ran, see irst_scan_name())
  *
- * tests/test_postprocess.py compiles and runs it (also with -DIRST_PORTABLE, the non-SIMD scan, and with
- * -DIRST_NO_AVX2, the SSE2 scan where the CPU has AVX2).
+ * tests/test_postprocess.py compiles and runs it (also with -DIRST_PORTABLE, the non-SIMD scan, with
+ * -DIRST_NO_AVX512, the AVX2 scan where the CPU has AVX-512, and with -DIRST_NO_AVX2, the SSE2 scan).
  */
 #include "labeller_core.h"
 
@@ -319,6 +320,6 @@ int main(int argc, char **argv)
     free(want);
     if (!ok)
         return 1;
-    printf("ok: %d maps, %ld pixels, %ld targets\n", maps, pixels, targets);
+    printf("ok: %d maps, %ld pixels, %ld targets, %s scan\n", maps, pixels, targets, irst_scan_name());
     return 0;
 }
