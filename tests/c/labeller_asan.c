@@ -42,12 +42,13 @@ static double random_unit(void)
     return (double)(next_random() >> 11) / 9007199254740992.0;
 }
 
-enum { SPARSE, MEDIUM, HALF, MOSTLY_ON, CHECKERBOARD, ALL_ON, ALL_OFF, STRIPES, KINDS };
+/* RARE: mostly empty rows between a few targets (the scan skips background rows in blocks of 64 pixels). */
+enum { RARE, SPARSE, MEDIUM, HALF, MOSTLY_ON, CHECKERBOARD, ALL_ON, ALL_OFF, STRIPES, KINDS };
 
 /* Logit of pixel (y, x) of a map of this kind: > 0 is foreground at threshold 0, with some special values. */
 static float make_logit(int kind, int y, int x)
 {
-    static const double density[KINDS] = {0.02, 0.2, 0.5, 0.9, 0, 1, 0, 0};
+    static const double density[KINDS] = {0.002, 0.02, 0.2, 0.5, 0.9, 0, 1, 0, 0};
     int on;
     if (kind == CHECKERBOARD)
         on = (x + y) % 2 == 0;
@@ -62,6 +63,10 @@ static float make_logit(int kind, int y, int x)
         return on ? INFINITY : -INFINITY;
     if (special == 2)
         return on ? 3.0e38f : -3.0e38f;
+    if (special == 3 || special == 4) /* ties for the peak and its first position */
+        return on ? 7.0f : -7.0f;
+    if (special == 5) /* signed zeros: foreground under a negative threshold */
+        return random_below(2) ? 0.0f : -0.0f;
     return on ? (float)(0.001 + 20.0 * random_unit()) : (float)(-20.0 * random_unit());
 }
 
