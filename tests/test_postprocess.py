@@ -3,6 +3,7 @@ cases, statistics computed by hand, the target filter and its live settings, and
 AddressSanitizer."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -632,6 +633,24 @@ def test_c_core_neon_scan_on_aarch64_under_qemu(tmp_path):
     run = subprocess.run([qemu, str(driver), "400"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.startswith("ok: 400 maps"), run.stdout + run.stderr
     assert run.stdout.rstrip().endswith("neon scan"), run.stdout
+
+
+def test_ab_benchmark_builds_two_revisions_of_the_core_into_one_driver(tmp_path):
+    """benchmarks/labeller_ab.py against HEAD: the base build is HEAD's core under renamed symbols, linked beside the
+    working tree's; on every map of the postprocess benchmark both must return the same records, bit for bit (the
+    labeller's results may not change with its speed)."""
+    if _c_compiler() is None or shutil.which("git") is None:
+        pytest.skip("needs a C compiler and git")
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "ab.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "labeller_ab.py"), "--base", "HEAD", "--quick",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 18 and all(row["same_records"] for row in rows), rows
+    assert {row["map"]: row["targets"] for row in rows}["1920x1080 50 targets"] == 50
+    assert all(row["base_us"] > 0 and row["head_us"] > 0 for row in rows)
 
 
 # -- the build ----------------------------------------------------------------------------------------------------

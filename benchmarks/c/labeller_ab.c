@@ -1,0 +1,123 @@
+/* A/B timing of two builds of the C labeller in one process: "base" (labeller_core.c of another revision, its
+ * public symbols renamed with a base_ prefix at compile time) and "head" (the working tree's).
+ *
+ * benchmarks/labeller_ab.py writes the maps, compiles this driver with both cores and runs it; by hand:
+ *   cc -std=c99 -O3 -ffp-contract=off -pthread -c -I BASE_DIR -Dirst_label=base_irst_label \
+ *      -Dirst_workspace_new=base_irst_workspace_new -Dirst_workspace_free=base_irst_workspace_free \
+ *      -Dirst_scan_name=base_irst_scan_name BASE_DIR/labeller_core.c -o base.o
+ *   cc -std=c99 -O3 -ffp-contract=off -pthread -I edge_irst/postprocess benchmarks/c/labeller_ab.c \
+ *      edge_irst/postprocess/labeller_core.c base.o -o labeller_ab -lm
+ *   ./labeller_ab ROUNDS SAMPLE_US NAME WIDTH HEIGHT FILE [NAME WIDTH HEIGHT FILE ...]
+ *
+ * FILE: width * height native float32 logits, row-major. For each map: one JSON line with the medians of the
+ * per-sample microseconds per call of base and head, the median of the per-round ratios head / base (each round
+ * times base then head, back to back, so both see the same machine), and whether both returned the same records
+ * bit for bit. Threshold 0, no label image, no filter, one thread.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "labeller_core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+irst_workspace *base_irst_workspace_new(void);
+void base_irst_workspace_free(irst_workspace *ws);
+int base_irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter *filter, int threads,
+                    irst_workspace *ws, irst_result *result);
+
+typedef int (*label_fn)(const irst_map *, float, int32_t *, const irst_filter *, int, irst_workspace *,
+                        irst_result *);
+
+static double now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+static int by_value(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int count)
+{
+    qsort(values, (size_t)count, sizeof *values, by_value);
+    return count % 2 ? values[count / 2] : 0.5 * (values[count / 2 - 1] + values[count / 2]);
+}
+
+/* Microseconds per call over `calls` calls. */
+static double sample(label_fn label, const irst_map *map, irst_workspace *ws, int calls)
+{
+    irst_result result;
+    const double start = now_us();
+    for (int i = 0; i < calls; i++)
+        label(map, 0.0f, NULL, NULL, 1, ws, &result);
+    return (now_us() - start) / calls;
+}
+
+static int time_map(const char *name, ptrdiff_t width, ptrdiff_t height, const char *path, int rounds,
+                    double sample_us)
+{
+    float *data = malloc((size_t)(width * height) * sizeof *data);
+    FILE *file = fopen(path, "rb");
+    if (!data || !file || fread(data, sizeof *data, (size_t)(width * height), file) != (size_t)(width * height)) {
+        fprintf(stderr, "%s: cannot read %td x %td float32 from %s\n", name, width, height, path);
+        return 0;
+    }
+    fclose(file);
+    const irst_map map = {data, height, width, width, 1};
+    irst_workspace *base_ws = base_irst_workspace_new(), *head_ws = irst_workspace_new();
+    double *base = malloc((size_t)rounds * sizeof *base), *head = malloc((size_t)rounds * sizeof *head);
+    double *ratio = malloc((size_t)rounds * sizeof *ratio);
+    if (!base_ws || !head_ws || !base || !head || !ratio) {
+        fprintf(stderr, "out of memory\n");
+        return 0;
+    }
+    irst_result base_result, head_result;
+    base_irst_label(&map, 0.0f, NULL, NULL, 1, base_ws, &base_result);
+    irst_label(&map, 0.0f, NULL, NULL, 1, head_ws, &head_result);
+    const int same = base_result.count == head_result.count &&
+                     (head_result.count == 0 || memcmp(base_result.targets, head_result.targets,
+                                                      (size_t)head_result.count * sizeof(irst_target)) == 0);
+    const double once = sample(irst_label, &map, head_ws, 3);
+    const int calls = 1 + (int)(sample_us / (once > 0.01 ? once : 0.01));
+    for (int r = 0; r < rounds; r++) {
+        base[r] = sample(base_irst_label, &map, base_ws, calls);
+        head[r] = sample(irst_label, &map, head_ws, calls);
+        ratio[r] = head[r] / base[r];
+    }
+    printf("{\"map\": \"%s\", \"width\": %td, \"height\": %td, \"targets\": %td, \"calls_per_sample\": %d, "
+           "\"base_us\": %.3f, \"head_us\": %.3f, \"head_over_base\": %.4f, \"same_records\": %s}\n",
+           name, width, height, head_result.count, calls, median(base, rounds), median(head, rounds),
+           median(ratio, rounds), same ? "true" : "false");
+    fflush(stdout);
+    base_irst_workspace_free(base_ws);
+    irst_workspace_free(head_ws);
+    free(base);
+    free(head);
+    free(ratio);
+    free(data);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 7 || (argc - 3) % 4 != 0) {
+        fprintf(stderr, "usage: %s ROUNDS SAMPLE_US NAME WIDTH HEIGHT FILE [NAME WIDTH HEIGHT FILE ...]\n", argv[0]);
+        return 2;
+    }
+    const int rounds = atoi(argv[1]);
+    const double sample_us = atof(argv[2]);
+    if (rounds < 1 || sample_us <= 0) {
+        fprintf(stderr, "ROUNDS must be >= 1 and SAMPLE_US > 0\n");
+        return 2;
+    }
+    for (int i = 3; i < argc; i += 4)
+        if (!time_map(argv[i], atol(argv[i + 1]), atol(argv[i + 2]), argv[i + 3], rounds, sample_us))
+            return 1;
+    return 0;
+}
