@@ -317,28 +317,23 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
         return (p - data) / width; /* y_end when every row is background */                                   \
     } while (0)
 
-static uint64_t mask_row_baseline(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words)
-{
-    MASK_ROW_WITH(mask64);
-}
+/* One instruction set's mask_row_<isa>() and skip_rows_<isa>() (row_mask_fn, row_skip_fn), from its 64-pixel
+ * tests; `attributes` is empty for the build's own target, or the target() attribute of a dispatched one. */
+#define DEFINE_SCAN(isa, attributes, block_has_foreground, word_mask)                                           \
+    attributes static uint64_t mask_row_##isa(const float *row, ptrdiff_t width, ptrdiff_t step, float t,       \
+                                              uint64_t *words)                                                  \
+    {                                                                                                           \
+        MASK_ROW_WITH(word_mask);                                                                               \
+    }                                                                                                           \
+    attributes static ptrdiff_t skip_rows_##isa(const float *data, ptrdiff_t width, ptrdiff_t y,                \
+                                                ptrdiff_t y_end, float t)                                       \
+    {                                                                                                           \
+        SKIP_ROWS_WITH(block_has_foreground);                                                                   \
+    }
 
-static ptrdiff_t skip_rows_baseline(const float *data, ptrdiff_t width, ptrdiff_t y, ptrdiff_t y_end, float t)
-{
-    SKIP_ROWS_WITH(any64);
-}
-
+DEFINE_SCAN(baseline, , any64, mask64)
 #ifdef IRST_AVX2_DISPATCH
-__attribute__((target("avx2"))) static uint64_t mask_row_avx2(const float *row, ptrdiff_t width, ptrdiff_t step,
-                                                              float t, uint64_t *words)
-{
-    MASK_ROW_WITH(mask64_avx2);
-}
-
-__attribute__((target("avx2"))) static ptrdiff_t skip_rows_avx2(const float *data, ptrdiff_t width, ptrdiff_t y,
-                                                                ptrdiff_t y_end, float t)
-{
-    SKIP_ROWS_WITH(any64_avx2);
-}
+DEFINE_SCAN(avx2, __attribute__((target("avx2"))), any64_avx2, mask64_avx2)
 #endif
 
 /* AVX-512F (Intel Xeon since Skylake-SP, AMD since Zen 4): 64 pixels are four registers, tested with a tree of
@@ -364,17 +359,7 @@ __attribute__((target("avx512f"))) static inline uint64_t mask64_avx512(const fl
            (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), tv, _CMP_GT_OQ) << 48;
 }
 
-__attribute__((target("avx512f"))) static uint64_t mask_row_avx512(const float *row, ptrdiff_t width, ptrdiff_t step,
-                                                                   float t, uint64_t *words)
-{
-    MASK_ROW_WITH(mask64_avx512);
-}
-
-__attribute__((target("avx512f"))) static ptrdiff_t skip_rows_avx512(const float *data, ptrdiff_t width, ptrdiff_t y,
-                                                                     ptrdiff_t y_end, float t)
-{
-    SKIP_ROWS_WITH(any64_avx512);
-}
+DEFINE_SCAN(avx512, __attribute__((target("avx512f"))), any64_avx512, mask64_avx512)
 #endif
 
 static scan_t fastest_scan(void)
