@@ -394,10 +394,13 @@ def _cpu_flags() -> set:
             for flag in line.split(":", 1)[1].split()}
 
 
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
 def _expected_scans() -> tuple:
     """The scans the C labeller may pick on this CPU, best first (one, where /proc/cpuinfo tells)."""
     machine, flags = platform.machine().lower(), _cpu_flags()
-    if machine in ("x86_64", "amd64", "i686", "i386"):
+    if _X86:
         if not flags:
             return ("avx512", "avx2", "sse2")
         return ("avx512",) if "avx512f" in flags else ("avx2",) if "avx2" in flags else ("sse2",)
@@ -589,8 +592,7 @@ def test_c_core_under_sanitizers_matches_a_flood_fill(tmp_path, scan, sanitizer)
     the x86 baseline; portable: plain C. The driver says which scan ran, so a test meant for one scan cannot pass
     on another. It labels with 1-5 row bands on threads: ThreadSanitizer checks that they share nothing they
     write."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
-    if scan in ("avx2", "sse2") and not x86:
+    if scan in ("avx2", "sse2") and not _X86:
         pytest.skip(f"the {scan} scan exists on x86 only")
     if scan == "avx2" and _expected_scans()[0] not in ("avx512", "avx2"):
         pytest.skip("this CPU has no AVX2")
