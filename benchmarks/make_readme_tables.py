@@ -82,7 +82,9 @@ def postprocess_section(doc: dict) -> str:
              f"{doc.get('auto_pixels_per_thread', 0) * 2:,} pixels), compared with OpenCV at its default "
              f"{threads} threads; cv2 = threshold + one `connectedComponentsWithStats` call; authors = their full "
              "procedure (threshold, components, Python filter loop, second pass) against ours with the same "
-             "filter.", "",
+             "filter. Times are median samples; a speed-up is the median over the rounds of the per-round ratio "
+             "(both samples taken milliseconds apart), so it can differ a little from the ratio of the medians "
+             "shown.", "",
              table(["frame", "map", "targets", "ours us", "cv2 1 thr us", "x vs cv2", "ours auto wall us",
                     f"cv2 {threads} thr wall us", f"x auto vs cv2 {threads} thr (wall)", "x vs authors"], body), ""]
     for t in doc.get("targets", []):

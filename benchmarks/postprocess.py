@@ -21,7 +21,9 @@ Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background o
 50 % random foreground: the issue's dense maps) and a checkerboard stress map (reported, no target), at 256x256,
 640x512 and 1920x1080.
 Timing: methods interleaved round by round, each sample the mean of enough calls to last >= 2 ms, after warm-up;
-the figure is the median sample. Two clocks: wall-clock (every comparison), and the CPU time of the calling
+the time shown is the median sample, and a speed-up is the median over the rounds of the ratio of the two methods'
+samples in that round (taken milliseconds apart, so a change in the machine's speed during the run, which this
+shared VM shows from minute to minute, cannot set a fast sample of one against a slow one of the other). Two clocks: wall-clock (every comparison), and the CPU time of the calling
 thread (comparisons where both sides run on that thread only: ours, and OpenCV with 1 thread), which stays
 meaningful on a shared, oversubscribed machine where wall-clock medians include time spent descheduled.
 
@@ -132,7 +134,8 @@ def sample(function, argument, calls: int) -> tuple:
 
 
 def time_methods(methods: dict, logits: np.ndarray, rounds: int, default_threads: int) -> tuple:
-    """({method: median wall us}, {method: median thread-CPU us}); methods: name -> (function, OpenCV threads)."""
+    """({method: [wall us per round]}, {method: [thread-CPU us per round]}); methods: name -> (function, OpenCV
+    threads)."""
     calls = {}
     for name, (function, threads) in methods.items():  # warm-up, and the batch size of each sample
         if threads:
@@ -151,8 +154,7 @@ def time_methods(methods: dict, logits: np.ndarray, rounds: int, default_threads
             walls[name].append(wall)
             cpus[name].append(cpu)
     cv2.setNumThreads(default_threads)
-    return ({name: statistics.median(values) for name, values in walls.items()},
-            {name: statistics.median(values) for name, values in cpus.items()})
+    return walls, cpus
 
 
 def machine_info(default_threads: int) -> dict:
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
                      ("authors (1 thr)", "ours+filter", "authors (1 thr)", "cpu")]
     print(f"OpenCV {cv2.__version__}, default threads {default_threads}; edge-irst postprocess: "
           f"{info['implementation']} ({info['detail']}); medians of {rounds} samples (each >= {SAMPLE_US / 1e3:g} ms "
-          f"of calls), microseconds per call; x = speed-up of ours")
+          f"of calls), microseconds per call; x = speed-up of ours (median of the per-round ratios)")
     names = list(methods)
     print(f"\n{'':>22} | {'wall-clock':<{15 * len(names) - 1}} | thread CPU time")
     print(f"{'size':>9} {'map':<12} | " + " ".join(f"{n:>14}" for n in names) + " | "
@@ -227,11 +229,13 @@ def main(argv=None) -> int:
         found = len(label_targets(logits))
         if expected is not None and found != expected:
             raise RuntimeError(f"sparse map generator: {found} targets labelled, {expected} placed")
-        wall, cpu = time_methods(methods, logits, rounds, default_threads)
-        clocks = {"wall": wall, "cpu": cpu}
-        speedup = {clock: {} for clock in clocks}
+        samples = dict(zip(("wall", "cpu"), time_methods(methods, logits, rounds, default_threads)))
+        wall, cpu = ({name: statistics.median(values) for name, values in samples[clock].items()}
+                     for clock in ("wall", "cpu"))
+        speedup = {clock: {} for clock in samples}
         for label, ours, reference, clock in comparisons:
-            speedup[clock][label] = clocks[clock][reference] / clocks[clock][ours]
+            per_round = zip(samples[clock][reference], samples[clock][ours])
+            speedup[clock][label] = statistics.median(theirs / mine for theirs, mine in per_round)
         row = {"size": f"{shape[1]}x{shape[0]}", "family": family, "map": kind, "targets": found,
                "wall_us": wall, "thread_cpu_us": {n: cpu[n] for n in ("ours", "cv2 CC (1 thr)", "ours+filter",
                                                                        "authors (1 thr)")},
@@ -276,7 +280,8 @@ def main(argv=None) -> int:
 
     document = {"benchmark": "postprocess", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": "python benchmarks/postprocess.py" + (" --quick" if args.quick else ""),
-                "rounds": rounds, "machine": machine,
+                "rounds": rounds, "speedup": "median over the rounds of the per-round ratio of the two samples",
+                "machine": machine,
                 "auto_pixels_per_thread": AUTO_PIXELS_PER_THREAD,
                 "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
                 "results": rows, "targets": verdicts, "stress": stress}
