@@ -72,7 +72,8 @@ def count_complexity(model: nn.Module, input_shape=(1, 3, 256, 256)) -> Complexi
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(input_shape))
+            parameter = next(model.parameters(), None)  # the input goes where the model is (a GPU-loaded one)
+            model(torch.zeros(input_shape, device=None if parameter is None else parameter.device))
     finally:
         for h in handles:
             h.remove()

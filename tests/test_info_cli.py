@@ -46,6 +46,29 @@ def test_registry_model_and_backends_as_json():
     assert rows["onnxruntime"]["installed"] and rows["opencv"]["installed"]  # core dependencies
 
 
+def test_pytorch_checkpoint_counts_its_own_network_at_its_contract_size():
+    """A checkpoint is a PyTorch model: info counts the trained net (here the bundled one, the registry
+    architecture: the same figures as `info lw_irstnet`), at the contract's input size or --imgsz."""
+    pytest.importorskip("torch", reason="loading a PyTorch checkpoint needs the [export] extra")
+    from edge_irst.assets import BUNDLED_MODEL
+
+    checkpoint = str(BUNDLED_MODEL / "lw_irstnet.pt")
+    registry = json.loads(edge_irst("lw_irstnet", "--json").stdout)
+    done = edge_irst(checkpoint, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["backend"] == "torch" and report["contract"]["input_size"] == [256, 256]
+    counted = report["complexity"]
+    assert counted["input_shape"] == [1, 3, 256, 256]
+    assert (counted["parameters"], counted["thop_flops"], counted["conv_macs"]) == \
+        (registry["parameters"], registry["thop_flops"], registry["conv_macs"])
+    larger = json.loads(edge_irst(checkpoint, "--imgsz", "512", "640", "--json").stdout)["complexity"]
+    assert larger["input_shape"] == [1, 3, 512, 640]
+    assert larger["thop_flops"] == 5 * counted["thop_flops"]  # every layer scales with the area: 5x the pixels
+    text = edge_irst(checkpoint).stdout
+    assert "complexity (the checkpoint's network)" in text and "163,232" in text
+
+
 def test_artifact_spec_and_contract_as_json_with_a_chatty_runtime(authors_dir):
     """MNN prints to stdout from C; the JSON on stdout must still parse."""
     pytest.importorskip("MNN", reason="the mnn backend needs the [mnn] extra")

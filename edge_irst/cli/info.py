@@ -4,8 +4,11 @@
     edge-irst info --backends        every registered backend: installed?, version, accelerators it sees
     edge-irst info lw_irstnet        parameters and FLOPs of a registry model (needs torch: the [export] extra)
     edge-irst info model.onnx        an artifact's (or a model folder's) I/O spec, contract and options in effect
+    edge-irst info best.pt           the same for a PyTorch checkpoint, with the trained model's parameters and
+                                     FLOPs at its contract's input size (or --imgsz)
 
-Results go to stdout (a table, or JSON with --json); nothing imports torch unless a registry model is asked for.
+Results go to stdout (a table, or JSON with --json); nothing imports torch unless a registry model or a PyTorch
+checkpoint is asked for.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from pathlib import Path
 from edge_irst import __version__
 from edge_irst.errors import MissingDependencyError, ModelFileError
 
+DEFAULT_SIZE = (256, 256)  # (H, W) for FLOPs where nothing else gives a size
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
@@ -27,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, help="backend to open an artifact with (default: from the file)")
     p.add_argument("--artifact-precision", default=None, choices=("fp32", "fp16", "int8"),
                    help="which artifact of a model folder (default: fp32)")
-    p.add_argument("--imgsz", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
-                   help="input size for a registry model's FLOPs (default: 256 256)")
+    p.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size for the FLOPs of a registry model or a PyTorch checkpoint (default: the "
+                        f"checkpoint's contract input size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
 
 
 def run(args) -> int:
@@ -39,7 +45,7 @@ def run(args) -> int:
         report = _artifact(args)
         text = _artifact_text(report)
     else:
-        report = _registry_model(args.model, tuple(args.imgsz))
+        report = _registry_model(args.model, tuple(args.imgsz or DEFAULT_SIZE))
         text = _model_text(report)
     if args.backends and args.model is not None:
         env = _environment(with_backends=True)
@@ -91,18 +97,22 @@ def _environment(with_backends: bool) -> dict:
     return report
 
 
+def _complexity(model, input_shape: tuple) -> dict:
+    from edge_irst.models.flops import count_complexity
+
+    complexity = count_complexity(model, input_shape)
+    return {"parameters": complexity.parameters, "thop_flops": complexity.thop_flops,
+            "conv_macs": complexity.conv_macs, "input_shape": list(complexity.input_shape),
+            "summary": dict(complexity.rows())}
+
+
 def _registry_model(name: str, size: tuple[int, int]) -> dict:
     try:
         from edge_irst.models import create_model
-        from edge_irst.models.flops import count_complexity
     except ImportError as exc:
         raise MissingDependencyError("torch (needed to count a registry model's parameters and FLOPs)", "export",
                                      str(exc)) from exc
-    model = create_model(name)
-    complexity = count_complexity(model, (1, 3, *size))
-    return {"model": name, "parameters": complexity.parameters, "thop_flops": complexity.thop_flops,
-            "conv_macs": complexity.conv_macs, "input_shape": list(complexity.input_shape),
-            "summary": dict(complexity.rows())}
+    return {"model": name, **_complexity(create_model(name), (1, 3, *size))}
 
 
 def _artifact(args) -> dict:
@@ -117,6 +127,11 @@ def _artifact(args) -> dict:
             "contract": backend.contract.to_dict(),
             "options_in_effect": backend.options_in_effect(),
         }
+        model = getattr(backend, "model", None)
+        if backend.name == "torch" and model is not None:  # a checkpoint: the trained net itself, counted
+            contract = backend.contract
+            size = tuple(args.imgsz or contract.input_size or DEFAULT_SIZE)
+            report["complexity"] = _complexity(model, (1, contract.channels, *size))
     if path.is_dir():
         try:
             report["manifest"] = json.loads((path / MANIFEST).read_text())
@@ -176,6 +191,8 @@ def _artifact_text(report: dict) -> str:
         "options in effect (threads=1 for this look)",
         _table(list(report["options_in_effect"].items())),
     ]
+    if "complexity" in report:
+        lines += ["", "complexity (the checkpoint's network)", _table(list(report["complexity"]["summary"].items()))]
     if "manifest" in report:
         artifacts = report["manifest"].get("artifacts", [])
         lines += ["", "model folder artifacts",
