@@ -33,9 +33,15 @@ typedef struct {
     int32_t x0, x1, y, link;
 } run_t;
 
+/* The sums of the weighted centroid: weight = logit - threshold, over the finite pixels. */
+typedef struct {
+    double weight, weight_x, weight_y;
+} weight_sums;
+
 typedef struct {
     int64_t size, sum_x, sum_y, inf_count, inf_sum_x, inf_sum_y;
-    double sum_weight, sum_weight_x, sum_weight_y, sum_logit;
+    weight_sums weights;
+    double sum_logit;
     float peak;
     int32_t peak_x, peak_y, x_min, x_max, y_min, y_max;
 } accumulator;
@@ -553,6 +559,14 @@ static ptrdiff_t collect_all_runs(const irst_map *map, float threshold, int band
 #define ALWAYS_INLINE inline
 #endif
 
+static ALWAYS_INLINE void add_weight(weight_sums *sums, float v, double x, double y, double weight_origin)
+{
+    const double weight = (double)v - weight_origin;
+    sums->weight += weight;
+    sums->weight_x += weight * x;
+    sums->weight_y += weight * y;
+}
+
 /* Adds one pixel's logit to the accumulator (the sums that need the value; the integer ones are per run). */
 static ALWAYS_INLINE void add_pixel(accumulator *a, int32_t x, int32_t y, float v, double weight_origin)
 {
@@ -567,10 +581,7 @@ static ALWAYS_INLINE void add_pixel(accumulator *a, int32_t x, int32_t y, float 
         a->inf_sum_x += x;
         a->inf_sum_y += y;
     } else {
-        const double weight = (double)v - weight_origin;
-        a->sum_weight += weight;
-        a->sum_weight_x += weight * (double)x;
-        a->sum_weight_y += weight * (double)y;
+        add_weight(&a->weights, v, (double)x, (double)y, weight_origin);
     }
 }
 
@@ -605,18 +616,15 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
         /* The run's sums in locals, and the peak as a plain running maximum (MAXSS), its position found after the
          * loop: a third fewer instructions per pixel than add_pixel(). A run holding +inf is then redone pixel by
          * pixel from the sums before it (the locals are dropped), as is every run of a target that holds one. */
-        double sum_logit = a->sum_logit, sum_weight = a->sum_weight, sum_weight_x = a->sum_weight_x,
-               sum_weight_y = a->sum_weight_y, x_value = (double)run.x0;
+        weight_sums weights = a->weights;
+        double sum_logit = a->sum_logit, x_value = (double)run.x0;
         const double y_value = (double)run.y;
         float peak = a->peak;
         for (int32_t x = run.x0; x <= run.x1; x++, x_value += 1.0) { /* x_value == (double)x, exactly */
             const float v = row[x * step];
-            const double weight = (double)v - weight_origin;
             peak = v > peak ? v : peak;
             sum_logit += (double)v;
-            sum_weight += weight;
-            sum_weight_x += weight * x_value;
-            sum_weight_y += weight * y_value;
+            add_weight(&weights, v, x_value, y_value, weight_origin);
         }
         if (peak != INFINITY) {
             if (peak > a->peak) { /* a new peak, from this run: at its first pixel of that value */
@@ -628,9 +636,7 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
                 a->peak_y = run.y;
             }
             a->sum_logit = sum_logit;
-            a->sum_weight = sum_weight;
-            a->sum_weight_x = sum_weight_x;
-            a->sum_weight_y = sum_weight_y;
+            a->weights = weights;
             return;
         }
     }
@@ -705,9 +711,9 @@ static void finish(slot_t *slot, int64_t label)
     if (a.inf_count > 0) {
         t->weighted_x = (double)a.inf_sum_x / (double)a.inf_count;
         t->weighted_y = (double)a.inf_sum_y / (double)a.inf_count;
-    } else { /* every weight is > 0 (logit > threshold), so sum_weight > 0 */
-        t->weighted_x = a.sum_weight_x / a.sum_weight;
-        t->weighted_y = a.sum_weight_y / a.sum_weight;
+    } else { /* every weight is > 0 (logit > threshold), so weights.weight > 0 */
+        t->weighted_x = a.weights.weight_x / a.weights.weight;
+        t->weighted_y = a.weights.weight_y / a.weights.weight;
     }
     t->x_min = a.x_min;
     t->y_min = a.y_min;
