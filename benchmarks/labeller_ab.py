@@ -28,7 +28,7 @@ import numpy as np
 from edge_irst.benchmarking import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from postprocess import SIZES, dense_map, sparse_map  # noqa: E402  (the maps of the postprocess benchmark)
+from postprocess import benchmark_maps  # noqa: E402  (the maps of the postprocess benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "edge_irst" / "postprocess"
@@ -85,16 +85,12 @@ def build(work: Path, revision: str) -> Path:
 
 def write_maps(work: Path) -> list:
     """(name, width, height, file) for the maps of benchmarks/postprocess.py, in its order."""
-    rng = np.random.default_rng(2024)  # postprocess.py's seed and draw order: the same maps
     maps = []
-    for shape in SIZES:
-        kinds = [(f"{t} targets", sparse_map(rng, shape, t)) for t in (3, 10, 50)]
-        kinds += [(kind, dense_map(rng, shape, kind)) for kind in ("noise 5%", "noise 50%", "checkerboard")]
-        for kind, logits in kinds:
-            name = f"{shape[1]}x{shape[0]} {kind}"
-            path = work / (name.replace(" ", "_").replace("%", "pc") + ".f32")
-            np.ascontiguousarray(logits, np.float32).tofile(path)
-            maps.append((name, shape[1], shape[0], path))
+    for _, kind, (height, width), logits, _ in benchmark_maps():
+        name = f"{width}x{height} {kind}"
+        path = work / (name.replace(" ", "_").replace("%", "pc") + ".f32")
+        np.ascontiguousarray(logits, np.float32).tofile(path)
+        maps.append((name, width, height, path))
     return maps
 
 

@@ -23,9 +23,10 @@ Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background o
 Timing: methods interleaved round by round, each sample the mean of enough calls to last >= 2 ms, after warm-up;
 the time shown is the median sample, and a speed-up is the median over the rounds of the ratio of the two methods'
 samples in that round (taken milliseconds apart, so a change in the machine's speed during the run, which this
-shared VM shows from minute to minute, cannot set a fast sample of one against a slow one of the other). Two clocks: wall-clock (every comparison), and the CPU time of the calling
-thread (comparisons where both sides run on that thread only: ours, and OpenCV with 1 thread), which stays
-meaningful on a shared, oversubscribed machine where wall-clock medians include time spent descheduled.
+shared VM shows from minute to minute, cannot set a fast sample of one against a slow one of the other). Two
+clocks: wall-clock (every comparison), and the CPU time of the calling thread (comparisons where both sides run
+on that thread only: ours, and OpenCV with 1 thread), which stays meaningful on a shared, oversubscribed machine
+where wall-clock medians include time spent descheduled.
 
     .venv/bin/python benchmarks/postprocess.py            # table on stdout, JSON in benchmarks/results/
     .venv/bin/python benchmarks/postprocess.py --quick    # fewer samples, smoke run
@@ -90,6 +91,22 @@ def dense_map(rng: np.random.Generator, shape: tuple, kind: str) -> np.ndarray:
     else:
         on = rng.random(shape) < {"noise 5%": 0.05, "noise 50%": 0.5}[kind]
     return np.where(on, rng.uniform(0.5, 10.0, shape), rng.normal(-20.0, 2.0, shape)).astype(np.float32)
+
+
+def benchmark_maps() -> list:
+    """(family, kind, (height, width), float32 logits, targets placed or None) for every map timed, in order
+    (fixed seed: benchmarks/labeller_ab.py times the same maps)."""
+    rng = np.random.default_rng(2024)
+    maps = []
+    for shape in SIZES:
+        for targets in (3, 10, 50):
+            maps.append(("sparse", f"{targets} targets", shape, sparse_map(rng, shape, targets), targets))
+        for kind in ("noise 5%", "noise 50%"):
+            maps.append(("dense", kind, shape, dense_map(rng, shape, kind), None))
+        # Not one of the issue's dense maps: a worst case for any run-based labeller (every run one pixel, every
+        # run joined to two above), timed and reported beside them, with no target of its own.
+        maps.append(("stress", "checkerboard", shape, dense_map(rng, shape, "checkerboard"), None))
+    return maps
 
 
 def cv2_components(logits: np.ndarray):
@@ -199,16 +216,7 @@ def main(argv=None) -> int:
         f"authors ({default_threads} thr)": (authors_procedure, default_threads),
         "authors (1 thr)": (authors_procedure, 1),
     }
-    rng = np.random.default_rng(2024)
-    maps = []
-    for shape in SIZES:
-        for targets in (3, 10, 50):
-            maps.append(("sparse", f"{targets} targets", shape, sparse_map(rng, shape, targets), targets))
-        for kind in ("noise 5%", "noise 50%"):
-            maps.append(("dense", kind, shape, dense_map(rng, shape, kind), None))
-        # Not one of the issue's dense maps: a worst case for any run-based labeller (every run one pixel, every
-        # run joined to two above), timed and reported beside them, with no target of its own.
-        maps.append(("stress", "checkerboard", shape, dense_map(rng, shape, "checkerboard"), None))
+    maps = benchmark_maps()
 
     # (speed-up name, method timed, reference method, clock): CPU time only where everything runs on this thread.
     comparisons = [(f"cv2 CC ({default_threads} thr)", "ours auto", f"cv2 CC ({default_threads} thr)", "wall"),
