@@ -2,8 +2,9 @@
 
 A/B of labeller_core.c alone (no Python, no binding): the base revision's core is compiled with its public symbols
 renamed (base_irst_label, ...) and linked with the working tree's into one driver (benchmarks/c/labeller_ab.c),
-which times both on the maps of benchmarks/postprocess.py (same generators, same seed), round by round, base then
-head back to back. Reported per map: the medians of microseconds per call and the median of the per-round ratios
+which times both on the maps of benchmarks/postprocess.py (same generators, same seed, the same variants of each
+map kind taken in turn and copied into one buffer before each call, untimed), round by round, base then head
+back to back. Reported per map: the medians of microseconds per call and the median of the per-round ratios
 head / base, which stays meaningful on a shared machine whose speed changes from minute to minute (both sides of a
 ratio ran milliseconds apart). The driver also says whether both builds returned the same records, bit for bit.
 Build flags: those of setup.py (-std=c99 -O3 -ffp-contract=off -pthread).
@@ -84,12 +85,13 @@ def build(work: Path, revision: str) -> Path:
 
 
 def write_maps(work: Path) -> list:
-    """(name, width, height, file) for the maps of benchmarks/postprocess.py, in its order."""
+    """(name, width, height, file of its variants, back to back) for the map kinds of benchmarks/postprocess.py,
+    in its order."""
     maps = []
-    for _, kind, (height, width), logits, _ in benchmark_maps():
+    for _, kind, (height, width), variants, _ in benchmark_maps():
         name = f"{width}x{height} {kind}"
         path = work / (name.replace(" ", "_").replace("%", "pc") + ".f32")
-        np.ascontiguousarray(logits, np.float32).tofile(path)
+        np.stack(variants).astype(np.float32, copy=False).tofile(path)
         maps.append((name, width, height, path))
     return maps
 
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
             for line in process.stdout:
                 row = json.loads(line)
                 rows.append(row)
-                print(f"{row['map']:<24} {row['targets']:>7} {row['base_us']:>10.1f} {row['head_us']:>10.1f} "
+                print(f"{row['map']:<24} {row['targets']:>7g} {row['base_us']:>10.1f} {row['head_us']:>10.1f} "
                       f"{row['head_over_base']:>9.3f}  {'yes' if row['same_records'] else 'NO'}", flush=True)
         if process.returncode != 0:
             raise SystemExit(f"labeller_ab: the driver failed (exit {process.returncode})")
