@@ -620,21 +620,19 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
         double sum_logit = a->sum_logit, x_value = (double)run.x0;
         const double y_value = (double)run.y;
         float peak = a->peak;
+        int32_t peak_x = a->peak_x;
         for (int32_t x = run.x0; x <= run.x1; x++, x_value += 1.0) { /* x_value == (double)x, exactly */
             const float v = row[x * step];
-            peak = v > peak ? v : peak;
+            const int higher = v > peak;
+            peak = higher ? v : peak;
+            peak_x = higher ? x : peak_x;
             sum_logit += (double)v;
             add_weight(&weights, v, x_value, y_value, weight_origin);
         }
         if (peak != INFINITY) {
-            if (peak > a->peak) { /* a new peak, from this run: at its first pixel of that value */
-                int32_t x = run.x0;
-                while (!(row[x * step] == peak))
-                    x++;
-                a->peak = peak;
-                a->peak_x = x;
-                a->peak_y = run.y;
-            }
+            a->peak_y = peak > a->peak ? run.y : a->peak_y;
+            a->peak = peak;
+            a->peak_x = peak_x;
             a->sum_logit = sum_logit;
             a->weights = weights;
             return;
