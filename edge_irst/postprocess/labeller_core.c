@@ -390,15 +390,19 @@ static scan_t fastest_scan(void)
 /* Pass 1 over the rows of one band: the runs of every row, joined to the runs of the row above (in the band)
  * that they touch. Sets band->status (IRST_OK or IRST_NO_MEMORY) and its counts. The set bits of
  * word ^ (word << 1 | carry) are where the foreground starts or stops, so runs come out of a bit loop with no
- * per-pixel branch on dense maps, and an all-background word costs one test. */
+ * per-pixel branch on dense maps. The words worth a look (those with foreground, and the one after a word whose
+ * last pixel is foreground, where that run ends) are taken from a bit set: an empty word costs no branch, which
+ * on a sparse row would mispredict wherever a target comes or goes. */
 static void collect_runs(band_t *band)
 {
     const irst_map *map = band->map;
     const ptrdiff_t width = map->width, word_count = width / 64 + 1;
     band->count = band->first_row_end = band->last_row_begin = 0;
     band->status = IRST_NO_MEMORY;
-    if (reserve((void **)&band->words, &band->word_capacity, word_count, sizeof(uint64_t), 32) != 0)
+    if (reserve((void **)&band->words, &band->word_capacity, word_count + 1, sizeof(uint64_t), 32) != 0)
         return;
+    band->words[0] = 0; /* before the row's first word: no foreground carried into it */
+    uint64_t *const words = band->words + 1;
     run_t *runs = band->runs;
     ptrdiff_t count = 0, above_begin = 0, above_end = 0;
     /* Rows back to back in memory: after a background row, the background rows that follow are skipped. */
@@ -415,41 +419,47 @@ static void collect_runs(band_t *band)
             }
         }
         const int any = band->scan.mask_row(map->data + y * map->row_stride, width, map->col_stride,
-                                            band->threshold, band->words) != 0;
+                                            band->threshold, words) != 0;
         background = !any;
         ptrdiff_t above = above_begin, start = -1;
-        uint64_t carry = 0; /* 1 if the pixel before this word is foreground */
-        for (ptrdiff_t k = 0; any && k < word_count; k++) {
-            const uint64_t word = band->words[k];
-            uint64_t edges = word ^ ((word << 1) | carry);
-            carry = word >> 63;
-            if (!edges)
-                continue;
-            /* A word ends at most 32 runs: room for them is made once per word, not per run. */
-            if (count + 32 > band->run_capacity) {
-                if (reserve((void **)&band->runs, &band->run_capacity, count + 32, sizeof(run_t),
-                            FIRST_RUN_CAPACITY) != 0)
-                    return;
-                runs = band->runs;
-            }
-            const ptrdiff_t base = 64 * k;
-            /* Edges alternate start, end, start ...; a run open at the word's start (start >= 0) ends at its
-             * first edge. Taking them in pairs keeps the branches predictable on noisy maps. */
-            while (edges) {
-                if (start < 0) {
-                    start = base + lowest_bit(edges);
-                    edges &= edges - 1;
-                    if (!edges) /* the run goes on into the next word */
-                        break;
+        for (ptrdiff_t group = 0; any && group < word_count; group += 64) {
+            const ptrdiff_t group_end = word_count - group < 64 ? word_count : group + 64;
+            uint64_t worth = 0;
+            for (ptrdiff_t k = group; k < group_end; k++)
+                worth |= (uint64_t)((words[k] | words[k - 1] >> 63) != 0) << (k - group);
+            while (worth) {
+                const ptrdiff_t k = group + lowest_bit(worth);
+                worth &= worth - 1;
+                const uint64_t word = words[k];
+                uint64_t edges = word ^ ((word << 1) | words[k - 1] >> 63);
+                if (!edges) /* inside a run that goes on */
+                    continue;
+                /* A word ends at most 32 runs: room for them is made once per word, not per run. */
+                if (count + 32 > band->run_capacity) {
+                    if (reserve((void **)&band->runs, &band->run_capacity, count + 32, sizeof(run_t),
+                                FIRST_RUN_CAPACITY) != 0)
+                        return;
+                    runs = band->runs;
                 }
-                const ptrdiff_t end = base + lowest_bit(edges); /* first background pixel after the run */
-                edges &= edges - 1;
-                runs[count].x0 = (int32_t)start;
-                runs[count].x1 = (int32_t)(end - 1);
-                runs[count].y = (int32_t)y;
-                join_above(runs, (int32_t)count, start, end - 1, &above, above_end);
-                count++;
-                start = -1;
+                const ptrdiff_t base = 64 * k;
+                /* Edges alternate start, end, start ...; a run open at the word's start (start >= 0) ends at its
+                 * first edge. Taking them in pairs keeps the branches predictable on noisy maps. */
+                while (edges) {
+                    if (start < 0) {
+                        start = base + lowest_bit(edges);
+                        edges &= edges - 1;
+                        if (!edges) /* the run goes on into the next word */
+                            break;
+                    }
+                    const ptrdiff_t end = base + lowest_bit(edges); /* first background pixel after the run */
+                    edges &= edges - 1;
+                    runs[count].x0 = (int32_t)start;
+                    runs[count].x1 = (int32_t)(end - 1);
+                    runs[count].y = (int32_t)y;
+                    join_above(runs, (int32_t)count, start, end - 1, &above, above_end);
+                    count++;
+                    start = -1;
+                }
             }
         }
         if (y == band->y_begin)
