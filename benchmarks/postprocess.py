@@ -31,7 +31,7 @@ map's runs (measured on our labeller with sparse maps, where OpenCV barely chang
 shows it: the same call, fed the first variant again and again, nothing else changed).
 Timing: before each call the next variant is copied into one buffer (untimed; the map is then in cache, as a
 network's freshly written output is), and the call alone is timed (perf_counter_ns, its own overhead measured
-and taken off). Methods are interleaved round by round; a sample is the mean time of enough calls to last >= 2
+and taken off). Methods are interleaved round by round, in an order that turns by one method each round; a sample is the mean time of enough calls to last >= 2
 ms, after warm-up; the time shown is the median sample, and a speed-up is the median over the rounds of the
 ratio of the two methods' samples in that round (taken milliseconds apart, so a change in the machine's speed
 during the run, which this shared VM shows from minute to minute, cannot set a fast sample of one against a slow
@@ -178,10 +178,14 @@ def timer_overhead_ns() -> float:
 
 def sample(function, variants: list, buffer: np.ndarray, first: int, calls: int, overhead_ns: float) -> float:
     """Mean microseconds per call over `calls` calls, on variants first, first + 1, ... (cyclically), each copied
-    into `buffer` before its call (untimed)."""
+    into `buffer` before its call (untimed), after one untimed call on the variant before (warm code and data for
+    the method itself)."""
     total = 0
-    for i in range(first, first + calls):
+    for i in range(first - 1, first + calls):
         np.copyto(buffer, variants[i % len(variants)])
+        if i < first:
+            function(buffer)
+            continue
         start = time.perf_counter_ns()
         function(buffer)
         total += time.perf_counter_ns() - start
@@ -200,8 +204,13 @@ def time_methods(methods: dict, variants: list, rounds: int, default_threads: in
         once = sample(function, variants, buffer, 0, 1, overhead_ns)
         calls[name] = max(1, int(SAMPLE_US / max(once, 1e-3)))
     walls = {name: [] for name in methods}
+    names = list(methods)
     for r in range(rounds):
-        for name, (function, threads, one_map) in methods.items():
+        # The order turns by one method a round: whatever a method leaves behind (the authors' procedure at
+        # 1920x1080 slowed the method after it by about 1.3x, an untimed call and a 10 ms pause notwithstanding)
+        # falls on every method in turn, not always on the same one.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            function, threads, one_map = methods[name]
             if threads:
                 cv2.setNumThreads(threads)
             walls[name].append(sample(function, variants[:1] if one_map else variants, buffer, r, calls[name],
