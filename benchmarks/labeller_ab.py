@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     document = {"benchmark": "labeller_ab", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": f"python benchmarks/labeller_ab.py --base {args.base}" + (" --quick" if args.quick else ""),
                 "base": revision, "rounds": rounds, "flags": FLAGS,
-                "machine": machine_info(), "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                "machine": machine_info(),
+                "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
                 "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")

@@ -92,7 +92,8 @@ def postprocess_section(doc: dict) -> str:
              "fed one variant again and again (the CPU's branch predictor learns it), which is why every other "
              "column takes new maps.", "",
              table(["frame", "map", "targets", "ours us", "cv2 1 thr us", "x vs cv2", "ours auto us",
-                    f"cv2 {threads} thr us", f"x auto vs cv2 {threads} thr", "x vs authors", "map read us", "ours on 1 map repeated"], body),
+                    f"cv2 {threads} thr us", f"x auto vs cv2 {threads} thr", "x vs authors", "map read us",
+                    "ours on 1 map repeated"], body),
              ""]
     for t in doc.get("targets", []):
         verdict = "met" if t["met"] else "**not met**"

@@ -1,10 +1,10 @@
 /* Run-based eight-connected labelling with fused thresholding and statistics (contract in labeller_core.h).
  *
  * Why runs: IR logit maps are very sparse (a few targets in 65 k .. 2 M pixels). Pass 1 reads each row 64 pixels
- * at a time as a bit word (an all-background word costs one SIMD test; after a background row, the background
- * rows that follow are read as one array, with no per-row work) and records the foreground runs [x0, x1] of the
- * row. A run joins every run of the previous row that it touches under the eight-neighbour rule
- * (a0 <= b1 + 1 and b0 <= a1 + 1) through a union-find over runs whose root is always the lowest run index, i.e.
+ * at a time as a bit word (after a background row, the background rows that follow are read as one array, one
+ * SIMD test per 64 pixels and no per-row work) and records the foreground runs [x0, x1] of the row. A run joins
+ * every run of the previous row that it touches under the eight-neighbour rule (a0 <= b1 + 1 and b0 <= a1 + 1)
+ * through a union-find over runs whose root is always the lowest run index, i.e.
  * the component's first run in raster order. Pass 2 visits the runs only (not the image): it numbers the
  * components and accumulates their statistics from the pixels of the runs. Work and memory grow with the
  * foreground.
