@@ -581,11 +581,10 @@ static ALWAYS_INLINE void add_weight(weight_sums *sums, float v, double x, doubl
 static ALWAYS_INLINE void add_pixel(accumulator *a, int32_t x, int32_t y, float v, double weight_origin)
 {
     a->sum_logit += (double)v;
-    if (v > a->peak) {
-        a->peak = v;
-        a->peak_x = x;
-        a->peak_y = y;
-    }
+    const int32_t higher = -(int32_t)(v > a->peak); /* selects, not a branch: see add_run_pixels() */
+    a->peak = v > a->peak ? v : a->peak;
+    a->peak_x ^= (a->peak_x ^ x) & higher;
+    a->peak_y ^= (a->peak_y ^ y) & higher;
     if (v == INFINITY) { /* an infinite weight: counted apart, see the header */
         a->inf_count++;
         a->inf_sum_x += x;
@@ -640,7 +639,9 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
             add_weight(&weights, v, x_value, y_value, weight_origin);
         }
         if (peak != INFINITY) {
-            a->peak_y = peak > a->peak ? run.y : a->peak_y;
+            /* A select written as a mask: gcc makes `peak > a->peak ? run.y : a->peak_y` a branch, which
+             * mispredicts wherever a run's maximum comes in random order with its target's so far. */
+            a->peak_y ^= (a->peak_y ^ run.y) & -(int32_t)(peak > a->peak);
             a->peak = peak;
             a->peak_x = peak_x;
             a->sum_logit = sum_logit;
