@@ -577,14 +577,21 @@ static ALWAYS_INLINE void add_weight(weight_sums *sums, float v, double x, doubl
     sums->weight_y += weight * y;
 }
 
+/* `yes` if `condition`, else `no`, through a mask: gcc compiles the `?:` form of the peak position updates as a
+ * branch, which mispredicts wherever a pixel or a run beats its target's peak so far, at random. */
+static ALWAYS_INLINE int32_t select_int32(int condition, int32_t yes, int32_t no)
+{
+    return no ^ ((no ^ yes) & -(int32_t)(condition != 0));
+}
+
 /* Adds one pixel's logit to the accumulator (the sums that need the value; the integer ones are per run). */
 static ALWAYS_INLINE void add_pixel(accumulator *a, int32_t x, int32_t y, float v, double weight_origin)
 {
     a->sum_logit += (double)v;
-    const int32_t higher = -(int32_t)(v > a->peak); /* selects, not a branch: see add_run_pixels() */
-    a->peak = v > a->peak ? v : a->peak;
-    a->peak_x ^= (a->peak_x ^ x) & higher;
-    a->peak_y ^= (a->peak_y ^ y) & higher;
+    const int higher = v > a->peak;
+    a->peak = higher ? v : a->peak;
+    a->peak_x = select_int32(higher, x, a->peak_x);
+    a->peak_y = select_int32(higher, y, a->peak_y);
     if (v == INFINITY) { /* an infinite weight: counted apart, see the header */
         a->inf_count++;
         a->inf_sum_x += x;
@@ -622,8 +629,8 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
         a->x_max = run.x1;
     a->y_max = run.y;
     if (a->peak != INFINITY) {
-        /* The run's sums in locals, and the peak as a plain running maximum (MAXSS), its position found after the
-         * loop: a third fewer instructions per pixel than add_pixel(). A run holding +inf is then redone pixel by
+        /* The run's sums in locals, and the peak as a running maximum whose column follows it through selects:
+         * a third fewer instructions per pixel than add_pixel(). A run holding +inf is then redone pixel by
          * pixel from the sums before it (the locals are dropped), as is every run of a target that holds one. */
         weight_sums weights = a->weights;
         double sum_logit = a->sum_logit, x_value = (double)run.x0;
@@ -639,9 +646,7 @@ static ALWAYS_INLINE void add_run_pixels(accumulator *a, const run_t run, const 
             add_weight(&weights, v, x_value, y_value, weight_origin);
         }
         if (peak != INFINITY) {
-            /* A select written as a mask: gcc makes `peak > a->peak ? run.y : a->peak_y` a branch, which
-             * mispredicts wherever a run's maximum comes in random order with its target's so far. */
-            a->peak_y ^= (a->peak_y ^ run.y) & -(int32_t)(peak > a->peak);
+            a->peak_y = select_int32(peak > a->peak, run.y, a->peak_y);
             a->peak = peak;
             a->peak_x = peak_x;
             a->sum_logit = sum_logit;
