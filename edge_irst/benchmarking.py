@@ -645,8 +645,9 @@ def plan(models: Sequence[tuple[Optional[str], str]], backends: Sequence[str], t
             cls = backend_class(backend)
             if not is_folder and path.suffix.lower() not in cls.suffixes:
                 if explicit_backends:
+                    reads = f"{backend} reads {', '.join(cls.suffixes)}, not {path.suffix or path.name}"
                     skipped.append({"model": str(model), "backend": backend, "artifact_precision": None,
-                                    "reason": f"{backend} reads {', '.join(cls.suffixes)}, not {path.suffix or path.name}"})
+                                    "reason": reads})
                 continue
             missing = installed_reason(backend)
             for artifact_precision in (artifact_precisions if is_folder else (None,)):
@@ -722,12 +723,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifacts_to_redo(manifest: dict, wanted: set) -> set:
+    """The (format, precision) pairs of `wanted` that a cached export's manifest cannot serve: missing, FAILED (a
+    newer exporter or verification rule may pass them), or skipped by an exporter that had no converter for them
+    where this one has one (FORMATS). Other skipped ones stay skipped: exporting again would skip them again."""
+    from edge_irst.export.formats import FORMATS
+
+    rows = {(a.get("format"), a.get("precision")): a.get("status") for a in manifest.get("artifacts", [])}
+    writable = {(name, precision) for name, fmt in FORMATS.items() for precision in fmt.precisions}
+    return {key for key in wanted
+            if key not in rows or rows[key] == "FAILED" or (rows[key] == "skipped" and key in writable)}
+
+
 def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: bool = False,
                   calib: Optional[str] = None, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
     The folder is keyed by the weights' sha256, the export settings and the edge-irst version; a folder whose
-    manifest is missing, or lacks a wanted artifact, or marks one FAILED, is exported again. Returns (folder, its
+    manifest is missing, or lacks a wanted artifact, or marks one FAILED, or skipped one that the exporter now
+    writes (FORMATS), is exported again. Returns (folder, its
     manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
     first): the failures are logged and the verified artifacts used; the manifest says why the others are missing.
     """
@@ -739,13 +753,7 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     manifest = folder / "manifest.json"
     if manifest.is_file():
         doc = json.loads(manifest.read_text())
-        have = {(a.get("format"), a.get("precision")) for a in doc.get("artifacts", [])}
-        wanted = {(f, p) for f in formats.split(",") for p in precisions.split(",")}
-        # A FAILED artifact is tried again (a newer exporter or verification rule may pass it); "skipped" ones
-        # (no converter here) are not.
-        failed = {(a.get("format"), a.get("precision")) for a in doc.get("artifacts", [])
-                  if a.get("status") == "FAILED"}
-        if wanted <= have and not wanted & failed:
+        if not artifacts_to_redo(doc, {(f, p) for f in formats.split(",") for p in precisions.split(",")}):
             log(f"using the cached export {folder}")
             return folder, doc
     from edge_irst.errors import EdgeIrstError

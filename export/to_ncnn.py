@@ -1,4 +1,4 @@
-"""PyTorch -> ncnn (.param + .bin) through pnnx, fp32 or fp16 weights.
+"""PyTorch -> ncnn (.param + .bin) through pnnx: fp32 or fp16 weights, or int8 (export/ncnn_int8.py).
 
 pnnx is driven as its binary (`pnnx.EXEC_PATH`) on a TorchScript trace, not through `pnnx.export()`: pnnx
 20261020's Python wrapper runs the binary with `subprocess.run` and drops its exit status and output (a failed
@@ -23,10 +23,12 @@ import numpy as np
 from edge_irst.contract import ModelContract
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
-PARAM_MAGIC = "7767517"
+from .ncnn_int8 import quantize_ncnn, read_param
+
 # The second shape pnnx sees when the contract is dynamic, so it keeps H/W symbolic instead of folding the first
 # shape into the graph. Any multiple of the stride that differs from the tracing size works.
 _SECOND_SHAPE = (320, 480)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def blob_names(param: Path) -> tuple[str, str]:
@@ -35,21 +37,10 @@ def blob_names(param: Path) -> tuple[str, str]:
     The input is the top blob of the one Input layer; the output is the one blob that some layer produces and no
     layer consumes.
     """
-    lines = param.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0].strip() != PARAM_MAGIC:
-        raise ModelFileError(f"{param}: pnnx did not write an ncnn text .param (no magic number {PARAM_MAGIC})")
-    inputs, produced, consumed = [], [], set()
-    for line in lines[2:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        n_in, n_out = int(fields[2]), int(fields[3])
-        bottoms, tops = fields[4:4 + n_in], fields[4 + n_in:4 + n_in + n_out]
-        consumed.update(bottoms)
-        produced.extend(tops)
-        if fields[0] == "Input":
-            inputs.extend(tops)
-    outputs = [blob for blob in produced if blob not in consumed and blob not in inputs]
+    _, layers = read_param(param)
+    inputs = [blob for layer in layers if layer.type == "Input" for blob in layer.tops]
+    consumed = {blob for layer in layers for blob in layer.bottoms}
+    outputs = [blob for layer in layers for blob in layer.tops if blob not in consumed and blob not in inputs]
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelFileError(f"{param}: expected one input and one output blob, found inputs {inputs} and "
                              f"outputs {outputs}")
@@ -67,8 +58,9 @@ def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
     calib_batches: float32 NCHW [1, C, H, W] arrays; the first is the tracing input (its H x W is the exported
     size unless the contract is dynamic). Returns the .param and the contract with ncnn's blob names.
     """
-    if precision not in ("fp32", "fp16"):
-        raise InputError(f"ncnn precision {precision!r} is not supported by this exporter; choose fp32 or fp16")
+    if precision not in PRECISIONS:
+        raise InputError(f"ncnn precision {precision!r} is not supported by this exporter; choose one of "
+                         f"{', '.join(PRECISIONS)}")
     if not calib_batches:
         raise InputError("ncnn export needs one example batch (float32 NCHW [1, C, H, W]) to trace the model")
     try:
@@ -94,6 +86,13 @@ def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
             raise ModelFileError(f"pnnx {getattr(pnnx, '__version__', '?')} failed to convert the model (exit "
                                  f"{done.returncode}): " + " | ".join(tail))
         names = blob_names(param)
-        shutil.move(str(param), str(out_path))
-        shutil.move(str(weights), str(out_path.with_suffix(".bin")))
-    return out_path, contract.replace(precision=precision, input_name=names[0], output_name=names[1])
+        extra = contract.extra
+        if precision == "int8":  # from the fp32 model pnnx wrote (fp16=0), calibrated on every batch
+            done = quantize_ncnn(param, out_path, calib_batches, names[0])
+            extra = {**extra, "ncnn_int8": f"{done['int8_convolutions']} Convolution layers in int8 "
+                                          f"({done['requantised']} requantised for the next one), "
+                                          f"{done['fp32_kept'] or 'nothing else'} kept fp32; {done['calibration']}"}
+        else:
+            shutil.move(str(param), str(out_path))
+            shutil.move(str(weights), str(out_path.with_suffix(".bin")))
+    return out_path, contract.replace(precision=precision, input_name=names[0], output_name=names[1], extra=extra)

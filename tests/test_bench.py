@@ -141,3 +141,18 @@ def test_summarize_percentiles_on_known_samples():
 @pytest.mark.parametrize("text, size", [("256", (256, 256)), ("640x512", (512, 640)), ("1920x1080", (1080, 1920))])
 def test_sizes_are_width_by_height(text, size):
     assert bench.parse_size(text) == size
+
+
+def test_a_cached_export_is_redone_only_for_what_it_cannot_serve():
+    """Missing and FAILED artifacts are redone, and skipped ones where the exporter now writes them (FORMATS:
+    ncnn int8 was once skipped for want of ncnn2int8); a precision no format writes stays skipped."""
+    manifest = {"artifacts": [
+        {"format": "onnx", "precision": "fp32", "status": "verified"},
+        {"format": "onnx", "precision": "int8", "status": "UNVERIFIED"},
+        {"format": "mnn", "precision": "fp16", "status": "FAILED"},
+        {"format": "ncnn", "precision": "int8", "status": "skipped"},
+        {"format": "ncnn", "precision": "int4", "status": "skipped"},
+    ]}
+    assert bench.artifacts_to_redo(manifest, {("onnx", "fp32"), ("onnx", "int8"), ("ncnn", "int4")}) == set()
+    wanted = {("onnx", "fp32"), ("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}
+    assert bench.artifacts_to_redo(manifest, wanted) == {("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}

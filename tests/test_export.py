@@ -63,11 +63,7 @@ def _logits(model, frames, contract: ModelContract, size=(256, 256)) -> tuple[np
 def test_every_requested_artifact_is_accounted_for(report):
     rows = {(a.format, a.precision): a for a in report.artifacts}
     assert set(rows) == {(f, p) for f in ALL for p in ("fp32", "fp16", "int8")}
-    skipped = rows[("ncnn", "int8")]
-    assert skipped.status == "skipped" and not skipped.files and "ncnn2int8" in skipped.reason
     for key, row in rows.items():
-        if key == ("ncnn", "int8"):
-            continue
         assert row.files and all((report.folder / f).is_file() for f in row.files), key
         assert row.size_bytes == sum((report.folder / f).stat().st_size for f in row.files)
         assert row.convert_seconds > 0 and row.backend == FORMATS[row.format].backend
@@ -82,7 +78,8 @@ def test_manifest_lists_what_the_report_says(report):
     assert [e["files"] for e in manifest["artifacts"]] == [a.files for a in report.artifacts]
     table = report.table()
     assert table.splitlines()[0].split()[:2] == ["format", "precision"]
-    assert "ncnn/int8 skipped" in table
+    assert [line.split()[:2] for line in table.splitlines()[1:13]] == [[a.format, a.precision]
+                                                                      for a in report.artifacts]
 
 
 @pytest.mark.parametrize("fmt", ALL)
@@ -100,7 +97,7 @@ def test_fp32_artifacts_match_pytorch_when_reloaded(report, model, frames, fmt):
     assert np.mean((got > 0) == (expected > 0)) >= 0.999
 
 
-@pytest.mark.parametrize("fmt,precision", [(f, p) for f in ALL for p in ("fp16", "int8") if (f, p) != ("ncnn", "int8")])
+@pytest.mark.parametrize("fmt,precision", [(f, p) for f in ALL for p in ("fp16", "int8")])
 def test_reduced_precision_is_verified_only_above_its_mask_iou_floor(report, model, frames, fmt, precision):
     row = report.artifact(fmt, precision)
     assert None not in (row.max_abs_diff, row.mask_agreement, row.mask_iou_vs_fp32)
@@ -163,6 +160,25 @@ def test_ncnn_fp32_artifact_stores_fp32_weights(report, model):
     contract = contract_for(report.path("ncnn", "fp32"))
     param = report.path("ncnn", "fp32").read_text()
     assert "Input" in param and f" {contract.input_name}" in param and f" {contract.output_name}" in param
+
+
+def test_ncnn_int8_artifact_runs_its_convolutions_in_int8(report):
+    """export/ncnn_int8.py: the Convolutions int8 (8=2, or 8=102 where one feeds the next), the rest fp32; the
+    backend counts the int8 layers and says so in the precision it reports."""
+    row = report.artifact("ncnn", "int8")
+    assert row.verified, row.reason
+    lines = report.path("ncnn", "int8").read_text().splitlines()
+    convolutions = [line for line in lines if line.startswith("Convolution ")]
+    assert convolutions and all(line.split()[-1] in ("8=2", "8=102") for line in convolutions)
+    assert any(line.endswith(" 8=102") for line in convolutions)
+    assert not any(" 8=" in line for line in lines if line.split()[0] in ("ConvolutionDepthWise", "Deconvolution"))
+    sidecar = read_sidecar(report.path("ncnn", "int8"))
+    effect = sidecar["verification"]["options_in_effect"]
+    assert effect["precision"] == "int8+fp32" and effect["int8_layers"] == len(convolutions)
+    assert f"{len(convolutions)} Convolution layers in int8" in sidecar["contract"]["extra"]["ncnn_int8"]
+    # about a byte per weight of the convolutions instead of four
+    fp32_bin = report.folder / report.artifact("ncnn", "fp32").files[1]
+    assert (report.folder / row.files[1]).stat().st_size < 0.5 * fp32_bin.stat().st_size
 
 
 def test_model_folder_holds_only_artifacts_sidecars_and_manifest(report):

@@ -24,6 +24,8 @@ _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, b
     "fp16": (True, True, True, False, False),
     "bf16": (False, False, False, True, True),
 }
+# Layers whose param 8 is int8_scale_term (in others, e.g. Padding, param 8 means something else).
+_INT8_CAPABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Convolution1D", "Gemm")
 _FLAG_NAMES = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed")
 
 
@@ -35,8 +37,9 @@ def _gpu_count(ncnn) -> int:
         return ncnn.get_gpu_count()
 
 
-def _read_param(path) -> dict:
-    """Check a text .param and return its Input layers' declared shapes: {blob: (c, h, w) with 0 = unset}."""
+def _read_param(path) -> tuple[dict, int]:
+    """Check a text .param; return its Input layers' declared shapes ({blob: (c, h, w) with 0 = unset}) and how
+    many of its layers hold int8 weights (int8_scale_term, param 8 of _INT8_CAPABLE, set)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -51,8 +54,9 @@ def _read_param(path) -> dict:
     layers = [ln.split() for ln in lines[2:] if ln.strip()]
     if len(layers) < layer_count:
         raise ModelFileError(f"{path}: declares {layer_count} layers but holds {len(layers)}: truncated .param")
-    shapes = {}
+    shapes, int8_layers = {}, 0
     for fields in layers:
+        int8_layers += fields[0] in _INT8_CAPABLE and any(f.startswith("8=") and f != "8=0" for f in fields[4:])
         if fields[0] == "Input" and len(fields) >= 5:
             params = dict(f.split("=", 1) for f in fields[5:] if "=" in f)
             try:
@@ -60,7 +64,7 @@ def _read_param(path) -> dict:
             except ValueError:
                 raise ModelFileError(f"{path}: Input layer {fields[1]!r} has non-integer shape parameters "
                                      f"{fields[5:]}") from None
-    return shapes
+    return shapes, int8_layers
 
 
 class NcnnBackend(Backend):
@@ -81,7 +85,7 @@ class NcnnBackend(Backend):
         super().__init__(path, options, contract)
         self._ncnn = ncnn = self.import_runtime()
         self.weights = self.path.with_suffix(".bin")
-        declared = _read_param(self.path)
+        declared, self.int8_layers = _read_param(self.path)
         if not self.weights.is_file():
             raise ModelFileError(f"{self.path}: its weights {self.weights.name} are missing (an ncnn model is a "
                                  f".param + .bin pair in one folder)")
@@ -155,12 +159,15 @@ class NcnnBackend(Backend):
         opt = self.net.opt
         flags = {flag: bool(getattr(opt, flag)) for flag in _FLAG_NAMES}
         precision = "bf16" if flags["use_bf16_storage"] else "fp16" if flags["use_fp16_arithmetic"] else "fp32"
+        if self.int8_layers and opt.use_int8_inference:
+            precision = f"int8+{precision}"  # the int8 layers; the others at the float precision the flags say
         return {
             **self._base_effect(),
             "threads": opt.num_threads,
             "threads_source": "net.opt.num_threads read back",
             "precision": precision,
-            "precision_source": "net.opt fp16/bf16 flags read back",
+            "precision_source": "net.opt flags read back, int8 layers counted in the .param",
+            "int8_layers": self.int8_layers,
             **flags,
             "device": f"vulkan:{self.gpu}" if opt.use_vulkan_compute else "cpu",
             "big_cores": self._ncnn.get_cpu_powersave() == 2,

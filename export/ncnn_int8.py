@@ -1,0 +1,211 @@
+"""An fp32 ncnn model (.param + .bin) -> its int8 twin: the Convolution layers quantised, calibrated on frames.
+
+Written here because ncnn's own tools for it (ncnn2table, ncnn2int8) are C++ programs that neither the ncnn nor
+the pnnx pip wheel ships. What is written is ncnn's int8 model form, which the runtime of the ncnn wheel loads and
+runs (ncnn 1.0.20261020; tests/test_export_ncnn_int8.py checks it against numpy):
+- .param: an int8 Convolution gets 8=2 (int8_scale_term: one weight scale per output channel and one input
+  scale), or 8=102 when its output feeds one other int8 Convolution and nothing else: ncnn then requantises the
+  output inside the layer (activation included) and the next layer takes it as int8, with no dequantise and
+  quantise pass in between.
+- .bin, per int8 Convolution: its weights as int8 behind the tag 0x000D4B38 (padded to 4 bytes) where the fp32
+  block was, the fp32 bias as before, then the weight scales (num_output float32), the input scale (one float32)
+  and, for 8=102, the input scale of the layer it feeds.
+Quantisation: q = round(v * scale) clipped to [-127, 127]; a weight scale is 127 / max|w| over its output
+channel; an input scale is 127 / max|x| over every calibration batch, x being the layer's input blob as the fp32
+model computes it (min-max, as the ONNX int8 export calibrates too).
+Left in fp32: depthwise convolutions (on LW-IRSTNet, one thread, AMD EPYC with AVX-512 VNNI, interleaved rounds:
+the model ran 1.29x faster than fp32 with its Convolutions in int8, 1.11x with its depthwise ones in int8 too),
+deconvolutions (ncnn has no int8 kernel for them) and every other layer.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
+
+PARAM_MAGIC = "7767517"
+INT8_TAG = 0x000D4B38  # ncnn ModelBin: the block that follows holds int8 values
+FP32_TAG = 0  # ... raw float32 values
+REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
+# Layers that read nothing from the .bin. A layer outside this set and _weight_blocks() stops the quantiser:
+# misreading one block would shift every weight after it.
+_WEIGHTLESS = {"Input", "Split", "ReLU", "LeakyReLU", "Sigmoid", "TanH", "Clip", "HardSigmoid", "HardSwish",
+               "Swish", "Mish", "ELU", "BinaryOp", "UnaryOp", "Eltwise", "Pooling", "Concat", "Slice", "Crop",
+               "Interp", "PixelShuffle", "Reorg", "Reshape", "Permute", "Flatten", "Softmax", "Noop", "Dropout"}
+
+
+@dataclass
+class ParamLayer:
+    """One layer line of a text .param."""
+
+    type: str
+    name: str
+    bottoms: list
+    tops: list
+    params: dict  # param id (as written, e.g. "0" or "-23310") -> value text
+    line: str
+
+
+def read_param(path: Path) -> tuple[list[str], list[ParamLayer]]:
+    """(the magic and count lines, the layers) of an ncnn text .param."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip() != PARAM_MAGIC or len(lines) < 2:
+        raise ModelFileError(f"{path}: not an ncnn text .param (no magic number {PARAM_MAGIC})")
+    layers = []
+    for line in lines[2:]:
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            n_in, n_out = int(fields[2]), int(fields[3])
+            params = dict(token.split("=", 1) for token in fields[4 + n_in + n_out:])
+        except (IndexError, ValueError):
+            raise ModelFileError(f"{path}: malformed layer line {line.strip()[:80]!r}") from None
+        layers.append(ParamLayer(fields[0], fields[1], fields[4:4 + n_in], fields[4 + n_in:4 + n_in + n_out],
+                             params, line))
+    return lines[:2], layers
+
+
+def _weight_blocks(layer: ParamLayer) -> list[tuple[str, int, bool]]:
+    """(name, float32 count, whether a 4-byte tag precedes it) of each block the layer reads, in .bin order."""
+    p = layer.params
+    if layer.type in ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise"):
+        if int(p.get("8", 0)):
+            raise ModelFileError(f"layer {layer.name} ({layer.type}) is already int8: quantise the fp32 model")
+        blocks = [("weight", int(p.get("6", 0)), True)]
+        return blocks + ([("bias", int(p.get("0", 0)), False)] if int(p.get("5", 0)) else [])
+    if layer.type == "BatchNorm":
+        return [(name, int(p.get("0", 0)), False) for name in ("slope", "mean", "variance", "bias")]
+    if layer.type == "PReLU":
+        return [("slope", int(p.get("0", 0)), False)]
+    if layer.type == "InnerProduct":
+        if int(p.get("8", 0)):
+            raise ModelFileError(f"layer {layer.name} (InnerProduct) is already int8: quantise the fp32 model")
+        blocks = [("weight", int(p.get("2", 0)), True)]
+        return blocks + ([("bias", int(p.get("0", 0)), False)] if int(p.get("1", 0)) else [])
+    if layer.type == "Padding":
+        count = int(p.get("6", 0))  # per-channel pad values
+        return [("pad values", count, False)] if count else []
+    if layer.type in _WEIGHTLESS:
+        return []
+    raise ModelFileError(f"layer {layer.name}: the int8 quantiser does not know how a {layer.type} layer's "
+                         f"weights are stored, so it cannot rewrite the .bin safely")
+
+
+def _split_weights(layers: list[ParamLayer], blob: bytes, path: Path) -> list[dict]:
+    """Per layer, {block name: float32 array} read from the .bin in the order ncnn loads them."""
+    offset, out = 0, []
+    for layer in layers:
+        arrays = {}
+        for name, count, tagged in _weight_blocks(layer):
+            if tagged:
+                (tag,) = struct.unpack_from("<I", blob, offset) if offset + 4 <= len(blob) else (None,)
+                if tag != FP32_TAG:
+                    raise ModelFileError(f"{path}: the {name} of layer {layer.name} is not stored as plain float32 "
+                                         f"(tag {tag if tag is None else hex(tag)}): quantise the fp32 .bin")
+                offset += 4
+            if offset + 4 * count > len(blob):
+                raise ModelFileError(f"{path}: ends inside the {name} of layer {layer.name}: truncated, or not "
+                                     f"the .bin of this .param")
+            arrays[name] = np.frombuffer(blob, np.float32, count, offset)
+            offset += 4 * count
+        out.append(arrays)
+    if offset != len(blob):
+        raise ModelFileError(f"{path}: {len(blob) - offset} bytes left after the last layer's weights: not the "
+                             f".bin of this .param")
+    return out
+
+
+def _input_peaks(param: Path, weights: Path, batches: Sequence[np.ndarray], input_name: str,
+                 blobs: list[str]) -> dict:
+    """{blob: max |value| over the batches}, from the fp32 model run by ncnn."""
+    try:
+        import ncnn
+    except ImportError as exc:
+        raise MissingDependencyError("ncnn (needed to calibrate an int8 ncnn model)", "ncnn", str(exc)) from exc
+    net = ncnn.Net()
+    net.opt.lightmode = False  # keep every blob: they are all read after one forward pass
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+        setattr(net.opt, flag, False)
+    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+        raise ModelFileError(f"{param}: ncnn cannot load the fp32 model to calibrate it")
+    peaks = dict.fromkeys(blobs, 0.0)
+    for batch in batches:
+        peaks_here = _batch_peaks(ncnn, net, param, np.ascontiguousarray(batch[0], np.float32), input_name, blobs)
+        peaks = {blob: max(peak, peaks_here[blob]) for blob, peak in peaks.items()}
+    net.clear()
+    bad = [blob for blob, peak in peaks.items() if not np.isfinite(peak)]
+    if bad:
+        raise InputError(f"calibration: the fp32 model's blobs {bad} hold inf/NaN on the calibration frames")
+    return peaks
+
+
+def _batch_peaks(ncnn, net, param: Path, chw: np.ndarray, input_name: str, blobs: list[str]) -> dict:
+    """{blob: max |value|} for one input. In a function of its own so that the extractor and its Mats are gone
+    before the net is cleared: ncnn aborts the process when its pool allocator dies before the blobs it holds."""
+    extractor = net.create_extractor()
+    extractor.input(input_name, ncnn.Mat(chw))
+    peaks = {}
+    for blob in blobs:
+        ret, mat = extractor.extract(blob)
+        if ret != 0:
+            raise ModelFileError(f"{param}: ncnn could not compute blob {blob!r} (returned {ret})")
+        peaks[blob] = float(np.abs(np.array(mat)).max())
+    return peaks
+
+
+def _scale(peak: float) -> float:
+    return 127.0 / peak if peak > 0 else 1.0  # an input that is always 0 quantises exactly with any scale
+
+
+def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], input_name: str) -> dict:
+    """Write the int8 twin of `param` (and its .bin) to `out_param` (and its .bin). batches: float32 NCHW
+    [1, C, H, W] calibration inputs, preprocessed as the model expects. Returns a summary of what was done."""
+    if not batches:
+        raise InputError("ncnn int8 needs calibration batches (float32 NCHW [1, C, H, W]) to set its input scales")
+    param, out_param = Path(param), Path(out_param)
+    weights = param.with_suffix(".bin")
+    header, layers = read_param(param)
+    arrays = _split_weights(layers, weights.read_bytes(), weights)
+    convolutions = [layer for layer in layers if layer.type == "Convolution"]
+    peaks = _input_peaks(param, weights, batches, input_name, sorted({c.bottoms[0] for c in convolutions}))
+    input_scale = {c.name: _scale(peaks[c.bottoms[0]]) for c in convolutions}
+    consumers: dict = {}
+    for layer in layers:
+        for blob in layer.bottoms:
+            consumers.setdefault(blob, []).append(layer)
+
+    lines, blob, requantised = list(header), bytearray(), 0
+    for layer, blocks in zip(layers, arrays):
+        if layer.name not in input_scale:
+            lines.append(layer.line)
+            for name, count, tagged in _weight_blocks(layer):
+                blob += (struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
+            continue
+        outputs = int(layer.params["0"])
+        kernels = blocks["weight"].reshape(outputs, -1)
+        peak = np.abs(kernels).max(axis=1)
+        weight_scale = np.where(peak > 0, 127.0 / np.where(peak > 0, peak, 1.0), 1.0).astype(np.float32)
+        quantised = np.clip(np.rint(kernels * weight_scale[:, None]), -127, 127).astype(np.int8).tobytes()
+        blob += struct.pack("<I", INT8_TAG) + quantised + b"\0" * (-len(quantised) % 4)
+        if "bias" in blocks:
+            blob += blocks["bias"].tobytes()
+        blob += weight_scale.tobytes() + np.float32(input_scale[layer.name]).tobytes()
+        term = 2
+        fed = consumers.get(layer.tops[0], [])
+        if len(fed) == 1 and fed[0].name in input_scale:
+            term += REQUANTISED
+            blob += np.float32(input_scale[fed[0].name]).tobytes()
+            requantised += 1
+        lines.append(f"{layer.line} 8={term}")
+    out_param.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_param.with_suffix(".bin").write_bytes(bytes(blob))
+    left = [layer.type for layer in layers if layer.type in ("ConvolutionDepthWise", "Deconvolution")]
+    return {"int8_convolutions": len(convolutions), "requantised": requantised,
+            "fp32_kept": {kind: left.count(kind) for kind in sorted(set(left))},
+            "calibration": f"min-max of each int8 layer's input over {len(batches)} batches"}

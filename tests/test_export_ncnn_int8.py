@@ -1,0 +1,162 @@
+"""The ncnn int8 quantiser (export/ncnn_int8.py) on a small ncnn model written here by hand, run by the real ncnn
+runtime and checked against convolutions computed in numpy. Needs ncnn only (no torch, no ../shared)."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+ncnn = pytest.importorskip("ncnn", reason="the ncnn int8 quantiser calibrates with the [ncnn] extra")
+
+from edge_irst.errors import InputError, ModelFileError  # noqa: E402
+from edge_irst.export.ncnn_int8 import INT8_TAG, quantize_ncnn  # noqa: E402
+
+SLOPE = 0.1
+CHANNELS, HIDDEN, OUTPUTS, SIZE = 3, 8, 4, 16
+
+
+def _weights(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"w0": rng.normal(0, 0.4, (HIDDEN, CHANNELS, 3, 3)).astype(np.float32),
+            "b0": rng.normal(0, 0.1, HIDDEN).astype(np.float32),
+            "w1": rng.normal(0, 0.4, (OUTPUTS, HIDDEN, 1, 1)).astype(np.float32),
+            "b1": rng.normal(0, 0.1, OUTPUTS).astype(np.float32)}
+
+
+def _write_model(folder, weights: dict, extra_layer: str = "", tag: int = 0):
+    """Input -> 3x3 Convolution (pad 1, bias, leaky ReLU) -> 1x1 Convolution (bias) -> out, as pnnx writes it."""
+    layers = [f"Input in0 0 1 in0 0={SIZE} 1={SIZE} 2={CHANNELS}",
+              f"Convolution conv0 1 1 in0 c0 0={HIDDEN} 1=3 11=3 4=1 14=1 5=1 6={weights['w0'].size} 9=2 "
+              f"-23310=1,{SLOPE}",
+              f"Convolution conv1 1 1 c0 out 0={OUTPUTS} 1=1 11=1 5=1 6={weights['w1'].size}"]
+    if extra_layer:
+        layers.append(extra_layer)
+    param = folder / "tiny.param"
+    param.write_text("7767517\n" + f"{len(layers)} {len(layers) + 1}\n" + "\n".join(layers) + "\n")
+    blob = b"".join(struct.pack("<I", tag) + weights[f"w{i}"].tobytes() + weights[f"b{i}"].tobytes()
+                    for i in (0, 1))
+    param.with_suffix(".bin").write_bytes(blob)
+    return param
+
+
+def _numpy_model(weights: dict, x: np.ndarray) -> np.ndarray:
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    hidden = np.zeros((HIDDEN, SIZE, SIZE), np.float64)
+    for dy in range(3):
+        for dx in range(3):
+            hidden += np.einsum("oc,chw->ohw", weights["w0"][:, :, dy, dx], padded[:, dy:dy + SIZE, dx:dx + SIZE])
+    hidden += weights["b0"][:, None, None]
+    hidden = np.where(hidden > 0, hidden, SLOPE * hidden)
+    return np.einsum("oc,chw->ohw", weights["w1"][:, :, 0, 0], hidden) + weights["b1"][:, None, None]
+
+
+def _run(param, x: np.ndarray, int8: bool = True) -> np.ndarray:
+    net = ncnn.Net()
+    net.opt.use_int8_inference = int8
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    assert net.load_param(str(param)) == 0 and net.load_model(str(param.with_suffix(".bin"))) == 0
+    extractor = net.create_extractor()
+    extractor.input("in0", ncnn.Mat(np.ascontiguousarray(x)))
+    ret, mat = extractor.extract("out")
+    assert ret == 0
+    out = np.array(mat).copy()
+    del extractor, mat
+    net.clear()
+    return out
+
+
+def _batches(count: int, seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, (1, CHANNELS, SIZE, SIZE)).astype(np.float32) for _ in range(count)]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    weights = _weights()
+    return weights, _write_model(tmp_path, weights)
+
+
+def test_the_hand_written_fp32_model_is_what_numpy_computes(tiny):
+    """The test's own model is right before anything is quantised (else the int8 checks prove nothing)."""
+    weights, param = tiny
+    x = _batches(1, seed=7)[0][0]
+    np.testing.assert_allclose(_run(param, x, int8=False), _numpy_model(weights, x), atol=1e-4)
+
+
+def test_int8_model_runs_in_ncnn_close_to_the_fp32_convolutions(tiny, tmp_path):
+    weights, param = tiny
+    done = quantize_ncnn(param, tmp_path / "tiny_int8.param", _batches(8), "in0")
+    assert done["int8_convolutions"] == 2 and done["requantised"] == 1
+    x = _batches(1, seed=7)[0][0]  # not a calibration batch
+    expected = _numpy_model(weights, x)
+    got = _run(tmp_path / "tiny_int8.param", x)
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 0 < error < 0.03  # int8, so not exact; a wrong scale or layout is off by far more
+
+
+def test_int8_param_and_bin_layout(tiny, tmp_path):
+    """conv0 feeds only conv1, so it requantises (8=102, one more scale); conv1 is the output (8=2). The .bin
+    holds the int8 weights behind their tag, the fp32 bias, the per-channel weight scales and the input scale."""
+    weights, param = tiny
+    batches = _batches(8)
+    quantize_ncnn(param, tmp_path / "q.param", batches, "in0")
+    lines = (tmp_path / "q.param").read_text().splitlines()
+    assert lines[3].endswith(" 8=102") and lines[4].endswith(" 8=2")
+    assert lines[:3] == param.read_text().splitlines()[:3]
+    blob = (tmp_path / "q.bin").read_bytes()
+    offset, scales = 0, {}
+    for i, (outputs, nxt) in enumerate([(HIDDEN, True), (OUTPUTS, False)]):
+        w = weights[f"w{i}"]
+        assert struct.unpack_from("<I", blob, offset)[0] == INT8_TAG
+        q = np.frombuffer(blob, np.int8, w.size, offset + 4).reshape(outputs, -1)
+        offset += 4 + w.size + (-w.size % 4)
+        np.testing.assert_array_equal(np.frombuffer(blob, np.float32, outputs, offset), weights[f"b{i}"])
+        offset += 4 * outputs
+        weight_scale = np.frombuffer(blob, np.float32, outputs, offset)
+        offset += 4 * outputs
+        scales[i] = np.frombuffer(blob, np.float32, 1, offset)[0]
+        offset += 4
+        if nxt:
+            next_scale = np.frombuffer(blob, np.float32, 1, offset)[0]
+            offset += 4
+        flat = w.reshape(outputs, -1)
+        np.testing.assert_allclose(weight_scale, 127 / np.abs(flat).max(axis=1), rtol=1e-6)
+        assert np.abs(q).max(axis=1).tolist() == [127] * outputs  # each channel's largest weight maps to 127
+        assert np.abs(q / weight_scale[:, None] - flat).max() <= 0.5 / weight_scale.min() + 1e-7
+    assert offset == len(blob)
+    peak_in = max(float(np.abs(b).max()) for b in batches)
+    assert scales[0] == pytest.approx(127 / peak_in, rel=1e-6)
+    assert next_scale == scales[1]  # conv0 requantises with the scale conv1 reads its input with
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unknown layer", "does not know how a LayerNorm layer's weights are stored"),
+    ("fp16 weights", "is not stored as plain float32"),
+    ("truncated", "ends inside the"),
+    ("trailing bytes", "bytes left after the last layer's weights"),
+    ("already int8", "is already int8"),
+])
+def test_models_it_cannot_rewrite_safely_are_refused_by_name(tmp_path, case, message):
+    weights = _weights()
+    if case == "unknown layer":
+        param = _write_model(tmp_path, weights, extra_layer="LayerNorm ln0 1 1 out ln 0=4 1=1e-5 2=1")
+    else:
+        param = _write_model(tmp_path, weights, tag=0x01306B47 if case == "fp16 weights" else 0)
+    blob = param.with_suffix(".bin")
+    if case == "truncated":
+        blob.write_bytes(blob.read_bytes()[:-8])
+    elif case == "trailing bytes":
+        blob.write_bytes(blob.read_bytes() + b"\0" * 8)
+    elif case == "already int8":
+        quantize_ncnn(param, tmp_path / "q.param", _batches(2), "in0")
+        param = tmp_path / "q.param"
+    with pytest.raises(ModelFileError, match=message):
+        quantize_ncnn(param, tmp_path / "again.param", _batches(2), "in0")
+    assert not (tmp_path / "again.param").exists()
+
+
+def test_calibration_needs_batches(tiny, tmp_path):
+    _, param = tiny
+    with pytest.raises(InputError, match="needs calibration batches"):
+        quantize_ncnn(param, tmp_path / "q.param", [], "in0")
