@@ -149,7 +149,7 @@ def headline_sentence(h: dict) -> str:
 def target_sentence(t: dict) -> str:
     if t["met"] is None:
         return f"t{t['threads']} {t['target']}: not measurable ({t['reason']})"
-    verdict = "met" if t["met"] else f"NOT MET (short by {t['shortfall_pct']:.0f}%)"
+    verdict = "met" if t["met"] else f"NOT MET (short by {t['shortfall_pct']:.1f} %)"
     return (f"t{t['threads']} {t['target']}: {t['ours']} {t['ours_median_ms']:.2f} ms [{t['ours_round_medians']}] vs "
             f"{t['authors']} {t['authors_median_ms']:.2f} ms [{t['authors_round_medians']}] = {t['speedup_wall']:.2f}x, "
             f"{verdict}; on CPU time {t['speedup_cpu_time']:.2f}x ({'met' if t['met_on_cpu_time'] else 'not met'})")
