@@ -139,9 +139,6 @@ def _input_peaks(param: Path, weights: Path, batches: Sequence[np.ndarray], inpu
         peaks_here = _batch_peaks(ncnn, net, param, np.ascontiguousarray(batch[0], np.float32), input_name, blobs)
         peaks = {blob: max(peak, peaks_here[blob]) for blob, peak in peaks.items()}
     net.clear()
-    bad = [blob for blob, peak in peaks.items() if not np.isfinite(peak)]
-    if bad:
-        raise InputError(f"calibration: the fp32 model's blobs {bad} hold inf/NaN on the calibration frames")
     return peaks
 
 
@@ -156,6 +153,8 @@ def _batch_peaks(ncnn, net, param: Path, chw: np.ndarray, input_name: str, blobs
         if ret != 0:
             raise ModelFileError(f"{param}: ncnn could not compute blob {blob!r} (returned {ret})")
         peaks[blob] = float(np.abs(np.array(mat)).max())
+        if not np.isfinite(peaks[blob]):  # checked here: max() over the batches would drop a NaN
+            raise InputError(f"calibration: blob {blob!r} of the fp32 model holds inf/NaN on a calibration frame")
     return peaks
 
 
@@ -173,8 +172,12 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
     header, layers = read_param(param)
     arrays = _split_weights(layers, weights.read_bytes(), weights)
     convolutions = [layer for layer in layers if layer.type == "Convolution"]
-    peaks = _input_peaks(param, weights, batches, input_name, sorted({c.bottoms[0] for c in convolutions}))
-    input_scale = {c.name: _scale(peaks[c.bottoms[0]]) for c in convolutions}
+    for layer, blocks in zip(layers, arrays):
+        if layer.type == "Convolution" and not np.isfinite(blocks["weight"]).all():
+            raise ModelFileError(f"{weights}: the weights of layer {layer.name} hold inf/NaN")
+    inputs = list(dict.fromkeys(c.bottoms[0] for c in convolutions))  # in graph order: the first bad one is named
+    peaks = _input_peaks(param, weights, batches, input_name, inputs)
+    input_scale = {id(c): _scale(peaks[c.bottoms[0]]) for c in convolutions}  # by layer: names may repeat
     consumers: dict = {}
     for layer in layers:
         for blob in layer.bottoms:
@@ -182,7 +185,7 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
 
     lines, blob, requantised = list(header), bytearray(), 0
     for layer, blocks in zip(layers, arrays):
-        if layer.name not in input_scale:
+        if id(layer) not in input_scale:
             lines.append(layer.line)
             for name, count, tagged in _weight_blocks(layer):
                 blob += (struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
@@ -195,12 +198,12 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
         blob += struct.pack("<I", INT8_TAG) + quantised + b"\0" * (-len(quantised) % 4)
         if "bias" in blocks:
             blob += blocks["bias"].tobytes()
-        blob += weight_scale.tobytes() + np.float32(input_scale[layer.name]).tobytes()
+        blob += weight_scale.tobytes() + np.float32(input_scale[id(layer)]).tobytes()
         term = 2
         fed = consumers.get(layer.tops[0], [])
-        if len(fed) == 1 and fed[0].name in input_scale:
+        if len(fed) == 1 and id(fed[0]) in input_scale:
             term += REQUANTISED
-            blob += np.float32(input_scale[fed[0].name]).tobytes()
+            blob += np.float32(input_scale[id(fed[0])]).tobytes()
             requantised += 1
         lines.append(f"{layer.line} 8={term}")
     out_param.write_text("\n".join(lines) + "\n", encoding="utf-8")

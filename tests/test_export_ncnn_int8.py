@@ -136,9 +136,12 @@ def test_int8_param_and_bin_layout(tiny, tmp_path):
     ("truncated", "ends inside the"),
     ("trailing bytes", "bytes left after the last layer's weights"),
     ("already int8", "is already int8"),
+    ("nan weights", "weights of layer conv0 hold inf/NaN"),
 ])
 def test_models_it_cannot_rewrite_safely_are_refused_by_name(tmp_path, case, message):
     weights = _weights()
+    if case == "nan weights":
+        weights["w0"][1, 0, 0, 0] = np.nan
     if case == "unknown layer":
         param = _write_model(tmp_path, weights, extra_layer="LayerNorm ln0 1 1 out ln 0=4 1=1e-5 2=1")
     else:
@@ -156,7 +159,12 @@ def test_models_it_cannot_rewrite_safely_are_refused_by_name(tmp_path, case, mes
     assert not (tmp_path / "again.param").exists()
 
 
-def test_calibration_needs_batches(tiny, tmp_path):
+def test_calibration_needs_batches_and_finite_activations(tiny, tmp_path):
     _, param = tiny
     with pytest.raises(InputError, match="needs calibration batches"):
         quantize_ncnn(param, tmp_path / "q.param", [], "in0")
+    batches = _batches(3)
+    batches[1][0, 0, 4, 4] = np.inf  # one bad pixel in the second frame, after a good first frame
+    with pytest.raises(InputError, match="blob 'in0' of the fp32 model holds inf/NaN"):
+        quantize_ncnn(param, tmp_path / "q.param", batches, "in0")
+    assert not (tmp_path / "q.param").exists()
