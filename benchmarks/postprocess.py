@@ -4,7 +4,8 @@ Compared, on the same float32 logit maps (threshold 0):
   ours         edge_irst.postprocess.label_targets(logits): threshold + 8-connected labelling + all statistics,
                returned as Detections (the public call, Python overhead included), on the calling thread;
   ours auto    the same with threads="auto": row bands scanned on several threads where the map is large enough
-               (one band per AUTO_PIXELS_PER_THREAD pixels, at most one per usable CPU; 1 below that);
+               (one band per AUTO_PIXELS_PER_THREAD pixels, at most one per usable CPU; 1 below that, and 1 after
+               a call that found fewer than AUTO_RUNS_FOR_BANDS runs: here the previous variant of the kind);
   cv2 CC       cv2.connectedComponentsWithStats((logits > 0).view(uint8), connectivity=8): thresholding is inside
                the timed region, as the C labeller thresholds too;
   ours+filter  label_targets(logits, target_filter=...) with the authors' bounds (area 5..100, ratio 0.2..5,

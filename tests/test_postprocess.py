@@ -175,6 +175,51 @@ def test_auto_threads_use_one_band_per_half_megapixel_and_no_more_than_the_cpus(
     assert labeller_module._checked_threads("auto", 1920 * 1080 * 4) == 4
 
 
+def _foreground_runs(logits: np.ndarray, threshold: float = 0.0) -> int:
+    """Maximal horizontal stretches of pixels > threshold, counted with numpy."""
+    on = logits > threshold
+    return int(on[:, 0].sum() + (on[:, 1:] & ~on[:, :-1]).sum())
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
+def test_last_run_count_is_the_foreground_runs_of_the_last_call():
+    from edge_irst.postprocess import _labeller
+
+    workspace = _labeller.new_workspace()
+    assert _labeller.last_run_count(workspace) == -1
+    rng = np.random.default_rng(11)
+    for shape, fraction, bands in [((64, 200), 0.3, 1), ((300, 130), 0.05, 3), ((40, 64), 0.0, 2)]:
+        logits = np.where(rng.random(shape) < fraction, 1.0, -1.0).astype(np.float32)
+        _labeller.label(logits, 0.0, None, workspace, None, bands)
+        assert _labeller.last_run_count(workspace) == _foreground_runs(logits), (shape, bands)
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
+def test_auto_keeps_one_band_after_a_sparse_frame_on_the_same_thread():
+    """threads="auto" on a large map: the pixel rule on a thread's first call, one band after a sparse frame
+    (fewer than AUTO_RUNS_FOR_BANDS runs), the pixel rule again after a dense one; results identical."""
+    c_labeller = labeller_module._AVAILABLE["c"]
+    rng = np.random.default_rng(12)
+    sparse = np.full((1080, 1920), -4.0, np.float32)
+    sparse[500:503, 700:704] = 3.0
+    dense = np.where(rng.random((1080, 1920)) < 0.05, 2.0, -2.0).astype(np.float32)
+    assert _foreground_runs(dense) >= labeller_module.AUTO_RUNS_FOR_BANDS > _foreground_runs(sparse)
+    seen = []
+
+    def stream():  # a thread of its own: a fresh workspace
+        seen.append(c_labeller.auto_bands(2))
+        for frame in (sparse, dense):
+            assert_identical(label_targets(frame, threads="auto"), label_targets(frame, threads=1))
+            label_targets(frame, threads="auto")
+            seen.append(c_labeller.auto_bands(2))
+        seen.append(c_labeller.auto_bands(1))
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    worker.join()
+    assert seen == [2, 1, 2, 1]
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_views_give_the_results_of_their_contiguous_copy(implementation):
     base = np.random.default_rng(3).normal(-1.0, 1.5, (90, 150)).astype(np.float32)

@@ -186,8 +186,17 @@ static PyObject *label(PyObject *module, PyObject *args)
     return column_blocks(&result);
 }
 
+static PyObject *last_run_count(PyObject *module, PyObject *capsule)
+{
+    (void)module;
+    const workspace_handle *handle = PyCapsule_GetPointer(capsule, WORKSPACE_CAPSULE);
+    return handle ? PyLong_FromSsize_t(irst_last_run_count(handle->ws)) : NULL;
+}
+
 static PyMethodDef methods[] = {
     {"label", label, METH_VARARGS, label_doc},
+    {"last_run_count", last_run_count, METH_O,
+     "last_run_count(workspace) -> int: foreground runs the workspace's last label() call found, -1 before one."},
     {"new_workspace", new_workspace, METH_NOARGS, "new_workspace() -> capsule: reusable buffers for label()."},
     {NULL, NULL, 0, NULL},
 };

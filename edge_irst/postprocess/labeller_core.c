@@ -87,6 +87,7 @@ struct irst_workspace {
     band_t bands[IRST_MAX_THREADS]; /* bands[0].runs: every run, after the merge */
     slot_t *slots;
     ptrdiff_t slot_capacity;
+    ptrdiff_t last_run_count; /* irst_last_run_count() */
     scan_t scan; /* the fastest this CPU runs, chosen in irst_workspace_new() */
 };
 
@@ -743,9 +744,16 @@ static void finish(slot_t *slot, int64_t label)
 irst_workspace *irst_workspace_new(void)
 {
     irst_workspace *ws = calloc(1, sizeof(irst_workspace));
-    if (ws)
+    if (ws) {
         ws->scan = fastest_scan();
+        ws->last_run_count = -1;
+    }
     return ws;
+}
+
+ptrdiff_t irst_last_run_count(const irst_workspace *ws)
+{
+    return ws->last_run_count;
 }
 
 const char *irst_scan_name(void)
@@ -805,6 +813,7 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     const ptrdiff_t count = measure_components(map, threshold, ws, run_count, labels);
     if (count < 0)
         return IRST_NO_MEMORY;
+    ws->last_run_count = run_count;
     for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
     const ptrdiff_t kept = filter ? apply_filter(filter, ws->slots, count) : count;

@@ -48,6 +48,9 @@ typedef struct irst_workspace irst_workspace;
 
 irst_workspace *irst_workspace_new(void); /* NULL when out of memory */
 void irst_workspace_free(irst_workspace *ws);
+/* Foreground runs (maximal horizontal stretches of target pixels) the last successful irst_label() call on `ws`
+ * found; -1 before the first. A stream's frames look alike, so this tells whether extra row bands paid last time. */
+ptrdiff_t irst_last_run_count(const irst_workspace *ws);
 /* The instruction set of the pass-1 scan, the fastest this CPU and this build allow (chosen at run time on x86):
  * "avx512", "avx2", "sse2", "neon" or "portable". */
 const char *irst_scan_name(void);
