@@ -77,12 +77,14 @@ def postprocess_section(doc: dict) -> str:
                      number(wall.get(many), 1), number(speed.get(many), 1) + "x",
                      number(speed.get("authors (1 thr)"), 1) + "x", number(wall.get("map read"), 1),
                      number(speed.get("ours, 1 map"), 2) + "x"])
+    runs = doc.get("auto_runs_for_bands")
+    sparse_rule = f", one band after a frame with fewer than {runs:,} runs" if runs else ""
     lines = ["### Postprocess: C labeller vs OpenCV (`benchmarks/postprocess.py`)", "", provenance(doc), "",
              "Wall-clock microseconds per call, each call on a new map (the variants of each kind in turn, copied "
              "into one buffer before the call, untimed), as in a stream; ours = labelling with every statistic "
              "(box, centroids, weighted centroid, peak, mean logit), threshold fused, on one thread; "
              f"ours auto = `threads=\"auto\"` (row bands on up to {threads} threads from "
-             f"{doc.get('auto_pixels_per_thread', 0) * 2:,} pixels), compared with OpenCV at its default "
+             f"{doc.get('auto_pixels_per_thread', 0) * 2:,} pixels{sparse_rule}), compared with OpenCV at its default "
              f"{threads} threads; cv2 = threshold + one `connectedComponentsWithStats` call; authors = their full "
              "procedure (threshold, components, Python filter loop, second pass) against ours with the same "
              "filter. Times are median samples; a speed-up is the median over the rounds of the per-round ratio "

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 
 from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
-from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD
+from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD, AUTO_RUNS_FOR_BANDS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.json"
 SAMPLE_US = 2000.0  # each sample times enough calls to last this long
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
                           "variant of the map kind, copied into one buffer before the call (untimed)",
                 "timer_overhead_ns": overhead_ns,
                 "machine": machine,
-                "auto_pixels_per_thread": AUTO_PIXELS_PER_THREAD,
+                "auto_pixels_per_thread": AUTO_PIXELS_PER_THREAD, "auto_runs_for_bands": AUTO_RUNS_FOR_BANDS,
                 "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
                 "results": rows, "targets": verdicts, "stress": stress}
     args.out.parent.mkdir(parents=True, exist_ok=True)
