@@ -36,7 +36,7 @@ CORE = REPO / "edge_irst" / "postprocess"
 DRIVER = REPO / "benchmarks" / "c" / "labeller_ab.c"
 RESULTS = REPO / "benchmarks" / "results" / "labeller_ab.json"
 FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-pthread"]
-RENAMED = ("irst_label", "irst_workspace_new", "irst_workspace_free", "irst_scan_name")
+RENAMED = ("irst_label", "irst_workspace_new", "irst_workspace_free", "irst_scan_name", "irst_last_run_count")
 # The declarations both builds must share for the driver to read the base's results with the head's header.
 SHARED_DECLARATIONS = ("#define IRST_TARGET_FIELDS", "typedef struct {\n    const float *data;",
                        "int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst_filter")

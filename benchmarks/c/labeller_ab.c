@@ -4,7 +4,8 @@
  * benchmarks/labeller_ab.py writes the maps, compiles this driver with both cores and runs it; by hand:
  *   cc -std=c99 -O3 -ffp-contract=off -pthread -c -I BASE_DIR -Dirst_label=base_irst_label \
  *      -Dirst_workspace_new=base_irst_workspace_new -Dirst_workspace_free=base_irst_workspace_free \
- *      -Dirst_scan_name=base_irst_scan_name BASE_DIR/labeller_core.c -o base.o
+ *      -Dirst_scan_name=base_irst_scan_name -Dirst_last_run_count=base_irst_last_run_count \
+ *      BASE_DIR/labeller_core.c -o base.o
  *   cc -std=c99 -O3 -ffp-contract=off -pthread -I edge_irst/postprocess benchmarks/c/labeller_ab.c \
  *      edge_irst/postprocess/labeller_core.c base.o -o labeller_ab -lm
  *   ./labeller_ab ROUNDS SAMPLE_US NAME WIDTH HEIGHT FILE [NAME WIDTH HEIGHT FILE ...]
