@@ -26,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
+from edge_irst.backends.ncnn import PARAM_MAGIC
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
-PARAM_MAGIC = "7767517"
 INT8_TAG = 0x000D4B38  # ncnn ModelBin: the block that follows holds int8 values
 FP32_TAG = 0  # ... raw float32 values
 REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
@@ -193,7 +193,7 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
         outputs = int(layer.params["0"])
         kernels = blocks["weight"].reshape(outputs, -1)
         peak = np.abs(kernels).max(axis=1)
-        weight_scale = np.where(peak > 0, 127.0 / np.where(peak > 0, peak, 1.0), 1.0).astype(np.float32)
+        weight_scale = (127.0 / np.where(peak > 0, peak, 127.0)).astype(np.float32)  # an all-zero channel: 1
         quantised = np.clip(np.rint(kernels * weight_scale[:, None]), -127, 127).astype(np.int8).tobytes()
         blob += struct.pack("<I", INT8_TAG) + quantised + b"\0" * (-len(quantised) % 4)
         if "bias" in blocks:

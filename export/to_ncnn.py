@@ -23,12 +23,12 @@ import numpy as np
 from edge_irst.contract import ModelContract
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
+from .formats import PRECISIONS
 from .ncnn_int8 import quantize_ncnn, read_param
 
 # The second shape pnnx sees when the contract is dynamic, so it keeps H/W symbolic instead of folding the first
 # shape into the graph. Any multiple of the stride that differs from the tracing size works.
 _SECOND_SHAPE = (320, 480)
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def blob_names(param: Path) -> tuple[str, str]:

@@ -71,7 +71,7 @@ def _load_c_labeller() -> tuple:
     def auto_bands(bands: int) -> int:
         """`bands` (the pixel rule of threads="auto"), or 1 after a sparse call on this thread."""
         workspace = getattr(per_thread, "workspace", None)
-        if bands == 1 or workspace is None:
+        if workspace is None:
             return bands
         runs = _labeller.last_run_count(workspace)
         return bands if runs < 0 or runs >= AUTO_RUNS_FOR_BANDS else 1
@@ -235,7 +235,7 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     labels = np.zeros(logits.shape, np.int32) if return_labels else None
     labeller = _resolve(implementation)
     bands = _checked_threads(threads, logits.size)
-    if bands > 1 and threads == "auto" and hasattr(labeller, "auto_bands"):
+    if bands > 1 and isinstance(threads, str) and hasattr(labeller, "auto_bands"):  # str: "auto" (checked)
         bands = labeller.auto_bands(bands)
     ints, reals = labeller(logits, threshold, labels, target_filter, bands)
     # The labellers build read-only blocks in Detections' layout (records.py, checked against the C extension at
