@@ -16,6 +16,7 @@ from .errors import ModelFileError
 
 CONTRACT_KEY = "edge_irst.contract"
 SIDECAR_SUFFIX = ".json"
+CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class ModelContract:
     """Preprocessing and output conventions of one model artifact.
 
     input_size: (H, W) the artifact was exported for, or None when H and W are dynamic (multiples of `stride`).
-    channel_order: "RGB" (frames are read as BGR by OpenCV and converted) or "GRAY" (one channel).
+    channel_order: "RGB" (frames are read as BGR by OpenCV and converted), "BGR" (a model trained on OpenCV's
+    order: frames are not converted) or "GRAY" (one channel).
     scale, mean, std: tensor = (pixel * scale - mean) / std per channel, in `channel_order`.
     threshold: a pixel is target where logit > threshold (on logits, never on a sigmoid probability).
     """
@@ -46,6 +48,11 @@ class ModelContract:
     source_sha256: str = ""
     provenance: str = "edge-irst"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ModelFileError(f"model contract: channel_order {self.channel_order!r} is not one of "
+                                f"{', '.join(CHANNEL_ORDERS)}")
 
     @property
     def channels(self) -> int:

@@ -49,8 +49,8 @@ class RawMapping:
         return np.clip(out, 0.0, 255.0, out=out)
 
 
-def to_channels(frame: np.ndarray, contract: ModelContract, raw: RawMapping = RawMapping()) -> np.ndarray:
-    """HxWxC (C = contract.channels) in the contract's channel order, uint8 or float32 in 0..255."""
+def _checked(frame: np.ndarray, raw: RawMapping) -> np.ndarray:
+    """The frame validated: HxW grey or HxWx3 BGR, uint8 (or float32 0..255 from a raw mapping), alpha dropped."""
     if not isinstance(frame, np.ndarray):
         raise InputError(f"frame must be a numpy array, got {type(frame).__name__}")
     if frame.ndim == 3 and frame.shape[2] == 1:
@@ -63,13 +63,17 @@ def to_channels(frame: np.ndarray, contract: ModelContract, raw: RawMapping = Ra
         frame = raw.apply(frame)
     elif frame.dtype != np.uint8:
         raise InputError(f"frame dtype {frame.dtype} not supported: expected uint8 (grey/BGR) or uint16 (raw IR)")
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        frame = frame[:, :, :3]
+    return frame[:, :, :3] if frame.ndim == 3 and frame.shape[2] == 4 else frame
+
+
+def to_channels(frame: np.ndarray, contract: ModelContract, raw: RawMapping = RawMapping()) -> np.ndarray:
+    """HxWxC (C = contract.channels) in the contract's channel order, uint8 or float32 in 0..255."""
+    frame = _checked(frame, raw)
     if contract.channels == 1:
         return frame[:, :, None] if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None]
     if frame.ndim == 2:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if contract.channel_order == "RGB" else frame
 
 
 def preprocess(
@@ -81,32 +85,56 @@ def preprocess(
     """One frame -> float32 tensor [1, C, H, W] (NCHW), resized to `size` (H, W) or the contract's input size.
 
     With size None and a dynamic contract the frame keeps its own size (the caller pads to the stride).
+    The same tensor, bit for bit, as `normalize(resized to_channels(frame))`, reached without the interleaved
+    copies: a grey frame is resized and converted to float once for all three channels of an RGB model, and a
+    BGR frame's planes are taken in the contract's order instead of swapped (0.06 ms instead of 0.16-0.22 ms for
+    a grey 256x256 frame, timed in a loop on the AMD EPYC). Resizing before the grey -> RGB copy or the BGR -> RGB swap
+    gives the same pixels, as both only copy or reorder channels; BGR -> grey is still converted first.
     """
-    img = to_channels(frame, contract, raw)
+    img = _checked(frame, raw)
+    if contract.channels == 1 and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     target = size or contract.input_size
     if target is not None and img.shape[:2] != tuple(target):
         interp = _INTERPOLATION.get(contract.resize_interpolation, cv2.INTER_LINEAR)
         img = cv2.resize(img, (int(target[1]), int(target[0])), interpolation=interp)
-        if img.ndim == 2:
-            img = img[:, :, None]
-    return normalize(img, contract)[None]
+    if img.ndim == 2:
+        planes = [img] * contract.channels
+    else:
+        planes = list(cv2.split(img))  # B, G, R
+        if contract.channel_order == "RGB":
+            planes.reverse()
+    return _normalize_planes(planes, contract)[None]
 
 
 def normalize(img: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """HxWxC image in 0..255 (contract channel order) -> float32 CxHxW, (pixel * scale - mean) / std.
+    """HxWxC image in 0..255 (contract channel order) -> float32 CxHxW, (pixel * scale - mean) / std."""
+    return _normalize_planes([img[:, :, c] for c in range(img.shape[2])], contract)
 
-    The single place the normalisation is written: the runtime and training both call it, so a trained model
-    and its deployed artifacts see identical tensors.
+
+def _normalize_planes(planes: list[np.ndarray], contract: ModelContract) -> np.ndarray:
+    """C planes (HxW, 0..255, in the contract's channel order) -> float32 CxHxW, (pixel * scale - mean) / std.
+
+    The single place the normalisation is written: the runtime and training both reach it, so a trained model
+    and its deployed artifacts see identical tensors. Computed as float32(pixel) * (scale / std) + (-mean / std),
+    plane by plane straight into the result. One array passed for several channels (a grey frame for an RGB
+    model) is converted to float32 once.
     """
-    h, w, channels = img.shape
+    channels = len(planes)
     scale = np.broadcast_to(np.asarray(contract.scale, np.float32) / np.asarray(contract.std, np.float32), channels)
     shift = np.broadcast_to(-np.asarray(contract.mean, np.float32) / np.asarray(contract.std, np.float32), channels)
-    # Plane by plane straight into the CxHxW result: the same float32 products and sums as a whole-image
-    # `img * scale + shift`, bit for bit, without its HxWxC temporaries and the transposing copy (6x faster at
-    # 256x256x3: 0.12 ms instead of 0.73 ms, benchmarks/pipeline.py).
-    tensor = np.empty((channels, h, w), np.float32)
-    for c in range(channels):
-        np.multiply(img[:, :, c], scale[c], out=tensor[c], dtype=np.float32)
+    tensor = np.empty((channels, *planes[0].shape), np.float32)
+    as_float: dict[int, np.ndarray] = {}
+    for c, plane in enumerate(planes):
+        if sum(other is plane for other in planes) > 1:
+            if id(plane) not in as_float:
+                as_float[id(plane)] = plane.astype(np.float32)
+            np.multiply(as_float[id(plane)], scale[c], out=tensor[c])
+        else:
+            # A cast into place, then the products in place: numpy's casting multiply on a uint8 plane is
+            # 2-5x slower than a plain cast followed by a float32 multiply (numpy 2.4).
+            np.copyto(tensor[c], plane, casting="unsafe")
+            tensor[c] *= scale[c]
         tensor[c] += shift[c]
     return tensor
 
