@@ -58,7 +58,9 @@ def backends_section(doc: dict) -> str:
                     "peak RSS MB", "x vs PyTorch eager"], body), ""]
     lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
     lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
-    lines.append("\nTargets (median wall clock; CPU time per frame beside; [min..max of the round medians]):")
+    lines.append("\nTargets (the sweep's medians [min..max of its round medians]; the verdict from the head-to-head: "
+                 "median of the per-round ratios over paired rounds of just these rows, run after the sweep; CPU "
+                 "time per frame beside):")
     lines += [f"- {target_sentence(t)}" for t in doc.get("targets", [])]
     skipped = doc.get("skipped") or []
     if skipped:

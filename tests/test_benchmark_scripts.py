@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +73,40 @@ def test_readme_tables_match_the_committed_results():
     run = subprocess.run([sys.executable, str(BENCHMARKS / "make_readme_tables.py"), "--check"], capture_output=True,
                          text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _bench_row(name: str, group: str, precision: str, threads: int, round_medians: list[float]) -> dict:
+    """A backends.py result row as run_configs writes it, with the fields the target analysis reads."""
+    return {"name": name, "group": group, "status": "ok", "threads_requested": threads,
+            "config": {"artifact_precision": precision},
+            "inference": {"median_ms": float(np.median(round_medians)), "median_ms_rounds": round_medians,
+                          "cpu_ms_per_frame": float(np.median(round_medians))}}
+
+
+def test_backends_targets_are_judged_on_the_paired_rounds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import backends
+
+    sweep = [_bench_row("authors:a/ncnn/t1", "authors", "fp32", 1, [5.6, 7.1, 6.7]),
+             _bench_row("authors:b/mnn/t1", "authors", "fp32", 1, [9.0, 9.2, 9.1]),
+             _bench_row("ours:fp32/ncnn/t1", "ours", "fp32", 1, [6.5, 6.6, 6.7]),
+             _bench_row("ours:int8/ncnn/t1", "ours", "int8", 1, [5.0, 5.2, 5.4]),
+             _bench_row("ours:int8/tflite/t1", "ours", "int8", 1, [5.6, 5.7, 5.8])]
+    rivals = backends.contenders(sweep, 1)
+    assert [rivals[k]["name"] for k in ("authors", "fp32", "int8")] == \
+        ["authors:a/ncnn/t1", "ours:fp32/ncnn/t1", "ours:int8/ncnn/t1"]
+    # Paired rounds: the authors' row drifts from 6.0 to 7.6 ms, ours follows it at about 1.5x less.
+    paired = [_bench_row("authors:a/ncnn/t1", "authors", "fp32", 1, [6.0, 7.6, 6.6, 7.0, 6.2]),
+              _bench_row("ours:int8/ncnn/t1", "ours", "int8", 1, [4.1, 5.0, 4.3, 4.6, 4.2]),
+              _bench_row("ours:fp32/ncnn/t1", "ours", "fp32", 1, [6.1, 7.4, 6.7, 7.2, 6.1])]
+    _, targets = backends.analyse(sweep, [1], paired)
+    fp32, int8 = targets
+    ratios = [a / o for a, o in zip([6.0, 7.6, 6.6, 7.0, 6.2], [4.1, 5.0, 4.3, 4.6, 4.2])]
+    assert int8["judged_on"] == "head-to-head" and int8["speedup_wall"] == pytest.approx(np.median(ratios))
+    assert int8["met"] and int8["speedup_sweep"] == pytest.approx(6.7 / 5.2) and int8["shortfall_pct"] is None
+    assert not fp32["met"] and fp32["shortfall_pct"] > 0  # 6.0/6.1, 7.6/7.4, ... median 0.99
+    assert "head-to-head 1.5" in backends.target_sentence(int8) and "sweep 1.29x" in backends.target_sentence(int8)
+    # Without the paired rows the sweep judges, and this sweep's drift makes the same int8 row miss 1.5x.
+    _, alone = backends.analyse(sweep, [1])
+    assert alone[1]["judged_on"] == "sweep" and not alone[1]["met"]
+    assert alone[1]["speedup_wall"] == pytest.approx(6.7 / 5.2)
