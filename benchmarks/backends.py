@@ -123,12 +123,6 @@ def contenders(rows: list[dict], n: int) -> dict:
             "int8": _fastest(at, ours("int8"))}
 
 
-def paired_ratios(authors: dict, ours: dict) -> list[float]:
-    """Per round, the authors' median over ours (rows of one head-to-head run: round r of both ran back to back)."""
-    pairs = zip(authors["inference"]["median_ms_rounds"], ours["inference"]["median_ms_rounds"])
-    return [a / o for a, o in pairs if a > 0 and o > 0]
-
-
 def head_to_head(rows: list[dict], threads: list[int], method: bench.Method) -> list[dict]:
     """The contender rows of every target, measured again together in paired rounds per `method`."""
     chosen = {}
@@ -175,7 +169,7 @@ def analyse(rows: list[dict], threads: list[int], paired: list[dict] = ()) -> tu
                 "authors": authors["name"], "authors_median_ms": authors["inference"]["median_ms"],
                 "authors_round_medians": _spread(authors),
                 "speedup_sweep": sweep, "speedup_cpu_time": cpu, "met_on_cpu_time": cpu >= required}
-            ratios = (paired_ratios(paired_by_name[authors["name"]], paired_by_name[ours["name"]])
+            ratios = (bench.round_ratios(paired_by_name[authors["name"]], paired_by_name[ours["name"]])
                       if authors["name"] in paired_by_name and ours["name"] in paired_by_name else [])
             if ratios:
                 verdict.update(judged_on="head-to-head", speedup_wall=float(np.median(ratios)),

@@ -839,9 +839,19 @@ def find_row(rows: Sequence[dict], name: str) -> dict:
     raise UnknownNameError("row", name, names if len(names) < 40 else difflib.get_close_matches(name, names, 10))
 
 
+def round_ratios(base: dict, row: dict) -> list[float]:
+    """Per round, the `base` row's inference median over `row`'s. Round r of two rows of one run_configs call ran
+    in the same pass over the configurations, so load on the machine that drifts from round to round cancels
+    out of each ratio; [] unless both rows have medians for the same number of rounds."""
+    a = (base.get("inference") or {}).get("median_ms_rounds") or []
+    b = (row.get("inference") or {}).get("median_ms_rounds") or []
+    return [x / y for x, y in zip(a, b) if x > 0 and y > 0] if len(a) == len(b) else []
+
+
 def compare(rows: Sequence[dict], baseline: str) -> dict:
     """Speed-up of each row against the `baseline` row: baseline median / row median (> 1 = faster), for the
-    inference stage, and FPS ratio row / baseline for the pipeline stage, where both rows have them."""
+    inference stage, and FPS ratio row / baseline for the pipeline stage, where both rows have them; with two
+    rounds or more, also the median over the rounds of the per-round ratio (round_ratios)."""
     base = find_row(rows, baseline)
     ratios = {}
     for row in rows:
@@ -849,12 +859,16 @@ def compare(rows: Sequence[dict], baseline: str) -> dict:
         if row.get("inference", {}).get("median_ms") and base.get("inference", {}).get("median_ms"):
             entry["inference"] = base["inference"]["median_ms"] / row["inference"]["median_ms"]
             entry["inference_cpu"] = base["inference"]["cpu_ms_per_frame"] / row["inference"]["cpu_ms_per_frame"]
+            per_round = round_ratios(base, row)
+            if len(per_round) >= 2:
+                entry["inference_paired"] = float(np.median(per_round))
         if row.get("pipeline", {}).get("fps") and base.get("pipeline", {}).get("fps"):
             entry["pipeline_fps"] = row["pipeline"]["fps"] / base["pipeline"]["fps"]
         ratios[row["name"]] = entry
     return {"baseline": base["name"], "meaning": "inference: baseline median / row median (> 1 = row faster); "
-                                                 "inference_cpu: the same on CPU time per frame; pipeline_fps: "
-                                                 "row FPS / baseline FPS", "ratios": ratios}
+                                                 "inference_paired: median over the rounds of the same ratio per "
+                                                 "round; inference_cpu: the same on CPU time per frame; "
+                                                 "pipeline_fps: row FPS / baseline FPS", "ratios": ratios}
 
 
 def _ms(value, digits: int = 2) -> str:
@@ -897,6 +911,8 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
         header = ("inference (backend.run)", "thr req>eff busy", "prec", "input", "median ms", "p90", "p99", "FPS",
                   "CPU ms/frame", "load ms", "1st ms", "RSS MB")
         header += _ratio_header(ratio_name, "x")
+        paired = comparison is not None and any("inference_paired" in e for e in comparison["ratios"].values())
+        header += ("paired x",) if paired else ()
         table = []
         for r in with_inference:
             s = r["inference"]
@@ -904,7 +920,8 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
                      "x".join(str(v) for v in r["batch_shape"]), _ms(s["median_ms"]), _ms(s["p90_ms"]),
                      _ms(s["p99_ms"]), _ms(s["fps"], 1), _ms(s["cpu_ms_per_frame"]), _ms(r["load_ms"], 1),
                      _ms(r["first_inference_ms"], 1), _ms(r["peak_rss_mb"], 0))
-            table.append(cells + _ratio_cell(comparison, r["name"], "inference"))
+            cells += _ratio_cell(comparison, r["name"], "inference")
+            table.append(cells + (_ratio_cell(comparison, r["name"], "inference_paired") if paired else ()))
         lines += ["", text_table(table, header)]
     with_pipeline = [r for r in ok if r.get("pipeline")]
     if with_pipeline:
@@ -939,6 +956,9 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     lines.append("")
     lines.append("thr req>eff busy: threads requested > in effect as the runtime reports them (TFLite cannot: it "
                  "echoes the request) ; b = threads of the process busy >= 10% of the timed window")
+    if comparison and any("inference_paired" in e for e in comparison["ratios"].values()):
+        lines.append("paired x: median over the rounds of the baseline's round median / the row's (drift in the "
+                     "machine's load between rounds cancels out)")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from edge_irst import benchmarking as bench
@@ -156,3 +157,30 @@ def test_a_cached_export_is_redone_only_for_what_it_cannot_serve():
     assert bench.artifacts_to_redo(manifest, {("onnx", "fp32"), ("onnx", "int8"), ("ncnn", "int4")}) == set()
     wanted = {("onnx", "fp32"), ("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}
     assert bench.artifacts_to_redo(manifest, wanted) == {("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}
+
+
+def test_compare_pairs_the_rounds_of_two_rows():
+    def row(name, rounds):
+        return {"name": name, "inference": {"median_ms": float(np.median(rounds)), "median_ms_rounds": rounds,
+                                            "cpu_ms_per_frame": 1.0}}
+
+    # The machine slows down over the run; the fast row keeps at 2/3 of the slow one in every round.
+    slow, fast = row("slow", [3.0, 6.0, 9.0, 12.0]), row("fast", [2.0, 4.0, 6.0, 8.0])
+    pooled_fast = row("fast pooled", [2.0, 2.0, 2.0, 20.0])
+    single = row("one round", [4.0])
+    result = bench.compare([slow, fast, pooled_fast, single], "slow")["ratios"]
+    assert result["fast"]["inference_paired"] == pytest.approx(1.5)
+    assert result["fast"]["inference"] == pytest.approx(7.5 / 5.0)
+    # Pooled medians say 3.75x; round by round the same samples are 1.5, 3, 4.5 and 0.6.
+    assert result["fast pooled"]["inference"] == pytest.approx(3.75)
+    assert result["fast pooled"]["inference_paired"] == pytest.approx(np.median([1.5, 3.0, 4.5, 0.6]))
+    assert "inference_paired" not in result["one round"] and bench.round_ratios(slow, single) == []
+    doc = {"method": {"description": "m"}, "machine": {}, "rows": [{**r, "status": "ok", "backend": "x",
+                                                                       "batch_shape": [1, 3, 8, 8], "load_ms": 1.0,
+                                                                       "first_inference_ms": 1.0,
+                                                                       "peak_rss_mb": 1.0}
+                                                                      for r in (slow, fast)]}
+    for r in doc["rows"]:
+        r["inference"].update(p90_ms=1.0, p99_ms=1.0, fps=1.0)
+    text = bench.render(doc, bench.compare(doc["rows"], "slow"))
+    assert "paired x" in text and "1.50x" in text
