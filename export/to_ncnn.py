@@ -89,8 +89,10 @@ def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
         extra = contract.extra
         if precision == "int8":  # from the fp32 model pnnx wrote (fp16=0), calibrated on every batch
             done = quantize_ncnn(param, out_path, calib_batches, names[0])
+            subpixel = (f", {done['subpixel_deconvolutions']} of them Deconvolutions rewritten as sub-pixel "
+                        f"convolutions" if done["subpixel_deconvolutions"] else "")
             extra = {**extra, "ncnn_int8": f"{done['int8_convolutions']} Convolution layers in int8 "
-                                          f"({done['requantised']} requantised for the next one), "
+                                          f"({done['requantised']} requantised for the next one{subpixel}), "
                                           f"{done['fp32_kept'] or 'nothing else'} kept fp32; {done['calibration']}"}
         else:
             shutil.move(str(param), str(out_path))

@@ -168,3 +168,64 @@ def test_calibration_needs_batches_and_finite_activations(tiny, tmp_path):
     with pytest.raises(InputError, match="blob 'in0' of the fp32 model holds inf/NaN"):
         quantize_ncnn(param, tmp_path / "q.param", batches, "in0")
     assert not (tmp_path / "q.param").exists()
+
+
+def _write_deconvolution(folder, weight: np.ndarray, bias: np.ndarray, geometry: str, size: int):
+    """Input -> Deconvolution (ncnn weight layout [out][in][ky][kx], bias, leaky ReLU) -> out."""
+    outputs, inputs = weight.shape[:2]
+    layers = [f"Input in0 0 1 in0 0={size} 1={size} 2={inputs}",
+              f"Deconvolution up 1 1 in0 out 0={outputs} {geometry} 5=1 6={weight.size} 9=2 -23310=1,{SLOPE}"]
+    param = folder / "deconv.param"
+    param.write_text("7767517\n" + f"{len(layers)} {len(layers)}\n" + "\n".join(layers) + "\n")
+    param.with_suffix(".bin").write_bytes(struct.pack("<I", 0) + weight.tobytes() + bias.tobytes())
+    return param
+
+
+def _numpy_deconvolution(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """3x3 transposed convolution, stride 2, padding 1, output padding 1, from its definition: input pixel (i, j)
+    adds weight[:, :, ky, kx] @ x[:, i, j] to output pixel (2i + ky - 1, 2j + kx - 1); then bias, leaky ReLU."""
+    _, h, w = x.shape
+    out = np.zeros((weight.shape[0], 2 * h, 2 * w), np.float64)
+    for i in range(h):
+        for j in range(w):
+            for ky in range(3):
+                for kx in range(3):
+                    y, z = 2 * i + ky - 1, 2 * j + kx - 1
+                    if 0 <= y < 2 * h and 0 <= z < 2 * w:
+                        out[:, y, z] += weight[:, :, ky, kx] @ x[:, i, j]
+    out += bias[:, None, None]
+    return np.where(out > 0, out, SLOPE * out)
+
+
+UPSAMPLE = "1=3 11=3 3=2 13=2 4=1 14=1 18=1 19=1"
+
+
+def test_a_stride_2_deconvolution_goes_int8_as_a_subpixel_convolution(tmp_path):
+    rng = np.random.default_rng(3)
+    weight = rng.normal(0, 0.4, (5, CHANNELS, 3, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.1, 5).astype(np.float32)
+    param = _write_deconvolution(tmp_path, weight, bias, UPSAMPLE, SIZE)
+    x = _batches(1, seed=7)[0][0]
+    expected = _numpy_deconvolution(weight, bias, x)
+    np.testing.assert_allclose(_run(param, x, int8=False), expected, atol=1e-4)  # the test model is right
+    done = quantize_ncnn(param, tmp_path / "deconv_int8.param", _batches(8), "in0")
+    assert done["subpixel_deconvolutions"] == 1 and done["int8_convolutions"] == 1 and done["fp32_kept"] == {}
+    lines = (tmp_path / "deconv_int8.param").read_text().splitlines()
+    assert lines[1] == "3 3" and [line.split()[0] for line in lines[2:]] == ["Input", "Convolution", "PixelShuffle"]
+    conv = lines[3].split()
+    assert {"0=20", "1=2", "15=1", "16=1", "9=2", f"-23310=1,{SLOPE}", "8=2"} <= set(conv)
+    got = _run(tmp_path / "deconv_int8.param", x)
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    assert got.shape == expected.shape and 0 < error < 0.03  # a wrong phase or tap is off by far more
+
+
+@pytest.mark.parametrize("geometry", ["1=3 11=3 3=1 13=1 4=1 14=1", "1=4 11=4 3=2 13=2 4=1 14=1"])
+def test_other_deconvolutions_stay_fp32_and_unchanged(tmp_path, geometry):
+    rng = np.random.default_rng(4)
+    kernel = int(geometry.split()[0].split("=")[1])
+    weight = rng.normal(0, 0.4, (4, CHANNELS, kernel, kernel)).astype(np.float32)
+    param = _write_deconvolution(tmp_path, weight, np.zeros(4, np.float32), geometry, SIZE)
+    done = quantize_ncnn(param, tmp_path / "kept.param", _batches(2), "in0")
+    assert done["subpixel_deconvolutions"] == 0 and done["fp32_kept"] == {"Deconvolution": 1}
+    assert (tmp_path / "kept.param").read_text() == param.read_text()
+    assert (tmp_path / "kept.bin").read_bytes() == param.with_suffix(".bin").read_bytes()
