@@ -251,8 +251,13 @@ def main(argv=None) -> int:
     log(f"{len(configs)} configurations x {method.rounds} rounds; {method.describe()}")
     rows = bench.run_configs(configs, method)
     rounds = args.head_to_head_rounds
-    paired_method = QUICK if args.quick else bench.Method(
-        warmup=method.warmup, min_runs=50 * rounds, min_time_s=float(rounds), rounds=rounds) if rounds > 0 else None
+    if rounds <= 0:
+        paired_method = None
+    elif args.quick:
+        paired_method = QUICK
+    else:
+        paired_method = bench.Method(warmup=method.warmup, min_runs=50 * rounds, min_time_s=float(rounds),
+                                     rounds=rounds)
     paired = head_to_head(rows, threads, paired_method) if paired_method else []
     headline, targets = analyse(rows, threads, paired)
     command = bench.script_command("benchmarks/backends.py", argv)

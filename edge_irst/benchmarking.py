@@ -906,13 +906,12 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     if doc.get("load_average_at_end"):
         lines.append(f"load average at end: {' '.join(f'{v:.2f}' for v in doc['load_average_at_end'])}")
     ratio_name = comparison["baseline"] if comparison else None
+    paired = comparison is not None and any("inference_paired" in e for e in comparison["ratios"].values())
     with_inference = [r for r in ok if r.get("inference")]
     if with_inference:
         header = ("inference (backend.run)", "thr req>eff busy", "prec", "input", "median ms", "p90", "p99", "FPS",
                   "CPU ms/frame", "load ms", "1st ms", "RSS MB")
-        header += _ratio_header(ratio_name, "x")
-        paired = comparison is not None and any("inference_paired" in e for e in comparison["ratios"].values())
-        header += ("paired x",) if paired else ()
+        header += _ratio_header(ratio_name, "x") + (("paired x",) if paired else ())
         table = []
         for r in with_inference:
             s = r["inference"]
@@ -956,7 +955,7 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     lines.append("")
     lines.append("thr req>eff busy: threads requested > in effect as the runtime reports them (TFLite cannot: it "
                  "echoes the request) ; b = threads of the process busy >= 10% of the timed window")
-    if comparison and any("inference_paired" in e for e in comparison["ratios"].values()):
+    if paired:
         lines.append("paired x: median over the rounds of the baseline's round median / the row's (drift in the "
                      "machine's load between rounds cancels out)")
     return "\n".join(lines)
