@@ -5,8 +5,8 @@ Data (read from ../shared, decoded once; the timings cover the metrics on arrays
 - "stdeval-100": the 100 STD-EvalKit label / prediction pairs (256x256, binary predictions);
 - "nudt-664": NUDT-SIRST splits_50_50/test.txt labels (664 x 256x256) against perturbed copies made here:
   each target shifted by up to 2 px, blurred into a float probability map (sigma 1), 1 in 10 targets dropped,
-  3 random false-alarm blobs and uniform noise (0 .. 0.08) added (seeded, so every run sees the same maps). Probabilities,
-  not binary masks: every confidence threshold yields a different mask, the expensive case.
+  3 random false-alarm blobs and uniform noise (0 .. 0.08) added (seeded, so every run sees the same maps).
+  Probabilities, not binary masks: every confidence threshold yields a different mask, the expensive case.
 
 Figures: IoU, nIoU, pixel P/R/F1, pixel ROC/PR/AP; Pd, Fa, target P/R/F1, target-matched nIoU over distances
 1..10; target AP and Pd-Fa ROC over the confidence sweep. The reference implementation computes them as
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from edge_irst.benchmarking import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -176,20 +176,6 @@ def time_ours(labels, preds, repeat: int, **options):
     return best, result
 
 
-def machine_info() -> dict:
-    import skimage
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-            "numpy": np.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours per case; the best is reported")
@@ -198,7 +184,9 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: this benchmark reads the shared research data", file=sys.stderr)
         return 1
-    info = machine_info()
+    import skimage
+
+    info = {**machine_info(), "opencv": cv2.__version__, "scikit-image": skimage.__version__}
     rows = []
     for name, loader, prediction_kind in (("stdeval-100", load_stdeval, "binary 0/255 PNG maps (real)"),
                                           ("nudt-664", load_nudt, "perturbed labels, float probabilities")):

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_irst.benchmarking import machine_info
 from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
 from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD, AUTO_RUNS_FOR_BANDS
 
@@ -229,24 +229,6 @@ def reach_note(verdict: dict) -> str:
             f"{verdict['map_read_us']:g} us here at best{reach}")
 
 
-def machine_info(default_threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "machine": platform.machine(), "logical_cpus": os.cpu_count(),
-        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-        "opencv_default_threads": default_threads, "postprocess": implementation_info(),
-    }
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=25, help="samples per method (median reported)")
@@ -260,7 +242,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
 
     default_threads = cv2.getNumThreads()
-    machine = machine_info(default_threads)
+    machine = {**machine_info(), "opencv": cv2.__version__, "opencv_default_threads": default_threads}
     methods = {
         "ours": (label_targets, None, False),
         "map read": (read_map, None, False),  # after ours in most rounds, on a map as hot as ours had it

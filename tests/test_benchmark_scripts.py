@@ -1,5 +1,5 @@
-"""The benchmark scripts themselves: a smoke run of benchmarks/postprocess.py, checked for consistency (never for a
-speed), and the README's tables checked against the committed results."""
+"""The benchmark scripts themselves: smoke runs of benchmarks/postprocess.py and benchmarks/pipeline.py, checked for
+consistency (never for a speed), and the README's tables checked against the committed results."""
 from __future__ import annotations
 
 import json
@@ -110,3 +110,33 @@ def test_backends_targets_are_judged_on_the_paired_rounds(monkeypatch):
     _, alone = backends.analyse(sweep, [1])
     assert alone[1]["judged_on"] == "sweep" and not alone[1]["met"]
     assert alone[1]["speedup_wall"] == pytest.approx(6.7 / 5.2)
+
+
+def test_pipeline_benchmark_judges_each_mode_on_its_paired_rounds(tmp_path, monkeypatch):
+    """A short real run of benchmarks/pipeline.py on the bundled fp32 ncnn model (bundled with the package, no
+    ../shared needed): every mode's verdict follows from its rounds, each set against the same round's raw
+    inference, and the README section renders it."""
+    pytest.importorskip("ncnn", reason="the pipeline benchmark's smoke run uses the ncnn backend")
+    out = tmp_path / "pipeline.json"
+    model = REPO / "edge_irst" / "assets" / "lw_irstnet" / "lw_irstnet_fp32.param"
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline.py"), "--model", str(model), "--frames", "12",
+                          "--rounds", "3", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["cores_physical"] and doc["backend"] == "ncnn"
+    raw = doc["results"]["raw inference"]["rounds_fps"]
+    assert len(doc["results"]) == 4 and len(raw) == 3
+    for mode, row in doc["results"].items():
+        # From the rounded FPS the JSON keeps, each round's overhead is known to about 0.05 %.
+        expected = [(r / e - 1.0) * 100.0 for r, e in zip(raw, row["rounds_fps"])]
+        assert row["overhead_percent_paired_rounds"] == pytest.approx(expected, abs=0.1), mode
+        assert row["overhead_percent_paired"] == pytest.approx(float(np.median(expected)), abs=0.1), mode
+    for mode in list(doc["results"])[1:]:
+        paired = doc["results"][mode]["overhead_percent_paired"]
+        assert f"{mode}: {paired:.1f} % {'met' if paired <= 10 else 'NOT MET'}" in run.stdout
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+
+    section = make_readme_tables.pipeline_section(doc)
+    assert "? physical" not in section  # the machine line reads the shared machine record
+    assert section.count("\n| ") == 4 + 2 and "overhead % (paired rounds)" in section
