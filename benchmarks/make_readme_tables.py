@@ -2,7 +2,8 @@
 
 The README holds the tables between `<!-- speed:begin -->` and `<!-- speed:end -->`; this script rewrites that
 block from the JSON files (a missing file is named as not yet measured), so the tables always say which run, date,
-machine and command they come from. Nothing is measured here.
+machine and command they come from. The block opens with every target of the benchmarks issue against the latest
+committed result ("Targets at a glance"). Nothing is measured here.
 
     .venv/bin/python benchmarks/make_readme_tables.py          # rewrite the README block
     .venv/bin/python benchmarks/make_readme_tables.py --check  # exit 1 if the README is not up to date
@@ -147,12 +148,68 @@ def scaling_section(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _when(doc: dict, name: str) -> str:
+    return f"`{name}.json`, {doc.get('created', '?')[:10]}"
+
+
+def glance_rows(results: Path) -> list[list]:
+    """One row per target of the benchmarks issue, from the committed results: target, required, measured,
+    verdict, the result file and its date. A file not there yet gives a row that says so."""
+    def load(name: str):
+        path = results / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def verdict(met) -> str:
+        return "not measurable" if met is None else "met" if met else "**not met**"
+
+    rows = []
+    backends = load("backends")
+    if backends is None:
+        rows.append(["backends targets", "-", "not measured yet", "-", "`backends.json`"])
+    else:
+        for t in backends.get("targets", []):
+            measured = "-" if t["met"] is None else f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']})"
+            rows.append([f"t{t['threads']} {t['target']}", f">= {t['required']:g}x", measured, verdict(t["met"]),
+                         _when(backends, "backends")])
+        for h in backends.get("headline", []):
+            rows.append([f"t{h['threads']} fastest backend vs PyTorch eager (headline; paper: 2.6x)", "-",
+                         f"{h['speedup']:.2f}x ({h['fastest']})", "-", _when(backends, "backends")])
+    postprocess = load("postprocess")
+    if postprocess is None:
+        rows.append(["postprocess targets", "-", "not measured yet", "-", "`postprocess.json`"])
+    else:
+        for t in postprocess.get("targets", []):
+            rows.append([f"postprocess {t['maps']} {t['size']} vs {t['against']}", f">= {t['required']:g}x",
+                         f"{t['worst']:.2f}x (worst: {t['worst_map']})", verdict(t["met"]),
+                         _when(postprocess, "postprocess")])
+    for name in ("pipeline", "pipeline_ncnn_int8"):
+        pipeline = load(name)
+        if pipeline is None:
+            rows.append([f"pipeline overhead ({name})", "<= 10 %", "not measured yet", "-", f"`{name}.json`"])
+            continue
+        artifact = Path(pipeline["artifact"]).name
+        for mode, r in list(pipeline["results"].items())[1:]:  # the first is raw inference itself
+            paired = r.get("overhead_percent_paired")
+            rows.append([f"pipeline overhead, {artifact} t{pipeline['threads_in_effect']}, {mode}", "<= 10 %",
+                         "-" if paired is None else f"{paired:.1f} % (paired rounds)",
+                         "-" if paired is None else verdict(paired <= 10.0), _when(pipeline, name)])
+    return rows
+
+
+def glance_section(results: Path = RESULTS) -> str:
+    return "\n".join(["### Targets at a glance", "",
+                      "The benchmarks issue's targets against the latest committed result of each script (details, "
+                      "machine and command in the sections below; reruns on other days and machines in the text "
+                      "above).", "",
+                      table(["target", "required", "measured", "verdict", "result"], glance_rows(results))])
+
+
 SECTIONS = (("backends", backends_section), ("postprocess", postprocess_section), ("pipeline", pipeline_section),
             ("scaling", scaling_section))
 
 
 def render() -> str:
-    parts = []
+    parts = [glance_section()]
     for name, section in SECTIONS:
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -140,3 +140,30 @@ def test_pipeline_benchmark_judges_each_mode_on_its_paired_rounds(tmp_path, monk
     section = make_readme_tables.pipeline_section(doc)
     assert "? physical" not in section  # the machine line reads the shared machine record
     assert section.count("\n| ") == 4 + 2 and "overhead % (paired rounds)" in section
+
+
+def test_targets_at_a_glance_follow_the_committed_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+
+    results = BENCHMARKS / "results"
+    docs = {name: json.loads((results / f"{name}.json").read_text())
+            for name in ("backends", "postprocess", "pipeline", "pipeline_ncnn_int8")}
+    rows = make_readme_tables.glance_rows(results)
+    pipeline_modes = sum(len(docs[n]["results"]) - 1 for n in ("pipeline", "pipeline_ncnn_int8"))
+    assert len(rows) == (len(docs["backends"]["targets"]) + len(docs["backends"]["headline"])
+                         + len(docs["postprocess"]["targets"]) + pipeline_modes)
+    verdicts = {row[0]: row[3] for row in rows}
+    for t in docs["postprocess"]["targets"]:
+        assert verdicts[f"postprocess {t['maps']} {t['size']} vs {t['against']}"] == ("met" if t["met"] else
+                                                                                       "**not met**")
+    for name in ("pipeline", "pipeline_ncnn_int8"):
+        doc = docs[name]
+        for mode, r in list(doc["results"].items())[1:]:
+            key = f"pipeline overhead, {Path(doc['artifact']).name} t{doc['threads_in_effect']}, {mode}"
+            assert verdicts[key] == ("met" if r["overhead_percent_paired"] <= 10 else "**not met**")
+    # A result not committed yet is named, not left out.
+    (tmp_path / "backends.json").write_text(json.dumps(docs["backends"]))
+    partial = make_readme_tables.glance_rows(tmp_path)
+    assert ["postprocess targets", "-", "not measured yet", "-", "`postprocess.json`"] in partial
+    assert sum(row[2] == "not measured yet" for row in partial) == 3
