@@ -204,8 +204,23 @@ def glance_section(results: Path = RESULTS) -> str:
                       table(["target", "required", "measured", "verdict", "result"], glance_rows(results))])
 
 
+def gil_contention_section(doc: dict) -> str:
+    body = [[mode, number(r["ms_per_frame"]), number(r["ratio_vs_alone"]) + "x",
+             number(r["busy_share"]) if r["busy_share"] is not None else "-"]
+            for mode, r in doc["results"].items()]
+    return "\n".join([
+        "### Beside a busy Python thread (`benchmarks/gil_contention.py`)", "", provenance(doc), "",
+        f"`{doc['backend']}` ({Path(doc['artifact']).name}, {doc['threads_in_effect']} thread in effect); timed: "
+        f"{doc['timed']}; the busy thread runs a pure-Python loop, at the switch interval named.", "",
+        table(["mode", "ms per frame", "x alone (paired rounds)", "busy thread's share of its solo rate"], body),
+        "", "Every native call that releases the GIL (inference, OpenCV, numpy on a whole frame) waits, on return, "
+            "for the busy thread to be made to drop it: up to the switch interval. `sys.setswitchinterval(0.0005)` "
+            "in the application shortens the wait (the last row); a detector in a process of its own does not "
+            "share the GIL at all."])
+
+
 SECTIONS = (("backends", backends_section), ("postprocess", postprocess_section), ("pipeline", pipeline_section),
-            ("scaling", scaling_section))
+            ("scaling", scaling_section), ("gil_contention", gil_contention_section))
 
 
 def render() -> str:

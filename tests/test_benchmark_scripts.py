@@ -167,3 +167,33 @@ def test_targets_at_a_glance_follow_the_committed_results(tmp_path, monkeypatch)
     partial = make_readme_tables.glance_rows(tmp_path)
     assert ["postprocess targets", "-", "not measured yet", "-", "`postprocess.json`"] in partial
     assert sum(row[2] == "not measured yet" for row in partial) == 3
+
+
+def test_gil_contention_benchmark_reports_each_mode_against_the_same_round_alone(tmp_path, monkeypatch):
+    """A short real run of benchmarks/gil_contention.py (bundled model): the modes, their paired ratios, the busy
+    thread's share, and the switch interval put back afterwards; never a speed."""
+    pytest.importorskip("ncnn", reason="the benchmark's default model is the bundled int8 ncnn")
+    out = tmp_path / "gil.json"
+    probe = ("import runpy, sys\nsys.argv = ['gil_contention.py', '--frames', '4', '--rounds', '2', '--out', "
+             f"{str(out)!r}]\nbefore = sys.getswitchinterval()\n"
+             f"try:\n    runpy.run_path({str(BENCHMARKS / 'gil_contention.py')!r}, run_name='__main__')\n"
+             "except SystemExit as done:\n    assert done.code == 0\n"
+             "assert sys.getswitchinterval() == before, sys.getswitchinterval()\nprint('interval restored')\n")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "interval restored" in run.stdout
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    assert list(results) == ["alone", "busy thread, 5 ms", "busy thread, 1 ms", "busy thread, 0.5 ms"]
+    alone = results["alone"]["ms_per_frame_rounds"]
+    for mode, row in results.items():
+        assert len(row["ms_per_frame_rounds"]) == 2 and all(v > 0 for v in row["ms_per_frame_rounds"])
+        expected = [ms / base for ms, base in zip(row["ms_per_frame_rounds"], alone)]
+        assert row["ratio_vs_alone_rounds"] == pytest.approx(expected, abs=2e-3), mode
+        assert (row["busy_share"] is None) == (mode == "alone") and (row["busy_share"] is None or
+                                                                       row["busy_share"] > 0)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+
+    section = make_readme_tables.gil_contention_section(doc)
+    assert section.count("\n| ") == 4 + 2 and "busy thread, 0.5 ms" in section
