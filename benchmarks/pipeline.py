@@ -6,7 +6,8 @@
 
 Every measurement uses the same backend instance at 256x256 (the default synthetic frame size = the model input,
 so resize is a no-op and the comparison isolates the pipeline):
-- raw inference: `backend.run(tensor)` on one preprocessed tensor, back to back;
+- raw inference: `backend.run_preprocessed(tensor)` (the pipeline's call) on one preprocessed tensor, back to
+  back;
 - end to end: `Detector.stream("synthetic:256x256,...")` consumed to the last frame: synthetic frame generation
   (the "decode"), preprocessing, inference, labelling, filtering and coordinate mapping; once with the reader
   thread (prefetch 2, the default) and once without (prefetch 0: everything in line);
@@ -60,7 +61,7 @@ def raw_inference(backend, tensor: np.ndarray, runs: int) -> dict:
     """FPS and CPU ms per frame of `runs` back-to-back backend.run calls."""
     cpu, consumer, start = time.process_time(), time.thread_time(), time.perf_counter()
     for _ in range(runs):
-        backend.run(tensor)
+        backend.run_preprocessed(tensor)
     wall, cpu, consumer = time.perf_counter() - start, time.process_time() - cpu, time.thread_time() - consumer
     return {"fps": runs / wall, "cpu_ms": cpu / runs * 1e3, "consumer_cpu_ms": consumer / runs * 1e3}
 

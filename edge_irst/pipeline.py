@@ -419,7 +419,7 @@ class Detector:
         "resize", frame pixels under "native" and "tile".
         """
         batch = self._prepare(Frame(frame_index or 0, image, timestamp, 0.0, 0.0, "frame"))
-        return self._postprocess(self.backend.run(batch), image.shape, self.settings.snapshot(), frame_index,
+        return self._postprocess(self.backend.run_preprocessed(batch), image.shape, self.settings.snapshot(), frame_index,
                                  timestamp)
 
     def grid_logits(self, image: np.ndarray) -> tuple:
@@ -430,7 +430,7 @@ class Detector:
         the label brought to that grid, rather than on an upsampled map.
         """
         batch = self._prepare(Frame(0, image, None, 0.0, 0.0, "frame"))
-        return self._policy.merge(self.backend.run(batch), image.shape)
+        return self._policy.merge(self.backend.run_preprocessed(batch), image.shape)
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """float32 (H, W) logit map at the frame's resolution (same frames as detect()).
@@ -467,7 +467,7 @@ class Detector:
                 frame, batch, preprocess_ms = item
                 settings = self.settings.snapshot()
                 start = time.perf_counter()
-                logits = self.backend.run(batch)
+                logits = self.backend.run_preprocessed(batch)
                 inferred = time.perf_counter()
                 detections = self._postprocess(logits, frame.image.shape, settings, frame.index, frame.timestamp)
                 done = time.perf_counter()

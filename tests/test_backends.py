@@ -198,6 +198,8 @@ def test_corrupt_onnx_is_a_model_file_error(tmp_path):
 def test_bad_batches_are_refused(ort_backend, bad, message):
     with pytest.raises(InputError, match=message):
         ort_backend.run(bad)
+    with pytest.raises(InputError, match=message):  # the pipeline's call keeps every check but the value scan
+        ort_backend.run_preprocessed(bad)
 
 
 def test_nan_in_the_batch_is_refused(ort_backend):
@@ -205,6 +207,10 @@ def test_nan_in_the_batch_is_refused(ort_backend):
     batch[0, 1, 7, 9] = np.nan
     with pytest.raises(InputError, match="NaN"):
         ort_backend.run(batch)
+
+
+def test_run_preprocessed_gives_the_logits_of_run(ort_backend, batch):
+    np.testing.assert_array_equal(ort_backend.run_preprocessed(batch[:1]), ort_backend.run(batch[:1]))
 
 
 def test_batch_larger_than_a_fixed_batch_one_artifact_is_looped(ort_backend, batch, reference):

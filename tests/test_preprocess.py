@@ -114,3 +114,28 @@ def test_synthetic_frames_match_their_plain_formula(size, targets, bits):
         frame = scene.frame(index)
         assert frame.image.dtype == want.dtype and np.array_equal(frame.image, want), index
         assert np.array_equal(frame.mask, mask)
+
+
+@pytest.mark.parametrize("changes", [{"std": (0.229, 0.0, 0.225)}, {"scale": float("inf")},
+                                     {"mean": (float("nan"),) * 3}, {"scale": 1e37}])
+def test_a_contract_whose_tensors_would_not_be_finite_is_refused(changes):
+    # Backend.run_preprocessed() skips the NaN/Inf scan because preprocess() tensors are finite by construction.
+    frame = np.full((256, 256), 255, np.uint8)
+    with pytest.raises(ModelFileError, match="finite tensor for 0..255 pixels"):
+        preprocess(frame, ModelContract().replace(**changes))
+
+
+@pytest.mark.parametrize("raw, message", [(("fixed", float("nan"), 100.0), "finite"),
+                                          (("percentile", 0.5, float("inf")), "finite"),
+                                          (("stretch", 0.0, 1.0), "'percentile' or 'fixed'")])
+def test_raw_mappings_are_checked_when_made(raw, message):
+    with pytest.raises(InputError, match=message):
+        RawMapping(*raw)
+
+
+def test_preprocessed_raw_frames_are_finite_at_the_extremes():
+    frames = [np.zeros((64, 64), np.uint16), np.full((64, 64), 65535, np.uint16),
+              np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)]
+    for frame in frames:
+        for raw in (RawMapping(), RawMapping("fixed", 100.0, 100.0), RawMapping("fixed", 0.0, 65535.0)):
+            assert np.isfinite(preprocess(frame, ModelContract(), raw=raw)).all()
