@@ -10,7 +10,8 @@ the least common denominator and the pipeline gives each worker its own instance
 
 A runtime module subclasses `Backend`, loads the artifact in `__init__` (raising ModelFileError /
 MissingDependencyError / DeviceUnavailableError, never crashing), sets `inputs` / `outputs` and implements
-`_forward` on a batch that `run` has already validated and cut to the artifact's batch size.
+`_forward` on a batch that `run` (or `run_preprocessed`, the pipeline's call, which skips only the NaN/Inf scan
+of tensors that preprocess made) has already validated and cut to the artifact's batch size.
 """
 from __future__ import annotations
 
