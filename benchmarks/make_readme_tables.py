@@ -148,6 +148,11 @@ def scaling_section(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# The pipeline runs the targets are read from: the README table's (fp32 ncnn), the fastest artifact at 1 thread
+# and the fastest configuration on the machine (TFLite int8 at 2 threads, benchmarks/results/backends.json).
+PIPELINE_RESULTS = ("pipeline", "pipeline_ncnn_int8", "pipeline_tflite_int8_t2")
+
+
 def _when(doc: dict, name: str) -> str:
     return f"`{name}.json`, {doc.get('created', '?')[:10]}"
 
@@ -182,7 +187,7 @@ def glance_rows(results: Path) -> list[list]:
             rows.append([f"postprocess {t['maps']} {t['size']} vs {t['against']}", f">= {t['required']:g}x",
                          f"{t['worst']:.2f}x (worst: {t['worst_map']})", verdict(t["met"]),
                          _when(postprocess, "postprocess")])
-    for name in ("pipeline", "pipeline_ncnn_int8"):
+    for name in PIPELINE_RESULTS:
         pipeline = load(name)
         if pipeline is None:
             rows.append([f"pipeline overhead ({name})", "<= 10 %", "not measured yet", "-", f"`{name}.json`"])
