@@ -75,19 +75,21 @@ def solo_rate(seconds: float = 1.0) -> float:
 
 
 def measure(detector, frames: list, rounds: int) -> dict:
-    """{mode: {"ms": [per round], "busy_rate": [per round] or None}} over `rounds` rounds (order turning)."""
-    modes = ["alone"] + [f"busy thread, {ms:g} ms" for ms in INTERVALS_MS]
-    runs = {mode: {"ms": [], "busy_rate": []} for mode in modes}
+    """{mode: {"ms": [per round], "busy_rate": [per round, busy modes only]}} over `rounds` rounds (order
+    turning)."""
     default = sys.getswitchinterval()
+    intervals = {"alone": None, **{f"busy thread, {ms:g} ms": ms / 1e3 for ms in INTERVALS_MS}}
+    modes = list(intervals)
+    runs = {mode: {"ms": [], "busy_rate": []} for mode in modes}
     try:
         for round_index in range(rounds):
             shift = round_index % len(modes)
             for mode in modes[shift:] + modes[:shift]:
-                if mode == "alone":
+                if intervals[mode] is None:
                     sys.setswitchinterval(default)
                     runs[mode]["ms"].append(per_frame_ms(detector, frames))
                     continue
-                sys.setswitchinterval(INTERVALS_MS[modes.index(mode) - 1] / 1e3)
+                sys.setswitchinterval(intervals[mode])
                 with BusyThread() as busy:
                     runs[mode]["ms"].append(per_frame_ms(detector, frames))
                 runs[mode]["busy_rate"].append(busy.rate)
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from edge_irst.benchmarking import machine_info, machine_line, script_command
+    from edge_irst.benchmarking import load_average, machine_info, machine_line, script_command
     from edge_irst.pipeline import Detector
     from edge_irst.synthetic import SyntheticScene
 
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
                   "timed": "Detector.detect on 256x256 grey frames rendered beforehand: preprocess, inference, "
                            "postprocess",
                   "busy_solo_rate_per_s": round(solo), "results": summarize(runs, solo),
-                  "load_average_at_end": machine_info()["load_average"]}
+                  "load_average_at_end": load_average()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

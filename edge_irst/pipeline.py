@@ -419,8 +419,8 @@ class Detector:
         "resize", frame pixels under "native" and "tile".
         """
         batch = self._prepare(Frame(frame_index or 0, image, timestamp, 0.0, 0.0, "frame"))
-        return self._postprocess(self.backend.run_preprocessed(batch), image.shape, self.settings.snapshot(), frame_index,
-                                 timestamp)
+        return self._postprocess(self.backend.run_preprocessed(batch), image.shape, self.settings.snapshot(),
+                                 frame_index, timestamp)
 
     def grid_logits(self, image: np.ndarray) -> tuple:
         """(float32 logit map on the grid the model ran on, sx, sy): for "resize" the model's input grid (frame
