@@ -195,7 +195,8 @@ def glance_rows(results: Path) -> list[list]:
         artifact = Path(pipeline["artifact"]).name
         for mode, r in list(pipeline["results"].items())[1:]:  # the first is raw inference itself
             paired = r.get("overhead_percent_paired")
-            rows.append([f"pipeline overhead, {artifact} t{pipeline['threads_in_effect']}, {mode}", "<= 10 %",
+            default = " (`Detector.stream`'s default here)" if mode == pipeline.get("default_mode") else ""
+            rows.append([f"pipeline overhead, {artifact} t{pipeline['threads_in_effect']}, {mode}{default}", "<= 10 %",
                          "-" if paired is None else f"{paired:.1f} % (paired rounds)",
                          "-" if paired is None else verdict(paired <= 10.0), _when(pipeline, name)])
     return rows
