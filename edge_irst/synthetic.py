@@ -170,11 +170,14 @@ class SyntheticScene:
         rng = np.random.default_rng([self.seed, 0])
         self._background = _clutter(rng, h, w)
         chosen = rng.permutation(len(cells))[:targets]
-        self._cells = np.asarray([cells[i] for i in sorted(chosen)], np.float64).reshape(-1, 4)  # x0, y0, x1, y1
-        lo, hi = self._cells[:, :2] + _MARGIN, self._cells[:, 2:] - _MARGIN
+        own_cells = np.asarray([cells[i] for i in sorted(chosen)], np.float64).reshape(-1, 4)  # x0, y0, x1, y1
+        lo, hi = own_cells[:, :2] + _MARGIN, own_cells[:, 2:] - _MARGIN
         self._start = rng.uniform(lo, hi) if targets else np.zeros((0, 2))
         angle = rng.uniform(0.0, 2.0 * math.pi, targets)
         self._velocity = rng.uniform(*speed, targets)[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+        # centers()'s frame-independent terms, computed once (the same operations in the same order as inline).
+        self._low, self._span = lo, hi - lo
+        self._period, self._start_offset = 2.0 * self._span, self._start - lo
         self.sigmas = rng.uniform(*sigma, targets).astype(np.float32)
         self.amplitudes = rng.uniform(*amplitude, targets).astype(np.float32)
         self._stamps = _TargetStamps(self.sigmas, self.amplitudes)
@@ -188,10 +191,8 @@ class SyntheticScene:
 
     def centers(self, index: int) -> np.ndarray:
         """float32 [K, 2] target centres (x, y) in frame `index`: straight motion reflected at the cell walls."""
-        lo, hi = self._cells[:, :2] + _MARGIN, self._cells[:, 2:] - _MARGIN
-        span = hi - lo
-        travel = np.mod(self._start - lo + self._velocity * index, 2.0 * span)
-        return (lo + np.where(travel > span, 2.0 * span - travel, travel)).astype(np.float32)
+        travel = np.mod(self._start_offset + self._velocity * index, self._period)
+        return (self._low + np.where(travel > self._span, self._period - travel, travel)).astype(np.float32)
 
     def frame(self, index: int) -> SyntheticFrame:
         """Frame `index` (>= 0): image uint8 [H, W] (bits 8) or uint16 [H, W] (raw), with its ground truth."""
