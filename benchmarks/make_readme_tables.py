@@ -128,7 +128,9 @@ def pipeline_section(doc: dict) -> str:
                     "overhead % (CPU)", "decode / preprocess / inference / postprocess ms"], body), "",
              "Overhead against raw inference on the same backend (target <= 10 %). Paired rounds: the median over "
              "the rounds of each round's overhead against that round's raw inference (the verdict); wall: the "
-             "median rounds' FPS set against each other."]
+             "median rounds' FPS set against each other."
+             + (f" `Detector.stream`'s default for this source here: {doc['default_mode']} "
+                f"({doc['default_mode_rule']})." if "default_mode" in doc else "")]
     return "\n".join(lines)
 
 
