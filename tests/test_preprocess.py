@@ -97,9 +97,11 @@ def test_random_bytes_are_numpys_full_range_bytes(shape):
     assert ours.shape == shape and ours.dtype == np.uint8 and np.array_equal(ours, numpys)
 
 
-@pytest.mark.parametrize("size, targets, bits", [((256, 256), 3, 8), ((120, 200), 6, 8), ((96, 96), 2, 14)])
-def test_synthetic_frames_match_their_plain_formula(size, targets, bits):
-    scene = SyntheticScene(size, targets, seed=5, bits=bits)
+@pytest.mark.parametrize("size, targets, bits, sigma", [((256, 256), 3, 8, (0.8, 1.8)), ((120, 200), 6, 8, (0.8, 1.8)),
+                                                        ((96, 96), 2, 14, (0.8, 1.8)), ((160, 200), 4, 8, (0.5, 4.0))])
+def test_synthetic_frames_match_their_plain_formula(size, targets, bits, sigma):
+    # Windows of very different radii (the last case: 13..22 px), several clipped at the frame's edges.
+    scene = SyntheticScene(size, targets, seed=5, bits=bits, sigma=sigma)
     for index in (0, 11, 40):
         rng = np.random.default_rng([scene.seed, 1, index])
         image = scene._noise_levels[rng.integers(0, 256, size, dtype=np.uint8)] + scene._background
