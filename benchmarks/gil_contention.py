@@ -77,14 +77,15 @@ def solo_rate(seconds: float = 1.0) -> float:
 def measure(detector, frames: list, rounds: int) -> dict:
     """{mode: {"ms": [per round], "busy_rate": [per round, busy modes only]}} over `rounds` rounds (order
     turning)."""
+    from edge_irst.benchmarking import rotated
+
     default = sys.getswitchinterval()
     intervals = {"alone": None, **{f"busy thread, {ms:g} ms": ms / 1e3 for ms in INTERVALS_MS}}
     modes = list(intervals)
     runs = {mode: {"ms": [], "busy_rate": []} for mode in modes}
     try:
         for round_index in range(rounds):
-            shift = round_index % len(modes)
-            for mode in modes[shift:] + modes[:shift]:
+            for mode in rotated(modes, round_index):
                 if intervals[mode] is None:
                     sys.setswitchinterval(default)
                     runs[mode]["ms"].append(per_frame_ms(detector, frames))

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from edge_irst.benchmarking import machine_info, machine_line
+    from edge_irst.benchmarking import machine_info, machine_line, rotated
 
     machine = {**machine_info(), "opencv": cv2.__version__}
     model, backend = (Path(args.model), args.backend) if args.model else _authors_model(args.backend)
@@ -138,16 +138,13 @@ def main(argv=None) -> int:
     scene = SyntheticScene((256, 256), args.targets, seed=0)
     rendered = [scene.frame(i).image for i in range(args.frames)]  # the frames of `spec`, for the in-memory mode
     with Detector(model, backend, threads=args.threads, warmup=10) as detector:
-        # What Detector.stream does with a synthetic source when prefetch is not given: a reader thread only
-        # where the process may use more CPUs than the runtime's inference threads.
+        # What Detector.stream does with a synthetic source when prefetch is not given (read before the rounds
+        # set it): a reader thread only where the process may use more CPUs than the runtime's inference threads.
         report["default_mode"] = "stream, reader thread" if detector.prefetch else "stream, in line"
-        report["default_mode_rule"] = (f"reader thread when usable CPUs ({usable_cpus()}) > inference threads "
-                                       f"({detector.backend.options_in_effect().get('threads')})")
         tensor = preprocess(rendered[0], detector.contract)
-        order = list(modes)
         for round_index in range(args.rounds):
             # The order turns by one mode each round, so no mode always runs first (or right after another).
-            for mode in order[round_index % len(order):] + order[:round_index % len(order)]:
+            for mode in rotated(list(modes), round_index):
                 prefetch = modes[mode]
                 if prefetch is None:
                     rounds[mode].append(raw_inference(detector.backend, tensor, args.frames))
@@ -155,7 +152,9 @@ def main(argv=None) -> int:
                 rounds[mode].append(end_to_end(detector, rendered if mode == in_memory else spec, prefetch))
         options = detector.backend.options_in_effect()
         report.update(backend=detector.backend.name, artifact=str(detector.backend.path),
-                      threads_in_effect=options.get("threads"), options_in_effect=options)
+                      threads_in_effect=options.get("threads"), options_in_effect=options,
+                      default_mode_rule=f"reader thread when usable CPUs ({usable_cpus()}) > inference threads "
+                                        f"({options.get('threads')})")
 
     def median_round(mode: str) -> dict:
         ordered = sorted(rounds[mode], key=lambda r: r["fps"])

@@ -54,7 +54,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_irst.benchmarking import machine_info
+from edge_irst.benchmarking import machine_info, rotated
 from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
 from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD, AUTO_RUNS_FOR_BANDS
 
@@ -210,7 +210,7 @@ def time_methods(methods: dict, variants: list, rounds: int, default_threads: in
         # The order turns by one method a round: whatever a method leaves behind (the authors' procedure at
         # 1920x1080 slowed the method after it by about 1.3x, an untimed call and a 10 ms pause notwithstanding)
         # falls on every method in turn, not always on the same one.
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(names, r):
             function, threads, one_map = methods[name]
             if threads:
                 cv2.setNumThreads(threads)

@@ -572,6 +572,13 @@ def _pool(config: Config, rounds: list[dict], load: list) -> dict:
     return row
 
 
+def rotated(items: Sequence, shift: int) -> list:
+    """`items` turned left by `shift` places (modulo its length): round r of an interleaved benchmark runs them in
+    rotated(items, r), so none always runs first or right after the same other one."""
+    shift = shift % len(items) if items else 0
+    return list(items[shift:]) + list(items[:shift])
+
+
 def run_configs(configs: Sequence[Config], method: Method, progress: bool = True,
                 on_row: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Measure every configuration per `method`; rows in the order of `configs`.
@@ -594,8 +601,7 @@ def run_configs(configs: Sequence[Config], method: Method, progress: bool = True
     with tempfile.TemporaryDirectory(prefix="edge-irst-bench-") as scratch, \
             Progress(total, "bench", enabled=None if progress else False) as bar:
         for r in range(method.rounds):
-            shift = r % max(len(configs), 1)
-            for config in list(configs[shift:]) + list(configs[:shift]):
+            for config in rotated(configs, r):
                 bar.update(0, postfix=f"round {r + 1}/{method.rounds} {config.name}")
                 if config.name not in failed:
                     loads[config.name].append(load_average())

@@ -184,3 +184,11 @@ def test_compare_pairs_the_rounds_of_two_rows():
         r["inference"].update(p90_ms=1.0, p99_ms=1.0, fps=1.0)
     text = bench.render(doc, bench.compare(doc["rows"], "slow"))
     assert "paired x" in text and "1.50x" in text
+
+
+def test_rounds_turn_the_order_by_one_place_each():
+    # Round r of every interleaved benchmark (edge-irst bench and the benchmarks/ scripts) runs rotated(items, r).
+    items = ["a", "b", "c"]
+    assert [bench.rotated(items, r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                           ["a", "b", "c"]]
+    assert bench.rotated((1, 2), 1) == [2, 1] and bench.rotated([], 3) == []
