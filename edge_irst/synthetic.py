@@ -173,12 +173,12 @@ class SyntheticScene:
         chosen = rng.permutation(len(cells))[:targets]
         own_cells = np.asarray([cells[i] for i in sorted(chosen)], np.float64).reshape(-1, 4)  # x0, y0, x1, y1
         lo, hi = own_cells[:, :2] + _MARGIN, own_cells[:, 2:] - _MARGIN
-        self._start = rng.uniform(lo, hi) if targets else np.zeros((0, 2))
+        start = rng.uniform(lo, hi) if targets else np.zeros((0, 2))
         angle = rng.uniform(0.0, 2.0 * math.pi, targets)
         self._velocity = rng.uniform(*speed, targets)[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
         # centers()'s frame-independent terms, computed once (the same operations in the same order as inline).
         self._low, self._span = lo, hi - lo
-        self._period, self._start_offset = 2.0 * self._span, self._start - lo
+        self._period, self._start_offset = 2.0 * self._span, start - lo
         self.sigmas = rng.uniform(*sigma, targets).astype(np.float32)
         self.amplitudes = rng.uniform(*amplitude, targets).astype(np.float32)
         self._stamps = _TargetStamps(self.sigmas, self.amplitudes)
