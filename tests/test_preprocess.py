@@ -1,6 +1,8 @@
 """Preprocessing: the fast plane-by-plane path gives exactly the tensor of the plain recipe (channels, resize,
 (pixel * scale - mean) / std), for every kind of frame and contract; and the synthetic source's fast rendering
 gives exactly the frame of its plain formula."""
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -103,8 +105,11 @@ def test_synthetic_frames_match_their_plain_formula(size, targets, bits, sigma):
     # Windows of very different radii (the last case: 13..22 px), several clipped at the frame's edges.
     scene = SyntheticScene(size, targets, seed=5, bits=bits, sigma=sigma)
     for index in (0, 11, 40):
-        rng = np.random.default_rng([scene.seed, 1, index])
-        image = scene._noise_levels[rng.integers(0, 256, size, dtype=np.uint8)] + scene._background
+        # Frame i's noise: the draws [i * n, (i + 1) * n) of the scene's PCG64 stream, n = ceil(H * W / 8).
+        stream = np.random.PCG64(np.random.SeedSequence([scene.seed, 1]))
+        stream.advance(index * -(-size[0] * size[1] // 8))
+        noise_bytes = np.random.Generator(stream).integers(0, 256, size, dtype=np.uint8)
+        image = scene._noise_levels[noise_bytes] + scene._background
         mask = np.zeros(size, bool)
         for (cx, cy), sigma, amplitude in zip(scene.centers(index), scene.sigmas, scene.amplitudes):
             add_target(image, mask, cx, cy, sigma, amplitude)
@@ -116,6 +121,32 @@ def test_synthetic_frames_match_their_plain_formula(size, targets, bits, sigma):
         frame = scene.frame(index)
         assert frame.image.dtype == want.dtype and np.array_equal(frame.image, want), index
         assert np.array_equal(frame.mask, mask)
+
+
+def test_synthetic_frames_are_the_same_in_any_order_and_from_any_thread():
+    # Frames in order continue the scene's noise stream, any other index jumps to its place in it: the order
+    # of the calls, and the thread making them, must not change a frame.
+    in_order = SyntheticScene((64, 80), targets=2, seed=7)
+    expected = [in_order.frame(i).image for i in range(12)]
+    shuffled = SyntheticScene((64, 80), targets=2, seed=7)
+    for i in (5, 6, 7, 0, 11, 3, 4, 10, 1, 2, 9, 8):
+        assert np.array_equal(shuffled.frame(i).image, expected[i]), i
+    assert not np.array_equal(expected[3], expected[4])  # fresh noise in every frame
+    shared = SyntheticScene((64, 80), targets=2, seed=7)
+    rendered = {}
+
+    def render(indices):
+        for i in indices:
+            rendered[i] = shared.frame(i).image
+
+    threads = [threading.Thread(target=render, args=(range(start, 12, 3),)) for start in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(np.array_equal(rendered[i], expected[i]) for i in range(12))
+    with pytest.raises(InputError, match=r"frame\(-1\): frame indices start at 0"):
+        shared.frame(-1)
 
 
 @pytest.mark.parametrize("changes", [{"std": (0.229, 0.0, 0.225)}, {"scale": float("inf")},
