@@ -74,20 +74,40 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _cpuinfo() -> tuple[Optional[str], list[str]]:
-    """(CPU model, the CPU_FLAGS it has) from /proc/cpuinfo; (platform.processor(), []) elsewhere."""
-    text = _read("/proc/cpuinfo") or ""
-    model, flags = None, set()
+def parse_cpuinfo(text: str) -> tuple[Optional[str], set, Optional[str]]:
+    """(model name, every flag, CPU identity) from the text of a Linux /proc/cpuinfo. The identity tells CPUs apart
+    where the model name does not (a VM's "AMD EPYC" is any EPYC generation): "family F model M stepping S" on
+    x86 (the first processor's), "implementer I part P[, part Q]" on Arm (one part per core kind: a big.LITTLE
+    chip lists each); None where the text has neither."""
+    model, flags, fields, arm_parts = None, set(), {}, []
     for line in text.splitlines():
         key, _, value = (part.strip() for part in line.partition(":"))
         if key in ("model name", "Model", "Hardware", "cpu model") and value and model is None:
             model = value
         elif key in ("flags", "Features"):
             flags.update(value.split())
+        elif key in ("cpu family", "model", "stepping", "CPU implementer") and value:
+            fields.setdefault(key, value)
+        elif key == "CPU part" and value not in arm_parts:
+            arm_parts.append(value)
+    identity = None
+    if "cpu family" in fields:
+        identity = " ".join(f"{name} {fields[key]}" for key, name in (("cpu family", "family"), ("model", "model"),
+                                                                       ("stepping", "stepping")) if key in fields)
+    elif arm_parts:
+        identity = f"implementer {fields.get('CPU implementer', '?')} part {', part '.join(arm_parts)}"
+    return model, flags, identity
+
+
+def _cpuinfo() -> tuple[Optional[str], list[str], Optional[str]]:
+    """(CPU model, the CPU_FLAGS it has, CPU identity: see parse_cpuinfo) from /proc/cpuinfo; (platform.processor(),
+    [], None) elsewhere."""
+    model, flags, identity = parse_cpuinfo(_read("/proc/cpuinfo") or "")
     board = _read("/proc/device-tree/model")  # Raspberry Pi and other device-tree boards name themselves here
     if board:
         model = f"{model} ({board.rstrip(chr(0))})" if model else board.rstrip(chr(0))
-    return model or platform.processor() or platform.machine() or None, [f for f in CPU_FLAGS if f in flags]
+    return (model or platform.processor() or platform.machine() or None, [f for f in CPU_FLAGS if f in flags],
+            identity)
 
 
 def library_versions(names: Iterable[str] = LIBRARIES) -> dict:
@@ -110,13 +130,13 @@ def load_average() -> Optional[list[float]]:
 
 
 def machine_info() -> dict:
-    """What a benchmark result needs to be read against: CPU model and features, cores (physical, logical, allowed
+    """What a benchmark result needs to be read against: CPU model, identity and features, cores (physical, logical, allowed
     to this process), frequency governor, memory, load average now, OS, Python, library versions, and which
     postprocess implementation is active. Linux files are read where present; elsewhere a field is None.
     """
     from edge_irst.backends import physical_cores
 
-    model, flags = _cpuinfo()
+    model, flags, identity = _cpuinfo()
     governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     memory_mb = None
@@ -135,6 +155,7 @@ def machine_info() -> dict:
         postprocess = {"implementation": f"unavailable ({type(exc).__name__}: {exc})"}
     return {
         "cpu": model,
+        "cpu_id": identity,
         "cpu_flags": flags,
         "architecture": platform.machine(),
         "cores_physical": physical_cores(),
@@ -158,7 +179,9 @@ def machine_line(machine: dict) -> str:
     cores = machine.get("cores_physical"), machine.get("cores_logical") or machine.get("logical_cpus")
     governor = machine.get("governor") or "?"
     governor = "?" if governor.startswith("not readable") else governor
-    return (f"{machine.get('cpu') or '?'} ({machine.get('architecture') or machine.get('machine') or '?'}), "
+    identity = f", {machine['cpu_id']}" if machine.get("cpu_id") else ""
+    return (f"{machine.get('cpu') or '?'} ({machine.get('architecture') or machine.get('machine') or '?'}"
+            f"{identity}), "
             f"{cores[0] or '?'} physical / {cores[1] or '?'} logical cores, governor {governor}, load average "
             f"{' '.join(f'{v:.2f}' for v in load) if load else '?'}, Python {machine.get('python', '?')}")
 

@@ -72,8 +72,34 @@ def test_method_and_machine_are_recorded(two_backends):
     assert doc["method"]["warmup"] == 1 and doc["method"]["min_runs"] == 3
     machine = doc["machine"]
     assert machine["cores_logical"] >= 1 and machine["cpu"] and machine["python"]
+    if sys.platform == "linux" and machine["architecture"] == "x86_64":
+        assert machine["cpu_id"], "the CPU identity was not read from /proc/cpuinfo"
     assert "numpy" in machine["libraries"] and "onnxruntime" in machine["libraries"]
     assert "method:" in done.stdout and "machine:" in done.stdout
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx2 avx512f
+"""
+# Two core kinds, as on a big.LITTLE phone (Cortex-A55 0xd05, Cortex-A76 0xd0b): each part named once.
+ARM_CPUINFO = "".join(f"processor\t: {i}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: {part}\n\n"
+                      for i, part in enumerate(["0xd05"] * 4 + ["0xd0b"] * 4))
+
+
+def test_cpu_identity_is_read_where_the_model_name_is_generic():
+    model, flags, identity = bench.parse_cpuinfo(X86_CPUINFO)
+    assert (model, identity) == ("AMD EPYC", "family 25 model 17 stepping 1") and "avx512f" in flags
+    model, flags, identity = bench.parse_cpuinfo(ARM_CPUINFO)
+    assert model is None and identity == "implementer 0x41 part 0xd05, part 0xd0b" and "asimd" in flags
+    assert bench.parse_cpuinfo("") == (None, set(), None)
+    line = bench.machine_line({"cpu": "AMD EPYC", "cpu_id": "family 25 model 17 stepping 1",
+                               "architecture": "x86_64"})
+    assert line.startswith("AMD EPYC (x86_64, family 25 model 17 stepping 1), ")
 
 
 def test_compare_ratios_are_baseline_over_row(two_backends):
