@@ -46,6 +46,35 @@ def test_construction_coerces_compatible_columns_and_validates_once():
     assert d.frame_index == 2 and type(d.frame_index) is int and d.frame_shape == (480, 640)
 
 
+@pytest.mark.parametrize("metadata, message", [
+    ({"frame_index": True}, "frame_index = True; expected None or an int >= 0"),
+    ({"frame_index": -1}, "frame_index = -1"), ({"frame_index": 2.0}, "frame_index = 2.0"),
+    ({"frame_index": "3"}, "frame_index = '3'"),
+    ({"timestamp": float("nan")}, "timestamp = nan; expected None or a finite number"),
+    ({"timestamp": float("inf")}, "timestamp = inf"), ({"timestamp": True}, "timestamp = True"),
+    ({"timestamp": "1.0"}, "timestamp = '1.0'"),
+    ({"frame_shape": (256, 0)}, r"frame_shape = \(256, 0\)"), ({"frame_shape": (256, 256.0)}, "frame_shape"),
+    ({"frame_shape": (True, 256)}, "frame_shape"), ({"frame_shape": (256,)}, "frame_shape"),
+])
+def test_frame_metadata_is_checked_on_the_labeller_path_too(metadata, message):
+    # label_targets() takes the stream's metadata through type-check shortcuts: what they let through must be
+    # what the full checks accept, and everything else must still be refused by them.
+    logits = np.full((8, 8), -5.0, np.float32)
+    with pytest.raises(InputError, match=message):
+        label_targets(logits, **metadata)
+    with pytest.raises(InputError, match=message):
+        Detections(**_columns(), **metadata)
+
+
+def test_frame_metadata_is_normalised_to_plain_python_values():
+    logits = np.full((8, 8), -5.0, np.float32)
+    d = label_targets(logits, frame_index=np.int64(7), timestamp=np.float32(0.5), frame_shape=[480, np.int64(640)])
+    assert (d.frame_index, d.timestamp, d.frame_shape) == (7, 0.5, (480, 640))
+    assert type(d.frame_index) is int and type(d.timestamp) is float and all(type(v) is int for v in d.frame_shape)
+    fast = label_targets(logits, frame_index=3, timestamp=1.25, frame_shape=(480, 640, 3))
+    assert (fast.frame_index, fast.timestamp, fast.frame_shape) == (3, 1.25, (480, 640, 3))
+
+
 @pytest.mark.parametrize("column, value, message", [
     ("size", np.array([1.5, 2.0, 3.0]), "Detections.size: expected dtype int64.*received float64"),
     ("x", np.zeros((3, 2)), r"Detections.x: expected a 1-D array of shape \(n,\), received shape \(3, 2\)"),
