@@ -130,9 +130,9 @@ def load_average() -> Optional[list[float]]:
 
 
 def machine_info() -> dict:
-    """What a benchmark result needs to be read against: CPU model, identity and features, cores (physical, logical, allowed
-    to this process), frequency governor, memory, load average now, OS, Python, library versions, and which
-    postprocess implementation is active. Linux files are read where present; elsewhere a field is None.
+    """What a benchmark result needs to be read against: CPU model, identity and features, cores (physical,
+    logical, allowed to this process), frequency governor, memory, load average now, OS, Python, library versions,
+    and which postprocess implementation is active. Linux files are read where present; elsewhere a field is None.
     """
     from edge_irst.backends import physical_cores
 

@@ -170,14 +170,13 @@ class SyntheticScene:
         self.size, self.seed, self.noise, self.bits = (h, w), int(seed), float(noise), int(bits)
         self._noise_levels = _GAUSSIAN_BYTES * np.float32(self.noise)  # byte -> noise in grey levels
         # The noise bytes of frame i are the 64-bit draws [i * n, (i + 1) * n) of one PCG64 stream per scene (n =
-        # draws_per_frame): frames in order just continue the stream, any other index jumps there (advance() is a
+        # _draws_per_frame): frames in order just continue the stream, any other index jumps there (advance() is a
         # few multiplications). Why not a generator per frame: default_rng([seed, i]) took 145 us a frame right
         # after an inference (15 us timed alone), half the in-line pipeline's overhead budget on TFLite int8 at 2
         # threads; continuing the stream costs nothing and a jump about 19 us there.
-        self.draws_per_frame = -(-h * w // 8)
-        self._noise_start = np.random.PCG64(np.random.SeedSequence([self.seed, 1])).state
-        self._noise_rng = np.random.Generator(np.random.PCG64())
-        self._noise_rng.bit_generator.state = self._noise_start
+        self._draws_per_frame = -(-h * w // 8)  # random_bytes() takes ceil(H * W / 8) draws
+        self._noise_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 1])))
+        self._noise_start = self._noise_rng.bit_generator.state
         self._next_noise_frame = 0
         self._noise_lock = threading.Lock()  # a stream's reader thread and the caller may both render frames
         rng = np.random.default_rng([self.seed, 0])
@@ -208,12 +207,12 @@ class SyntheticScene:
         return (self._low + np.where(travel > self._span, self._period - travel, travel)).astype(np.float32)
 
     def _noise_bytes(self, index: int) -> np.ndarray:
-        """uint8 [H, W]: frame `index`'s random bytes (see draws_per_frame in __init__)."""
+        """uint8 [H, W]: frame `index`'s random bytes (see _draws_per_frame in __init__)."""
         with self._noise_lock:
             bits = self._noise_rng.bit_generator
             if index != self._next_noise_frame:
                 bits.state = self._noise_start
-                bits.advance(index * self.draws_per_frame)
+                bits.advance(index * self._draws_per_frame)
             self._next_noise_frame = index + 1
             return random_bytes(self._noise_rng, self.size)
 
