@@ -10,13 +10,13 @@ In ONE run, at 256x256, each at 1 thread and at all physical cores:
            intra-op spinning, TFLite int8 without XNNPACK).
 Raw inference (backend.run on a prepared tensor) per edge_irst.benchmarking's method: a fresh process per
 configuration and round, >= 10 warm-up runs, >= 100 runs and >= 10 s in all, split over interleaved rounds
-(round-robin, order rotated) so drift in the machine's other load hits every row alike.
+(round-robin, order balanced over rounds) so drift in the machine's other load hits every row alike.
 
 Reported: the fastest backend vs PyTorch eager (the paper: 2.6x with OpenCV DNN), and the targets
   fp32: our fastest fp32 artifact at least as fast as the authors' fastest published artifact (same run);
   int8: our fastest int8 artifact at least 1.5x faster than the authors' fastest published artifact;
 each judged per thread count. The sweep picks the contenders (fastest median of each kind); a head-to-head then
-runs just those rows again in short paired rounds (fresh processes back to back, order rotated, about a second
+runs just those rows again in short paired rounds (fresh processes back to back, order balanced, about a second
 each) and the verdict is the median over those rounds of the per-round ratio of medians. In the sweep the two
 rows of a target can run a minute apart, so the machine's other load, which drifts on that scale on a shared
 VM, enters the pooled ratio; in a paired round both rows see nearly the same machine. The sweep's pooled ratio

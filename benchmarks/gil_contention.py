@@ -9,9 +9,9 @@ callback, a busy control loop) pays that wait after such calls, on every frame. 
 (`sys.setswitchinterval`, a setting of the whole process, which a library should not change behind its user's
 back) shortens the wait and costs the busy thread a few more switches.
 
-Measured, in rounds whose order of modes turns by one each round: "alone" (no other thread, default interval),
-then "busy thread" at each interval. A mode's time is the mean per frame over `--frames` frames (256x256
-synthetic frames rendered beforehand, so only the detector is timed); its ratio is the median over the rounds of
+Measured, in rounds whose order of modes is balanced over the rounds (benchmarking.interleaved): "alone" (no
+other thread, default interval), then "busy thread" at each interval. A mode's time is the mean per frame over
+`--frames` frames (256x256 synthetic frames rendered beforehand, so only the detector is timed); its ratio is the median over the rounds of
 its time over that round's "alone". "busy share" is how many loop iterations the busy thread made per second
 against the same loop running with no detector beside it: what the other thread keeps.
 
@@ -77,7 +77,7 @@ def solo_rate(seconds: float = 1.0) -> float:
 def measure(detector, frames: list, rounds: int) -> dict:
     """{mode: {"ms": [per round], "busy_rate": [per round, busy modes only]}} over `rounds` rounds (order
     turning)."""
-    from edge_irst.benchmarking import rotated
+    from edge_irst.benchmarking import interleaved
 
     default = sys.getswitchinterval()
     intervals = {"alone": None, **{f"busy thread, {ms:g} ms": ms / 1e3 for ms in INTERVALS_MS}}
@@ -85,7 +85,7 @@ def measure(detector, frames: list, rounds: int) -> dict:
     runs = {mode: {"ms": [], "busy_rate": []} for mode in modes}
     try:
         for round_index in range(rounds):
-            for mode in rotated(modes, round_index):
+            for mode in interleaved(modes, round_index):
                 if intervals[mode] is None:
                     sys.setswitchinterval(default)
                     runs[mode]["ms"].append(per_frame_ms(detector, frames))

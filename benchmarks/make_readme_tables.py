@@ -69,6 +69,13 @@ def backends_section(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def spread_note(target: dict) -> str:
+    """The per-round ratios' quartiles of a postprocess target's worst map (results from before they were kept
+    have none)."""
+    quartiles = target.get("worst_quartiles")
+    return f"; rounds' quartiles {quartiles[0]:.2f}-{quartiles[1]:.2f}x" if quartiles else ""
+
+
 def postprocess_section(doc: dict) -> str:
     threads = doc["machine"]["opencv_default_threads"]
     many = f"cv2 CC ({threads} thr)"
@@ -84,7 +91,10 @@ def postprocess_section(doc: dict) -> str:
     sparse_rule = f", one band after a frame with fewer than {runs:,} runs" if runs else ""
     lines = ["### Postprocess: C labeller vs OpenCV (`benchmarks/postprocess.py`)", "", provenance(doc), "",
              "Wall-clock microseconds per call, each call on a new map (the variants of each kind in turn, copied "
-             "into one buffer before the call, untimed), as in a stream; ours = labelling with every statistic "
+             "into one buffer before the call, untimed), as in a stream, each sample after as many untimed calls "
+             "of the same method (a method runs 1.5-2x slower for tens of calls after OpenCV's, until the branch "
+             "predictor has relearnt it) and the methods in an order balanced over the rounds; ours = labelling "
+             "with every statistic "
              "(box, centroids, weighted centroid, peak, mean logit), threshold fused, on one thread; "
              f"ours auto = `threads=\"auto\"` (row bands on up to {threads} threads from "
              f"{doc.get('auto_pixels_per_thread', 0) * 2:,} pixels{sparse_rule}), compared with OpenCV at its default "
@@ -92,8 +102,10 @@ def postprocess_section(doc: dict) -> str:
              "procedure (threshold, components, Python filter loop, second pass) against ours with the same "
              "filter. Times are median samples; a speed-up is the median over the rounds of the per-round ratio "
              "(both samples taken milliseconds apart), so it can differ a little from the ratio of the medians "
-             "shown. map read = one numpy `max` over the map on one thread: about the least time any one-thread "
-             "labeller can take, since it must read every pixel. 1 map repeated = how much faster ours looks when "
+             "shown; a target lists the first and third quartiles of those ratios on its worst map, and says when "
+             "the required ratio lies between them (a run as long could have gone the other way). map read = one "
+             "numpy `max` over the map on one thread: about the least time any one-thread labeller can take, "
+             "since it must read every pixel. 1 map repeated = how much faster ours looks when "
              "fed one variant again and again (the CPU's branch predictor learns it), which is why every other "
              "column takes new maps.", "",
              table(["frame", "map", "targets", "ours us", "cv2 1 thr us", "x vs cv2", "ours auto us",
@@ -103,7 +115,8 @@ def postprocess_section(doc: dict) -> str:
     for t in doc.get("targets", []):
         verdict = "met" if t["met"] else "**not met**"
         lines.append(f"- {t['maps']} {t['size']} vs {t['against']} ({t['clock']}): worst {t['worst']:.2f}x "
-                     f"({t['worst_map']}), required {t['required']:g}x: {verdict}{reach_note(t)}.")
+                     f"({t['worst_map']}{spread_note(t)}), required {t['required']:g}x: {verdict}"
+                     f"{' — within the spread of the rounds' if t.get('clear') is False else ''}{reach_note(t)}.")
     stress = doc.get("stress")
     if stress:
         slower = " — slower than OpenCV" if stress["worst"] < 1 else ""
@@ -187,7 +200,7 @@ def glance_rows(results: Path) -> list[list]:
     else:
         for t in postprocess.get("targets", []):
             rows.append([f"postprocess {t['maps']} {t['size']} vs {t['against']}", f">= {t['required']:g}x",
-                         f"{t['worst']:.2f}x (worst: {t['worst_map']})", verdict(t["met"]),
+                         f"{t['worst']:.2f}x (worst: {t['worst_map']}{spread_note(t)})", verdict(t["met"]),
                          _when(postprocess, "postprocess")])
     for name in PIPELINE_RESULTS:
         pipeline = load(name)

@@ -19,9 +19,9 @@ CPU time per frame (all threads), which other tenants of a shared machine distur
 from the CPU time of the thread that runs inference alone ("consumer"): with the reader thread on a core of its
 own, that thread is what limits the frame rate, so its overhead is the one a machine with a free core would see
 (with 1 inference thread; a runtime's own worker threads count in the process column only). The measurements
-alternate over rounds, in an order that turns by one mode each round; the verdict ("paired") is the median over the
-rounds of each round's wall-clock overhead against that round's raw inference, and the median rounds' FPS and
-their overhead are shown beside it. Prints a table and writes benchmarks/results/pipeline.json with machine
+alternate over rounds, in an order balanced over the rounds (each mode first, and right after each other mode,
+equally often); the verdict ("paired") is the median over the rounds of each round's wall-clock overhead against
+that round's raw inference, and the median rounds' FPS and their overhead are shown beside it. Prints a table and writes benchmarks/results/pipeline.json with machine
 information.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from edge_irst.benchmarking import machine_info, machine_line, rotated
+    from edge_irst.benchmarking import interleaved, machine_info, machine_line
 
     machine = {**machine_info(), "opencv": cv2.__version__}
     model, backend = (Path(args.model), args.backend) if args.model else _authors_model(args.backend)
@@ -143,8 +143,8 @@ def main(argv=None) -> int:
         report["default_mode"] = "stream, reader thread" if detector.prefetch else "stream, in line"
         tensor = preprocess(rendered[0], detector.contract)
         for round_index in range(args.rounds):
-            # The order turns by one mode each round, so no mode always runs first (or right after another).
-            for mode in rotated(list(modes), round_index):
+            # No mode always runs first, or right after the same other one (see interleaved()).
+            for mode in interleaved(list(modes), round_index):
                 prefetch = modes[mode]
                 if prefetch is None:
                     rounds[mode].append(raw_inference(detector.backend, tensor, args.frames))

@@ -20,8 +20,8 @@ Method (in the spirit of benchncnn, onnxruntime_perf_test and TFLite's benchmark
 - threads in effect are read back from the runtime (`options_in_effect()`), never echoed; beside them the number
   of threads of the process that were busy (>= 10 % of the timed window, from /proc/self/task) shows what the
   runtime really ran, also where it cannot say (TFLite).
-- rounds > 1 interleaves: round r runs every configuration once (order rotated by r) with 1/rounds of the runs
-  and time, so drift in the machine's other load hits all rows alike; samples of all rounds are pooled.
+- rounds > 1 interleaves: round r runs every configuration once (in interleaved(configs, r)'s order) with
+  1/rounds of the runs and time, so drift in the machine's other load hits all rows alike; samples of all rounds are pooled.
 - the pipeline stage (optional) runs `Detector.stream()` on the synthetic source at the same size, policy and
   threads, and reports per-stage medians (decode, preprocess, inference, postprocess) and end-to-end FPS.
 
@@ -213,7 +213,7 @@ class Method:
         return math.ceil(self.min_runs / self.rounds), self.min_time_s / self.rounds
 
     def describe(self) -> str:
-        split = (f", split over {self.rounds} interleaved rounds (each a fresh process, order rotated per round, "
+        split = (f", split over {self.rounds} interleaved rounds (each a fresh process, order balanced over rounds, "
                  f"samples pooled)" if self.rounds > 1 else "")
         return (f"each configuration in a fresh process; {self.warmup} warm-up runs after the first inference, then "
                 f"timed runs until >= {self.min_runs} runs AND >= {self.min_time_s:g} s{split}; latency = wall clock "
@@ -595,19 +595,39 @@ def _pool(config: Config, rounds: list[dict], load: list) -> dict:
     return row
 
 
-def rotated(items: Sequence, shift: int) -> list:
-    """`items` turned left by `shift` places (modulo its length): round r of an interleaved benchmark runs them in
-    rotated(items, r), so none always runs first or right after the same other one."""
-    shift = shift % len(items) if items else 0
-    return list(items[shift:]) + list(items[:shift])
+def interleaved(items: Sequence, round_index: int) -> list:
+    """The order in which round `round_index` of an interleaved benchmark runs `items`: a balanced Latin square
+    (Williams design), so that over every n rounds (2n for an odd count n) each item runs first equally often and
+    right after each other item equally often.
+
+    Why not a plain rotation: turning the order by one place a round still runs b right after a in almost every
+    round, and what a method leaves behind is not neutral. The C labeller, for one, runs 1.5-2x slower for its
+    first tens of calls after OpenCV's connected components or a numpy sort, until the CPU's branch predictor has
+    relearnt it; a fixed predecessor would charge that to the same method every round.
+    """
+    count = len(items)
+    if count == 0:
+        return []
+    # Row 0 is 0, 1, n-1, 2, n-2, ...; row r adds r (mod n). For odd n the second n rows are the first n reversed.
+    row, low, high = [0], 1, count - 1
+    while len(row) < count:
+        row.append(low)
+        low += 1
+        if len(row) < count:
+            row.append(high)
+            high -= 1
+    cycle = 2 * count if count % 2 else count
+    shift = round_index % cycle
+    order = [items[(k + shift) % count] for k in row]
+    return order[::-1] if shift >= count else order
 
 
 def run_configs(configs: Sequence[Config], method: Method, progress: bool = True,
                 on_row: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Measure every configuration per `method`; rows in the order of `configs`.
 
-    Round r runs the configurations in order rotated by r (the first round in the given order), each in a fresh
-    worker process. A configuration that fails in a round is not run again; its row says why.
+    Round r runs the configurations in interleaved(configs, r)'s order (the first round in the given order), each
+    in a fresh worker process. A configuration that fails in a round is not run again; its row says why.
     """
     from edge_irst.progress import Progress
 
@@ -624,7 +644,7 @@ def run_configs(configs: Sequence[Config], method: Method, progress: bool = True
     with tempfile.TemporaryDirectory(prefix="edge-irst-bench-") as scratch, \
             Progress(total, "bench", enabled=None if progress else False) as bar:
         for r in range(method.rounds):
-            for config in rotated(configs, r):
+            for config in interleaved(configs, r):
                 bar.update(0, postfix=f"round {r + 1}/{method.rounds} {config.name}")
                 if config.name not in failed:
                     loads[config.name].append(load_average())

@@ -212,9 +212,24 @@ def test_compare_pairs_the_rounds_of_two_rows():
     assert "paired x" in text and "1.50x" in text
 
 
-def test_rounds_turn_the_order_by_one_place_each():
-    # Round r of every interleaved benchmark (edge-irst bench and the benchmarks/ scripts) runs rotated(items, r).
-    items = ["a", "b", "c"]
-    assert [bench.rotated(items, r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
-                                                           ["a", "b", "c"]]
-    assert bench.rotated((1, 2), 1) == [2, 1] and bench.rotated([], 3) == []
+def test_interleaved_rounds_balance_first_place_and_predecessors():
+    # Round r of every interleaved benchmark (edge-irst bench and the benchmarks/ scripts) runs interleaved(items, r).
+    from collections import Counter
+
+    for count in range(1, 12):
+        items = [f"m{k}" for k in range(count)]
+        cycle = 2 * count if count % 2 else count
+        orders = [bench.interleaved(items, r) for r in range(cycle)]
+        assert all(sorted(order) == sorted(items) for order in orders)
+        firsts = Counter(order[0] for order in orders)
+        followers = Counter(pair for order in orders for pair in zip(order, order[1:]))
+        each = cycle // count  # 1 for an even count, 2 for an odd one
+        assert set(firsts.values()) == {each} and len(firsts) == count
+        # every ordered pair of distinct items is adjacent equally often: no item always follows the same other
+        assert len(followers) == count * (count - 1) and set(followers.values()) <= {each}
+        assert bench.interleaved(items, cycle + 3) == orders[3 % cycle]  # the design repeats
+    assert bench.interleaved((1, 2), 1) == [2, 1] and bench.interleaved([], 3) == []
+    assert [bench.interleaved("abcd", r) for r in range(2)] == [list("abdc"), list("bcad")]
+    assert [bench.interleaved("abc", r) for r in (0, 3)] == [list("abc"), list("cba")]  # odd: then reversed
+
+

@@ -48,6 +48,11 @@ def test_postprocess_verdicts_follow_from_the_rows(postprocess_run):
         worst = rows[verdict["worst_map"]]
         assert verdict["worst"] == round(worst["speedup_wall"][verdict["against"]], 2)
         assert verdict["met"] == (worst["speedup_wall"][verdict["against"]] >= verdict["required"])
+        low, high = worst["speedup_quartiles"][verdict["against"]]
+        assert low <= worst["speedup_wall"][verdict["against"]] <= high
+        assert verdict["worst_quartiles"] == [round(low, 2), round(high, 2)]
+        # Clear only when the whole middle half of the rounds falls on the verdict's side of the required ratio.
+        assert verdict["clear"] == ((low >= verdict["required"]) if verdict["met"] else (high < verdict["required"]))
         assert verdict["needed_us"] == pytest.approx(worst["wall_us"][verdict["against"]] / verdict["required"],
                                                      abs=0.06)
         if "(1 thr)" in verdict["against"]:  # ours on one thread: bounded by one read of the map
@@ -67,6 +72,9 @@ def test_readme_tables_render_from_a_postprocess_run(postprocess_run, monkeypatc
     assert "map read us" in section and section.count("\n| ") == len(doc["results"]) + 2  # + header, rule
     for verdict in doc["targets"]:
         assert f"required {verdict['required']:g}x" in section
+        low, high = verdict["worst_quartiles"]
+        assert f"rounds' quartiles {low:.2f}-{high:.2f}x" in section
+    assert section.count("within the spread of the rounds") == sum(not v["clear"] for v in doc["targets"])
 
 
 def test_readme_tables_match_the_committed_results():

@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument("--min-runs", type=int, default=100, help="at least this many timed runs (default 100)")
     method.add_argument("--min-time", type=float, default=10.0, help="and at least this many seconds (default 10)")
     method.add_argument("--rounds", type=int, default=1,
-                        help="interleave: split runs over N rounds, each running every configuration once (rotated "
-                             "order), so drift in other load hits all rows alike (default 1)")
+                        help="interleave: split runs over N rounds, each running every configuration once (order "
+                             "balanced over rounds), so drift in other load hits all rows alike (default 1)")
     method.add_argument("--timeout", type=float, default=None, help="seconds per worker process before it is killed")
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the machine-readable result here")
