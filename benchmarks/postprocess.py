@@ -56,7 +56,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_irst.benchmarking import interleaved, machine_info
+from edge_irst.benchmarking import interleaved, machine_info, quartiles
 from edge_irst.postprocess import TargetFilter, implementation_info, label_targets
 from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD, AUTO_RUNS_FOR_BANDS
 
@@ -224,14 +224,6 @@ def time_methods(methods: dict, variants: list, rounds: int, default_threads: in
                                       overhead_ns, warmup=calls[name]))
     cv2.setNumThreads(default_threads)
     return walls
-
-
-def quartiles(values: list) -> list:
-    """[first, third] quartile of the per-round ratios (inclusive method: within the range of the values)."""
-    if len(values) < 2:
-        return [values[0], values[0]]
-    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
-    return [low, high]
 
 
 def reach_note(verdict: dict) -> str:

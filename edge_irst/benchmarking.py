@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -593,6 +594,15 @@ def _pool(config: Config, rounds: list[dict], load: list) -> dict:
                                 "with inference + postprocess in the caller: frames / wall time",
             }
     return row
+
+
+def quartiles(values: Sequence[float]) -> list:
+    """[first, third] quartile of per-round values (inclusive method, so both lie within the values' range): how
+    far a verdict taken on their median could move in a run as long on the same machine."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return [low, high]
 
 
 def interleaved(items: Sequence, round_index: int) -> list:

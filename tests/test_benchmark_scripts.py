@@ -141,6 +141,9 @@ def test_pipeline_benchmark_judges_each_mode_on_its_paired_rounds(tmp_path, monk
         expected = [(r / e - 1.0) * 100.0 for r, e in zip(raw, row["rounds_fps"])]
         assert row["overhead_percent_paired_rounds"] == pytest.approx(expected, abs=0.1), mode
         assert row["overhead_percent_paired"] == pytest.approx(float(np.median(expected)), abs=0.1), mode
+        low, high = row["overhead_percent_paired_quartiles"]
+        assert low <= row["overhead_percent_paired"] <= high, mode
+        assert [low, high] == pytest.approx(np.percentile(expected, [25, 75]), abs=0.1), mode
     # Detector.stream's own choice for this source is named: a reader thread only with a CPU to spare.
     threads = doc["threads_in_effect"]
     assert doc["default_mode"] == ("stream, reader thread" if usable_cpus() > threads else "stream, in line")
@@ -178,6 +181,10 @@ def test_targets_at_a_glance_follow_the_committed_results(tmp_path, monkeypatch)
             default = " (`Detector.stream`'s default here)" if mode == doc.get("default_mode") else ""
             key = f"pipeline overhead, {Path(doc['artifact']).name} t{doc['threads_in_effect']}, {mode}{default}"
             assert verdicts[key] == ("met" if r["overhead_percent_paired"] <= 10 else "**not met**")
+            low, high = np.percentile(r["overhead_percent_paired_rounds"], [25, 75])  # numpy's linear = inclusive
+            measured = {row[0]: row[2] for row in rows}[key]
+            assert f"rounds' quartiles {low:.1f} to {high:.1f} %" in measured
+            assert ("within the spread of the rounds" in measured) == (low <= 10 < high)
     # A result not committed yet is named, not left out.
     (tmp_path / "backends.json").write_text(json.dumps(docs["backends"]))
     partial = make_readme_tables.glance_rows(tmp_path)
