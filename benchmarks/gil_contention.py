@@ -9,10 +9,10 @@ callback, a busy control loop) pays that wait after such calls, on every frame. 
 (`sys.setswitchinterval`, a setting of the whole process, which a library should not change behind its user's
 back) shortens the wait and costs the busy thread a few more switches.
 
-Measured, in rounds whose order of modes is balanced over the rounds (benchmarking.interleaved): "alone" (no
-other thread, default interval), then "busy thread" at each interval. A mode's time is the mean per frame over
-`--frames` frames (256x256 synthetic frames rendered beforehand, so only the detector is timed); its ratio is the median over the rounds of
-its time over that round's "alone". "busy share" is how many loop iterations the busy thread made per second
+Measured, in rounds whose order of modes is balanced over the rounds (benchmarking.interleaved): "alone" (no other
+thread, default interval), then "busy thread" at each interval. A mode's time is the mean per frame over `--frames`
+frames (256x256 synthetic frames rendered beforehand, so only the detector is timed); its ratio is the median over the
+rounds of its time over that round's "alone". "busy share" is how many loop iterations the busy thread made per second
 against the same loop running with no detector beside it: what the other thread keeps.
 
     python benchmarks/gil_contention.py                   # bundled int8 ncnn model, table + JSON

@@ -18,11 +18,11 @@ Overhead = raw FPS / end-to-end FPS - 1 (target <= 10 %), from wall time; and th
 CPU time per frame (all threads), which other tenants of a shared machine disturb far less than wall time; and
 from the CPU time of the thread that runs inference alone ("consumer"): with the reader thread on a core of its
 own, that thread is what limits the frame rate, so its overhead is the one a machine with a free core would see
-(with 1 inference thread; a runtime's own worker threads count in the process column only). The measurements
-alternate over rounds, in an order balanced over the rounds (each mode first, and right after each other mode,
-equally often); the verdict ("paired") is the median over the rounds of each round's wall-clock overhead against
-that round's raw inference, and the median rounds' FPS and their overhead are shown beside it. Prints a table and writes benchmarks/results/pipeline.json with machine
-information.
+(with 1 inference thread; a runtime's own worker threads count in the process column only). The measurements alternate
+over rounds, in an order balanced over the rounds (each mode first, and right after each other mode, equally often); the
+verdict ("paired") is the median over the rounds of each round's wall-clock overhead against that round's raw inference,
+and the median rounds' FPS and their overhead are shown beside it. Prints a table and writes
+benchmarks/results/pipeline.json with machine information.
 """
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ Method (in the spirit of benchncnn, onnxruntime_perf_test and TFLite's benchmark
 - threads in effect are read back from the runtime (`options_in_effect()`), never echoed; beside them the number
   of threads of the process that were busy (>= 10 % of the timed window, from /proc/self/task) shows what the
   runtime really ran, also where it cannot say (TFLite).
-- rounds > 1 interleaves: round r runs every configuration once (in interleaved(configs, r)'s order) with
-  1/rounds of the runs and time, so drift in the machine's other load hits all rows alike; samples of all rounds are pooled.
+- rounds > 1 interleaves: round r runs every configuration once (in interleaved(configs, r)'s order) with 1/rounds of
+  the runs and time, so drift in the machine's other load hits all rows alike; samples of all rounds are pooled.
 - the pipeline stage (optional) runs `Detector.stream()` on the synthetic source at the same size, policy and
   threads, and reports per-stage medians (decode, preprocess, inference, postprocess) and end-to-end FPS.
 
