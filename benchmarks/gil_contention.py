@@ -76,7 +76,7 @@ def solo_rate(seconds: float = 1.0) -> float:
 
 def measure(detector, frames: list, rounds: int) -> dict:
     """{mode: {"ms": [per round], "busy_rate": [per round, busy modes only]}} over `rounds` rounds (order
-    turning)."""
+    balanced over the rounds)."""
     from edge_irst.benchmarking import interleaved
 
     default = sys.getswitchinterval()

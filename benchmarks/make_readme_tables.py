@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
 from postprocess import reach_note
-from edge_irst.benchmarking import machine_line, quartiles
+from edge_irst.benchmarking import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -211,11 +211,9 @@ def glance_rows(results: Path) -> list[list]:
         for mode, r in list(pipeline["results"].items())[1:]:  # the first is raw inference itself
             paired = r.get("overhead_percent_paired")
             default = " (`Detector.stream`'s default here)" if mode == pipeline.get("default_mode") else ""
-            rounds = r.get("overhead_percent_paired_rounds")
             spread = ""
-            if paired is not None and rounds:
-                # the quartiles of the per-round overheads, and whether the 10 % line falls between them
-                low, high = quartiles(rounds)
+            if r.get("overhead_percent_paired_quartiles"):  # results from before they were kept have none
+                low, high = r["overhead_percent_paired_quartiles"]
                 spread = f"; rounds' quartiles {low:.1f} to {high:.1f} %" + (
                     ", within the spread of the rounds" if low <= 10.0 < high else "")
             rows.append([f"pipeline overhead, {artifact} t{pipeline['threads_in_effect']}, {mode}{default}", "<= 10 %",
