@@ -23,7 +23,7 @@ VM, enters the pooled ratio; in a paired round both rows see nearly the same mac
 and the CPU time per frame (at 1 thread the latency without the time the process spent descheduled) are
 reported beside the verdict.
 
-    .venv/bin/python benchmarks/backends.py                 # full run: table on stdout, benchmarks/results/backends.json
+    .venv/bin/python benchmarks/backends.py                 # full run: table on stdout, results/backends.json
     .venv/bin/python benchmarks/backends.py --quick         # smoke run (few runs; do not publish)
     .venv/bin/python benchmarks/backends.py --model-folder exported/lw_irstnet   # a given folder as "ours"
 """
@@ -185,7 +185,8 @@ def analyse(rows: list[dict], threads: list[int], paired: list[dict] = ()) -> tu
 
 def headline_sentence(h: dict) -> str:
     return (f"{h['threads']} thread(s): {h['fastest']} {h['fastest_median_ms']:.2f} ms vs {h['pytorch']} "
-            f"{h['pytorch_median_ms']:.2f} ms = {h['speedup']:.2f}x (on CPU time per frame {h['speedup_cpu_time']:.2f}x)")
+            f"{h['pytorch_median_ms']:.2f} ms = {h['speedup']:.2f}x "
+            f"(on CPU time per frame {h['speedup_cpu_time']:.2f}x)")
 
 
 def target_sentence(t: dict) -> str:

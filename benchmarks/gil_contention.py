@@ -16,7 +16,7 @@ rounds of its time over that round's "alone". "busy share" is how many loop iter
 against the same loop running with no detector beside it: what the other thread keeps.
 
     python benchmarks/gil_contention.py                   # bundled int8 ncnn model, table + JSON
-    python benchmarks/gil_contention.py --model M --backend onnxruntime --frames 100 --rounds 7
+    python benchmarks/gil_contention.py --model M --backend onnxruntime --frames 100 --rounds 8
 """
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default=None, help="default: the fastest installed one that reads the model")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
     parser.add_argument("--frames", type=int, default=60, help="frames per mode and round (default: 60)")
-    parser.add_argument("--rounds", type=int, default=7, help="rounds (default: 7)")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="rounds (default: 8, twice the balanced order of the 4 modes)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
