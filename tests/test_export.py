@@ -16,7 +16,7 @@ from edge_irst.contract import AUTHORS_CONTRACT, CONTRACT_KEY, ModelContract, co
 from edge_irst.errors import VerificationError  # noqa: E402
 from edge_irst.export import FORMATS, export  # noqa: E402
 from edge_irst.export.exporter import ArtifactResult, ExportReport, _raise_for_failures  # noqa: E402
-from edge_irst.export.verify import Reference, verify_artifact  # noqa: E402
+from edge_irst.export.verify import Reference, _tolerance_used, verify_artifact  # noqa: E402
 from edge_irst.models import load_checkpoint  # noqa: E402
 from edge_irst.preprocess import preprocess, read_image  # noqa: E402
 
@@ -162,6 +162,25 @@ def test_ncnn_fp32_artifact_stores_fp32_weights(report, model):
     assert "Input" in param and f" {contract.input_name}" in param and f" {contract.output_name}" in param
 
 
+def test_ncnn_fp32_computes_the_5_output_stem_on_8_and_crops_it_back(report):
+    """export/ncnn_widen.py on LW-IRSTNet: the stem convolution (3 -> 5) is the one Convolution with 5-7 outputs;
+    it computes 8 and a Crop keeps 5, the sidecar says so, and the artifact still matches PyTorch (verified)."""
+    from edge_irst.export.ncnn_int8 import read_param
+
+    _, layers = read_param(report.path("ncnn", "fp32"))
+    widened = [layer for layer in layers if layer.type == "Convolution" and layer.tops[0].endswith("_wide")]
+    assert len(widened) == 1 and widened[0].params["0"] == "8" and widened[0].params["6"] == str(8 * 3 * 3 * 3)
+    crop = next(layer for layer in layers if layer.bottoms == widened[0].tops)
+    assert crop.type == "Crop" and crop.params["-23310"] == "1,5"
+    assert not [layer.name for layer in layers if layer.type == "Convolution" and 5 <= int(layer.params["0"]) <= 7]
+    assert report.artifact("ncnn", "fp32").verified
+    extra = read_sidecar(report.path("ncnn", "fp32"))["contract"]["extra"]
+    assert extra["ncnn_widened"].startswith("1 Convolution layer(s) with 5-7 outputs")
+    # the int8 twin is quantised from pnnx's own model: its stem keeps 5 outputs (widened it ran 0.97-0.99x)
+    _, int8_layers = read_param(report.path("ncnn", "int8"))
+    assert not any(layer.type == "Crop" for layer in int8_layers)
+
+
 def test_ncnn_int8_artifact_runs_its_convolutions_in_int8(report):
     """export/ncnn_int8.py: the Convolutions int8 (8=2, or 8=102 where one feeds the next), the rest fp32; the
     backend counts the int8 layers and says so in the precision it reports."""
@@ -235,7 +254,9 @@ def test_dynamic_artifacts_run_at_any_multiple_of_8_and_match_pytorch(dynamic_re
             batch, expected = _logits(model, frames[:2], runtime.contract, size)
             got = runtime.run(batch)
             assert got.shape == expected.shape == (2, 1, *size)
-            assert np.abs(got - expected).max() <= 1e-3
+            # the exporter's fp32 bound (1e-3 + 1e-4 x the frame's largest |logit|): the widened ncnn stem sums in
+            # another order than pnnx's 5-output one, 1.1e-3 off PyTorch at one of these sizes
+            assert _tolerance_used("fp32", got, expected) <= 1.0, (size, float(np.abs(got - expected).max()))
 
 
 def test_dynamic_onnx_declares_symbolic_height_and_width(dynamic_report):
@@ -274,7 +295,7 @@ def test_tflite_without_its_sidecar_reads_the_contract_embedded_in_the_file(dyna
 def test_fp32_tolerance_scales_with_the_frames_logit_range_not_beyond():
     """float32 noise grows with a frame's activations (5.5e-3 measured on a frame reaching |logit| 127); a real
     conversion bug (0.1 and more) fails at any scale."""
-    from edge_irst.export.verify import _judge, _tolerance_used
+    from edge_irst.export.verify import _judge
 
     calm = np.zeros((1, 1, 4, 4), np.float32)
     calm[0, 0, 0, 0] = -5.0
