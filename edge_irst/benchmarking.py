@@ -782,6 +782,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def exporter_fingerprint() -> str:
+    """12 hex digits of the sha256 over the exporter's own source files (edge_irst.export, by name and content):
+    an export cached by other exporter code, such as a working tree between two releases, is not reused."""
+    import hashlib
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("edge_irst.export").origin).parent  # found, not imported
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def artifacts_to_redo(manifest: dict, wanted: set) -> set:
     """The (format, precision) pairs of `wanted` that a cached export's manifest cannot serve: missing, FAILED (a
     newer exporter or verification rule may pass them), or skipped by an exporter that had no converter for them
@@ -798,7 +811,8 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
                   calib: Optional[str] = None, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
-    The folder is keyed by the weights' sha256, the export settings and the edge-irst version; a folder whose
+    The folder is keyed by the weights' sha256, the export settings, the edge-irst version and the exporter's
+    source (exporter_fingerprint); a folder whose
     manifest is missing, or lacks a wanted artifact, or marks one FAILED, or skipped one that the exporter now
     writes (FORMATS), is exported again. Returns (folder, its
     manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
@@ -806,7 +820,7 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     """
     weights = Path(weights)
     sha = _sha256(weights)
-    key = f"{sha[:12]}_{'dyn' if dynamic else 'fixed'}_{__version__}"
+    key = f"{sha[:12]}_{'dyn' if dynamic else 'fixed'}_{__version__}_{exporter_fingerprint()}"
     name = f"{weights.stem.lower()}_{key}"
     folder = Path(cache) / name
     manifest = folder / "manifest.json"

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,40 @@ def test_a_cached_export_is_redone_only_for_what_it_cannot_serve():
     assert bench.artifacts_to_redo(manifest, {("onnx", "fp32"), ("onnx", "int8"), ("ncnn", "int4")}) == set()
     wanted = {("onnx", "fp32"), ("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}
     assert bench.artifacts_to_redo(manifest, wanted) == {("mnn", "fp16"), ("ncnn", "int8"), ("tflite", "fp32")}
+
+
+def test_a_cached_export_from_other_exporter_code_is_not_reused(tmp_path, monkeypatch):
+    """The cache key holds a fingerprint of the exporter's source: a folder that an older exporter wrote under the
+    same weights and version is exported again; the folder it then writes is reused."""
+    import hashlib
+
+    import edge_irst.export
+
+    digest = hashlib.sha256()  # over the exporter's files, by name and content
+    for path in sorted(Path(edge_irst.export.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    fingerprint = bench.exporter_fingerprint()
+    assert fingerprint == digest.hexdigest()[:12]
+
+    weights = tmp_path / "Weights.pkl"
+    weights.write_bytes(b"not really weights")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    manifest = {"artifacts": [{"format": "onnx", "precision": "fp32", "status": "verified"}]}
+    stale = tmp_path / "cache" / f"weights_{sha[:12]}_fixed_{bench.__version__}_{'0' * 12}"
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    exported = []
+
+    def fake_export(path, out, name, **_):
+        exported.append(name)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "manifest.json").write_text(json.dumps(manifest))
+
+    monkeypatch.setattr(edge_irst.export, "export", fake_export)
+    first, _ = bench.cached_export(weights, "onnx", "fp32", tmp_path / "cache", log=lambda _: None)
+    assert first.name == f"weights_{sha[:12]}_fixed_{bench.__version__}_{fingerprint}" and exported == [first.name]
+    again, _ = bench.cached_export(weights, "onnx", "fp32", tmp_path / "cache", log=lambda _: None)
+    assert again == first and len(exported) == 1
 
 
 def test_compare_pairs_the_rounds_of_two_rows():
