@@ -812,9 +812,8 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
     The folder is keyed by the weights' sha256, the export settings, the edge-irst version and the exporter's
-    source (exporter_fingerprint); a folder whose
-    manifest is missing, or lacks a wanted artifact, or marks one FAILED, or skipped one that the exporter now
-    writes (FORMATS), is exported again. Returns (folder, its
+    source (exporter_fingerprint); a folder whose manifest is missing, or lacks a wanted artifact, or marks one
+    FAILED, or skipped one that the exporter now writes (FORMATS), is exported again. Returns (folder, its
     manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
     first): the failures are logged and the verified artifacts used; the manifest says why the others are missing.
     """

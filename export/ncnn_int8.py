@@ -104,6 +104,12 @@ def _weight_blocks(layer: ParamLayer) -> list[tuple[str, int, bool]]:
                          f"weights are stored, so it cannot rewrite the .bin safely")
 
 
+def fp32_blocks(layer: ParamLayer, blocks: dict) -> bytes:
+    """The layer's weight blocks as an fp32 .bin holds them (tags included): a layer written back unchanged."""
+    return b"".join((struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
+                    for name, _, tagged in _weight_blocks(layer))
+
+
 def _split_weights(layers: list[ParamLayer], blob: bytes, path: Path) -> list[dict]:
     """Per layer, {block name: float32 array} read from the .bin in the order ncnn loads them."""
     offset, out = 0, []
@@ -261,8 +267,7 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
     for layer, blocks in zip(layers, arrays):
         if id(layer) not in input_scale:
             lines.append(layer.line)
-            for name, count, tagged in _weight_blocks(layer):
-                blob += (struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
+            blob += fp32_blocks(layer, blocks)
             continue
         outputs = int(layer.params["0"])
         kernels = blocks["weight"].reshape(outputs, -1)

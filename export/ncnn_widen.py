@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ncnn_int8 import FP32_TAG, ParamLayer, _split_weights, _weight_blocks, read_param
+from .ncnn_int8 import FP32_TAG, ParamLayer, _split_weights, fp32_blocks, read_param
 
 NARROW_OUTPUTS = range(5, 8)
 WIDTH = 8
@@ -39,8 +39,7 @@ def widen_narrow_convolutions(param: Path, out_param: Path) -> int:
     for layer, blocks in zip(layers, _split_weights(layers, weights.read_bytes(), weights)):
         if not _is_narrow(layer):
             lines.append(layer.line)
-            for name, _, tagged in _weight_blocks(layer):
-                blob += (struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
+            blob += fp32_blocks(layer, blocks)
             continue
         outputs = int(layer.params["0"])
         filters = blocks["weight"].reshape(outputs, -1)
