@@ -38,6 +38,7 @@ from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
 INT8_TAG = 0x000D4B38  # ncnn ModelBin: the block that follows holds int8 values
 FP32_TAG = 0  # ... raw float32 values
+FP16_TAG = 0x01306B47  # ... float16 values, padded to 4 bytes (pnnx's fp16=1)
 REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
 # Layers that read nothing from the .bin. A layer outside this set and _weight_blocks() stops the quantiser:
 # misreading one block would shift every weight after it.
@@ -104,29 +105,42 @@ def _weight_blocks(layer: ParamLayer) -> list[tuple[str, int, bool]]:
                          f"weights are stored, so it cannot rewrite the .bin safely")
 
 
-def fp32_blocks(layer: ParamLayer, blocks: dict) -> bytes:
-    """The layer's weight blocks as an fp32 .bin holds them (tags included): a layer written back unchanged."""
-    return b"".join((struct.pack("<I", FP32_TAG) if tagged else b"") + blocks[name].tobytes()
-                    for name, _, tagged in _weight_blocks(layer))
+def stored_blocks(layer: ParamLayer, blocks: dict) -> bytes:
+    """The layer's weight blocks as a .bin holds them: behind its tag where the block is tagged (float32, or float16
+    padded to 4 bytes, by the array's dtype), raw float32 where it is not. A layer written back unchanged."""
+    out = bytearray()
+    for name, _, tagged in _weight_blocks(layer):
+        data = blocks[name].tobytes()
+        if tagged:
+            out += struct.pack("<I", FP16_TAG if blocks[name].dtype == np.float16 else FP32_TAG)
+            data += b"\0" * (-len(data) % 4)
+        out += data
+    return bytes(out)
 
 
-def _split_weights(layers: list[ParamLayer], blob: bytes, path: Path) -> list[dict]:
-    """Per layer, {block name: float32 array} read from the .bin in the order ncnn loads them."""
+def _split_weights(layers: list[ParamLayer], blob: bytes, path: Path, half: bool = False) -> list[dict]:
+    """Per layer, {block name: array} read from the .bin in the order ncnn loads them: float32, and float16 for the
+    tagged blocks stored so where `half` allows them (else they are refused)."""
     offset, out = 0, []
     for layer in layers:
         arrays = {}
         for name, count, tagged in _weight_blocks(layer):
+            dtype = np.dtype(np.float32)
             if tagged:
                 (tag,) = struct.unpack_from("<I", blob, offset) if offset + 4 <= len(blob) else (None,)
-                if tag != FP32_TAG:
-                    raise ModelFileError(f"{path}: the {name} of layer {layer.name} is not stored as plain float32 "
-                                         f"(tag {tag if tag is None else hex(tag)}): quantise the fp32 .bin")
+                if half and tag == FP16_TAG:
+                    dtype = np.dtype(np.float16)
+                elif tag != FP32_TAG:
+                    raise ModelFileError(f"{path}: the {name} of layer {layer.name} is not stored as plain float32"
+                                         f"{' or float16' if half else ''} (tag {tag if tag is None else hex(tag)})"
+                                         f"{'' if half else ': quantise the fp32 .bin'}")
                 offset += 4
-            if offset + 4 * count > len(blob):
+            size = dtype.itemsize * count
+            if offset + size > len(blob):
                 raise ModelFileError(f"{path}: ends inside the {name} of layer {layer.name}: truncated, or not "
                                      f"the .bin of this .param")
-            arrays[name] = np.frombuffer(blob, np.float32, count, offset)
-            offset += 4 * count
+            arrays[name] = np.frombuffer(blob, dtype, count, offset)
+            offset += size + (-size % 4 if tagged else 0)
         out.append(arrays)
     if offset != len(blob):
         raise ModelFileError(f"{path}: {len(blob) - offset} bytes left after the last layer's weights: not the "
@@ -267,7 +281,7 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
     for layer, blocks in zip(layers, arrays):
         if id(layer) not in input_scale:
             lines.append(layer.line)
-            blob += fp32_blocks(layer, blocks)
+            blob += stored_blocks(layer, blocks)
             continue
         outputs = int(layer.params["0"])
         kernels = blocks["weight"].reshape(outputs, -1)

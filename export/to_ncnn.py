@@ -7,15 +7,14 @@ conversion looks like a success), and its `input_shapes=` branch silently ignore
 Trap: pnnx stores ncnn weights as fp16 unless told `fp16=0`. With fp16 weights LW-IRSTNet's logits differ from
 PyTorch by 0.13, with fp32 weights by 3e-4; so fp32 passes `fp16=0` and the fp16 artifact is its own file.
 
-fp32 goes through export/ncnn_widen.py on the way out: Convolutions with 5 to 7 outputs are computed on 8 and
-cropped back (LW-IRSTNet's stem; the fp32 model 1.05-1.06x faster on x86).
+fp32 and fp16 go through export/ncnn_widen.py on the way out: Convolutions with 5 to 7 outputs are computed on 8
+and cropped back (LW-IRSTNet's stem; the model 1.05-1.06x faster on x86).
 
 pnnx writes a trail of side files next to its input (.pnnx.param/.bin, .pnnx.onnx, _pnnx.py, _ncnn.py): it runs
 in a scratch folder and only the .param/.bin pair is kept.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -98,13 +97,10 @@ def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
             extra = {**extra, "ncnn_int8": f"{done['int8_convolutions']} Convolution layers in int8 "
                                           f"({done['requantised']} requantised for the next one{subpixel}), "
                                           f"{done['fp32_kept'] or 'nothing else'} kept fp32; {done['calibration']}"}
-        elif precision == "fp32":  # widened on the way out; the int8 twin ran 0.97-0.99x widened, so not there
+        else:  # fp32 / fp16 widened on the way out; the int8 twin ran 0.97-0.99x widened, so it is not
             widened = widen_narrow_convolutions(param, out_path)
             if widened:
                 extra = {**extra, "ncnn_widened": f"{widened} Convolution layer(s) with {NARROW_OUTPUTS.start}-"
                                                   f"{NARROW_OUTPUTS.stop - 1} outputs computed on {WIDTH} and "
                                                   f"cropped back (export/ncnn_widen.py)"}
-        else:  # fp16: pnnx wrote fp16 weights, which the widening does not read
-            shutil.move(str(param), str(out_path))
-            shutil.move(str(weights), str(out_path.with_suffix(".bin")))
     return out_path, contract.replace(precision=precision, input_name=names[0], output_name=names[1], extra=extra)

@@ -162,7 +162,7 @@ def test_ncnn_fp32_artifact_stores_fp32_weights(report, model):
     assert "Input" in param and f" {contract.input_name}" in param and f" {contract.output_name}" in param
 
 
-def test_ncnn_fp32_computes_the_5_output_stem_on_8_and_crops_it_back(report):
+def test_ncnn_fp32_and_fp16_compute_the_5_output_stem_on_8_and_crop_it_back(report):
     """export/ncnn_widen.py on LW-IRSTNet: the stem convolution (3 -> 5) is the one Convolution with 5-7 outputs;
     it computes 8 and a Crop keeps 5, the sidecar says so, and the artifact still matches PyTorch (verified)."""
     from edge_irst.export.ncnn_int8 import read_param
@@ -176,7 +176,11 @@ def test_ncnn_fp32_computes_the_5_output_stem_on_8_and_crops_it_back(report):
     assert report.artifact("ncnn", "fp32").verified
     extra = read_sidecar(report.path("ncnn", "fp32"))["contract"]["extra"]
     assert extra["ncnn_widened"].startswith("1 Convolution layer(s) with 5-7 outputs")
-    # the int8 twin is quantised from pnnx's own model: its stem keeps 5 outputs (widened it ran 0.97-0.99x)
+    # fp16 (float16 weights) is widened the same way; the int8 twin is quantised from pnnx's own model, its stem
+    # keeps 5 outputs (widened it ran 0.97-0.99x)
+    _, fp16_layers = read_param(report.path("ncnn", "fp16"))
+    assert [layer.params["-23310"] for layer in fp16_layers if layer.type == "Crop"] == ["1,5"]
+    assert "ncnn_widened" in read_sidecar(report.path("ncnn", "fp16"))["contract"]["extra"]
     _, int8_layers = read_param(report.path("ncnn", "int8"))
     assert not any(layer.type == "Crop" for layer in int8_layers)
 

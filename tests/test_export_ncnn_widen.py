@@ -10,7 +10,7 @@ import pytest
 ncnn = pytest.importorskip("ncnn", reason="the widened model is checked with the [ncnn] extra")
 
 from edge_irst.errors import ModelFileError  # noqa: E402
-from edge_irst.export.ncnn_int8 import read_param  # noqa: E402
+from edge_irst.export.ncnn_int8 import FP16_TAG, INT8_TAG, read_param  # noqa: E402
 from edge_irst.export.ncnn_widen import WIDTH, widen_narrow_convolutions  # noqa: E402
 
 SLOPE = 0.1
@@ -29,7 +29,8 @@ def _write_model(folder, widths: tuple, tag: int = 0):
         top = "out" if i == len(widths) - 1 else f"c{i}"
         layers.append(f"Convolution conv{i} 1 1 {bottom} {top} 0={outputs} 1=3 11=3 4=1 14=1 5=1 6={w.size} 9=2 "
                       f"-23310=1,{SLOPE}")
-        blob += struct.pack("<I", tag) + w.tobytes() + b.tobytes()
+        stored = w.astype(np.float16).tobytes() + b"\0" * (w.size % 2 * 2) if tag == FP16_TAG else w.tobytes()
+        blob += struct.pack("<I", tag) + stored + b.tobytes()
         weights.append((w, b))
         bottom, inputs = top, outputs
     param = folder / "narrow.param"
@@ -91,7 +92,21 @@ def test_a_model_without_narrow_convolutions_is_written_unchanged(tmp_path):
     assert wide.with_suffix(".bin").read_bytes() == param.with_suffix(".bin").read_bytes()
 
 
-def test_fp16_weights_are_refused_not_misread(tmp_path):
-    param, _ = _write_model(tmp_path, (5,), tag=0x01306B47)  # ncnn's fp16 tag: a different block size
-    with pytest.raises(ModelFileError, match="not stored as plain float32"):
+def test_fp16_weights_are_widened_and_stay_fp16(tmp_path):
+    """pnnx's fp16 artifact: float16 weight blocks behind their tag (padded to 4 bytes), float32 biases."""
+    param, weights = _write_model(tmp_path, (5, 2), tag=FP16_TAG)
+    wide = tmp_path / "wide.param"
+    assert widen_narrow_convolutions(param, wide) == 1
+    blob = wide.with_suffix(".bin").read_bytes()
+    assert struct.unpack_from("<I", blob)[0] == FP16_TAG
+    first = np.frombuffer(blob, np.float16, WIDTH * CHANNELS * 9, 4).reshape(WIDTH, -1)
+    np.testing.assert_array_equal(first[:5], weights[0][0].astype(np.float16).reshape(5, -1))
+    assert not first[5:].any()
+    x = np.random.default_rng(1).normal(0, 1, (CHANNELS, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_allclose(_run(wide, x), _run(param, x), rtol=1e-4, atol=1e-4)
+
+
+def test_int8_weights_are_refused_not_misread(tmp_path):
+    param, _ = _write_model(tmp_path, (5,), tag=INT8_TAG)
+    with pytest.raises(ModelFileError, match="not stored as plain float32 or float16"):
         widen_narrow_convolutions(param, tmp_path / "wide.param")
