@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
 from postprocess import reach_note
-from edge_irst.benchmarking import machine_line
+from edge_irst.benchmarking import machine_line, quartiles
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -67,6 +67,17 @@ def backends_section(doc: dict) -> str:
     if skipped:
         lines.append("- Skipped: " + "; ".join(sorted({f"{s['backend']}: {s['reason']}" for s in skipped})) + ".")
     return "\n".join(lines)
+
+
+def head_to_head_note(target: dict) -> str:
+    """The quartiles of a backends target's paired per-round ratios, and whether the required ratio lies between
+    them (results from before the head-to-head have no rounds)."""
+    ratios = target.get("head_to_head_ratios")
+    if not ratios:
+        return ""
+    low, high = quartiles(ratios)
+    within = ", within the spread of the rounds" if low <= target["required"] < high else ""
+    return f"; paired rounds' quartiles {low:.2f}-{high:.2f}x{within}"
 
 
 def spread_note(target: dict) -> str:
@@ -189,7 +200,8 @@ def glance_rows(results: Path) -> list[list]:
         rows.append(["backends targets", "-", "not measured yet", "-", "`backends.json`"])
     else:
         for t in backends.get("targets", []):
-            measured = "-" if t["met"] is None else f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']})"
+            measured = "-" if t["met"] is None else f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']}" + \
+                head_to_head_note(t) + ")"
             rows.append([f"t{t['threads']} {t['target']}", f">= {t['required']:g}x", measured, verdict(t["met"]),
                          _when(backends, "backends")])
         for h in backends.get("headline", []):
