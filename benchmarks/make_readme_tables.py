@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
 from postprocess import reach_note
-from edge_irst.benchmarking import machine_line, quartiles
+from edge_irst.benchmarking import machine_line, quartiles, within_spread
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -76,7 +76,7 @@ def head_to_head_note(target: dict) -> str:
     if not ratios:
         return ""
     low, high = quartiles(ratios)
-    within = ", within the spread of the rounds" if low <= target["required"] < high else ""
+    within = ", within the spread of the rounds" if within_spread((low, high), target["required"]) else ""
     return f"; paired rounds' quartiles {low:.2f}-{high:.2f}x{within}"
 
 
@@ -200,8 +200,8 @@ def glance_rows(results: Path) -> list[list]:
         rows.append(["backends targets", "-", "not measured yet", "-", "`backends.json`"])
     else:
         for t in backends.get("targets", []):
-            measured = "-" if t["met"] is None else f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']}" + \
-                head_to_head_note(t) + ")"
+            measured = ("-" if t["met"] is None else
+                        f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']}{head_to_head_note(t)})")
             rows.append([f"t{t['threads']} {t['target']}", f">= {t['required']:g}x", measured, verdict(t["met"]),
                          _when(backends, "backends")])
         for h in backends.get("headline", []):
@@ -228,7 +228,7 @@ def glance_rows(results: Path) -> list[list]:
             if r.get("overhead_percent_paired_quartiles"):  # results from before they were kept have none
                 low, high = r["overhead_percent_paired_quartiles"]
                 spread = f"; rounds' quartiles {low:.1f} to {high:.1f} %" + (
-                    ", within the spread of the rounds" if low <= 10.0 < high else "")
+                    ", within the spread of the rounds" if within_spread((low, high), 10.0, at_most=True) else "")
             rows.append([f"pipeline overhead, {artifact} t{pipeline['threads_in_effect']}, {mode}{default}", "<= 10 %",
                          "-" if paired is None else f"{paired:.1f} % (paired rounds{spread})",
                          "-" if paired is None else verdict(paired <= 10.0), _when(pipeline, name)])

@@ -605,6 +605,14 @@ def quartiles(values: Sequence[float]) -> list:
     return [low, high]
 
 
+def within_spread(quartiles: Sequence[float], required: float, at_most: bool = False) -> bool:
+    """Whether `required` lies between the quartiles of a verdict's per-round values such that a run as long could
+    have given the other verdict: for a target met at a median >= required, low < required <= high; for one met
+    at a median <= required (`at_most`, e.g. an overhead), low <= required < high."""
+    low, high = quartiles
+    return low <= required < high if at_most else low < required <= high
+
+
 def interleaved(items: Sequence, round_index: int) -> list:
     """The order in which round `round_index` of an interleaved benchmark runs `items`: a balanced Latin square
     (Williams design), so that over every n rounds (2n for an odd count n) each item runs first equally often and

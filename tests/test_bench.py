@@ -247,6 +247,17 @@ def test_compare_pairs_the_rounds_of_two_rows():
     assert "paired x" in text and "1.50x" in text
 
 
+def test_within_spread_follows_which_side_of_the_required_value_passes():
+    # ">= required" targets (speed-ups): a quartile exactly at the requirement still passes
+    assert bench.within_spread([1.4, 1.6], 1.5) and bench.within_spread([1.4, 1.5], 1.5)
+    assert not bench.within_spread([1.5, 1.6], 1.5) and not bench.within_spread([1.3, 1.4], 1.5)
+    # "<= required" targets (overheads)
+    assert bench.within_spread([8.0, 12.0], 10.0, at_most=True)
+    assert bench.within_spread([10.0, 12.0], 10.0, at_most=True)
+    assert not bench.within_spread([8.0, 10.0], 10.0, at_most=True)
+    assert not bench.within_spread([11.0, 12.0], 10.0, at_most=True)
+
+
 def test_interleaved_rounds_balance_first_place_and_predecessors():
     # Round r of every interleaved benchmark (edge-irst bench and the benchmarks/ scripts) runs interleaved(items, r).
     from collections import Counter
