@@ -17,6 +17,7 @@ from pathlib import Path
 
 from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
 from postprocess import reach_note
+from scaling import speedup_cell, summary
 from edge_irst.benchmarking import machine_line, quartiles, within_spread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,16 +161,24 @@ def pipeline_section(doc: dict) -> str:
 
 def scaling_section(doc: dict) -> str:
     threads = doc.get("threads") or [1]
+    top = max(threads)
     body = []
-    for e in doc.get("summary", []):
+    # Recomputed from the rows, which hold every round's median: the summary stored by earlier runs lacks the
+    # per-round speed-ups.
+    for e in summary(doc.get("rows", []), threads):
         body.append([e["backend"], e["policy"], e["frame"], "x".join(map(str, e["batch_shape"]))]
                     + [number(e["median_ms"].get(str(n))) for n in threads]
-                    + [number(e.get("ms_per_megapixel_t1"), 1)]
+                    + [number(e.get("ms_per_megapixel_t1"), 1)] + ([speedup_cell(e, top)] if top > 1 else [])
                     + [number((e.get("pipeline_fps") or {}).get(str(n)), 1) for n in threads])
+    speedup = ([f"t{top} vs t1 (rounds)"] if top > 1 else [])
     lines = ["### Scaling: frame size and threads (`benchmarks/scaling.py`)", "", provenance(doc), "",
              "Raw inference median ms; native = one inference of the whole frame (dynamic-H/W export), tile = "
-             "256x256 tiles with >= 32 px overlap in one batch; e2e FPS = the full pipeline where it ran.", "",
-             table(["backend", "policy", "frame", "batch"] + [f"t{n} ms" for n in threads] + ["ms/MP t1"]
+             "256x256 tiles with >= 32 px overlap in one batch; e2e FPS = the full pipeline where it ran."
+             + (f" t{top} vs t1 = the t1 median over the t{top} median, and in brackets the lowest and highest of "
+                f"the same ratio taken round by round (both thread counts of a round ran in one pass over the "
+                f"configurations): a wide bracket means the machine's speed moved between the rounds, and the "
+                f"row's thread gain is uncertain." if top > 1 else ""), "",
+             table(["backend", "policy", "frame", "batch"] + [f"t{n} ms" for n in threads] + ["ms/MP t1"] + speedup
                    + [f"e2e FPS t{n}" for n in threads], body)]
     return "\n".join(lines)
 

@@ -60,8 +60,11 @@ def build_configs(dynamic: Path, fixed: Path, backends: list[str], threads: list
 
 
 def summary(rows: list[dict], threads: list[int]) -> list[dict]:
-    """One entry per (backend, policy, size): median ms per thread count, ms per megapixel, thread speed-up."""
-    out = {}
+    """One entry per (backend, policy, size): median ms per thread count, ms per megapixel, and the speed-up of
+    the most threads over one, as the ratio of the pooled medians and per round (bench.round_ratios: the two rows
+    of a round ran in the same pass over the configurations, minutes apart at most; a slow phase of the machine
+    that hits one round shows as a spread between the rounds instead of moving the row unseen)."""
+    out, by_threads = {}, {}
     for r in rows:
         if r.get("status") != "ok" or not r.get("inference"):
             continue
@@ -70,30 +73,43 @@ def summary(rows: list[dict], threads: list[int]) -> list[dict]:
         entry = out.setdefault(key, {"backend": cfg["backend"], "policy": cfg["policy"],
                                      "frame": f"{cfg['imgsz'][1]}x{cfg['imgsz'][0]}",
                                      "batch_shape": r["batch_shape"], "median_ms": {}, "cpu_ms_per_frame": {}})
+        by_threads.setdefault(key, {})[cfg["threads"]] = r
         entry["median_ms"][str(cfg["threads"])] = r["inference"]["median_ms"]
         entry["cpu_ms_per_frame"][str(cfg["threads"])] = r["inference"]["cpu_ms_per_frame"]
         if r.get("pipeline", {}).get("fps"):
             entry.setdefault("pipeline_fps", {})[str(cfg["threads"])] = r["pipeline"]["fps"]
             entry.setdefault("pipeline_stage_ms", {})[str(cfg["threads"])] = r["pipeline"]["median_ms"]
-    for entry in out.values():
+    top = max(threads)
+    for key, entry in out.items():
         h, w = (int(v) for v in entry["frame"].split("x")[::-1])
         one = entry["median_ms"].get("1")
         entry["ms_per_megapixel_t1"] = one / (h * w / 1e6) if one else None
-        top = str(max(threads))
-        if one and entry["median_ms"].get(top) and top != "1":
-            entry[f"speedup_t{top}_vs_t1"] = one / entry["median_ms"][top]
+        if one and entry["median_ms"].get(str(top)) and top != 1:
+            entry[f"speedup_t{top}_vs_t1"] = one / entry["median_ms"][str(top)]
+            per_round = bench.round_ratios(by_threads[key][1], by_threads[key][top])
+            if per_round:
+                entry[f"speedup_t{top}_vs_t1_rounds"] = [round(v, 3) for v in per_round]
     return list(out.values())
+
+
+def speedup_cell(entry: dict, top: int) -> str:
+    """"1.33x", with the range of the per-round ratios where there are two rounds or more: "1.33x (1.30-1.36)"."""
+    ratio = entry.get(f"speedup_t{top}_vs_t1")
+    if ratio is None:
+        return "-"
+    per_round = entry.get(f"speedup_t{top}_vs_t1_rounds") or []
+    spread = f" ({min(per_round):.2f}-{max(per_round):.2f})" if len(per_round) >= 2 else ""
+    return f"{ratio:.2f}x{spread}"
 
 
 def summary_text(entries: list[dict], threads: list[int]) -> str:
     header = ("backend", "policy", "frame", "batch") + tuple(f"t{n} ms" for n in threads) + (
-        "ms/MP t1", f"t{max(threads)} vs t1") + tuple(f"e2e FPS t{n}" for n in threads)
+        "ms/MP t1", f"t{max(threads)} vs t1 (rounds)") + tuple(f"e2e FPS t{n}" for n in threads)
     rows = []
     for e in entries:
-        ratio = e.get(f"speedup_t{max(threads)}_vs_t1")
         rows.append((e["backend"], e["policy"], e["frame"], "x".join(map(str, e["batch_shape"])))
                     + tuple(bench._ms(e["median_ms"].get(str(n))) for n in threads)
-                    + (bench._ms(e["ms_per_megapixel_t1"], 1), "-" if ratio is None else f"{ratio:.2f}x")
+                    + (bench._ms(e["ms_per_megapixel_t1"], 1), speedup_cell(e, max(threads)))
                     + tuple(bench._ms(e.get("pipeline_fps", {}).get(str(n)), 1) for n in threads))
     return "\nscaling (raw inference medians; e2e FPS where the pipeline stage ran)\n" + bench.text_table(
         rows, header, align="lll")

@@ -122,6 +122,36 @@ def test_backends_targets_are_judged_on_the_paired_rounds(monkeypatch):
     assert alone[1]["speedup_wall"] == pytest.approx(6.7 / 5.2)
 
 
+def _scaling_row(backend: str, threads: int, round_medians: list[float]) -> dict:
+    """A scaling.py result row (256x256, native policy) with the fields its summary reads."""
+    return {"status": "ok", "batch_shape": [1, 3, 256, 256],
+            "config": {"backend": backend, "policy": "native", "imgsz": [256, 256], "threads": threads},
+            "inference": {"median_ms": float(np.median(round_medians)), "median_ms_rounds": round_medians,
+                          "cpu_ms_per_frame": 1.0}}
+
+
+def test_scaling_thread_speedups_are_shown_round_by_round(monkeypatch):
+    """The pooled medians of two rounds can hide a round in which the second thread ran slower; the summary and
+    the README's table show each round's ratio beside the pooled one."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+    import scaling
+
+    rows = [_scaling_row("ncnn", 1, [6.0, 6.4]), _scaling_row("ncnn", 2, [5.0, 10.0]),
+            _scaling_row("mnn", 1, [8.0, 8.2]), _scaling_row("mnn", 2, [6.0, 6.1])]
+    ncnn, mnn = scaling.summary(rows, [1, 2])
+    assert ncnn["speedup_t2_vs_t1"] == pytest.approx(6.2 / 7.5)
+    assert ncnn["speedup_t2_vs_t1_rounds"] == [1.2, 0.64]
+    assert scaling.speedup_cell(ncnn, 2) == "0.83x (0.64-1.20)"
+    assert scaling.speedup_cell(mnn, 2) == "1.34x (1.33-1.34)"
+    # A row measured in one round has no bracket; a configuration without a t2 row has no speed-up.
+    single = scaling.summary([_scaling_row("ncnn", 1, [6.0]), _scaling_row("ncnn", 2, [5.0])], [1, 2])[0]
+    assert scaling.speedup_cell(single, 2) == "1.20x"
+    assert scaling.speedup_cell(scaling.summary(rows[:1], [1, 2])[0], 2) == "-"
+    section = make_readme_tables.scaling_section({"threads": [1, 2], "rows": rows, "created": "2026-12-07T00:00"})
+    assert "| ncnn | native | 256x256 | 1x3x256x256 | 6.20 | 7.50 | 94.6 | 0.83x (0.64-1.20) |" in section
+
+
 def test_pipeline_benchmark_judges_each_mode_on_its_paired_rounds(tmp_path, monkeypatch):
     """A short real run of benchmarks/pipeline.py on the bundled fp32 ncnn model (bundled with the package, no
     ../shared needed): every mode's verdict follows from its rounds, each set against the same round's raw
