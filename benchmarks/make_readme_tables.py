@@ -247,8 +247,8 @@ def glance_rows(results: Path) -> list[list]:
 def glance_section(results: Path = RESULTS) -> str:
     return "\n".join(["### Targets at a glance", "",
                       "The benchmarks issue's targets against the latest committed result of each script (details, "
-                      "machine and command in the sections below; reruns on other days and machines in the text "
-                      "above).", "",
+                      "machine and command in the sections below; reruns on other days and machines in "
+                      "[`benchmarks/HISTORY.md`](benchmarks/HISTORY.md)).", "",
                       table(["target", "required", "measured", "verdict", "result"], glance_rows(results))])
 
 
