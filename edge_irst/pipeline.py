@@ -307,7 +307,8 @@ class Detector:
         bundled model (edge_irst.assets.default_model()).
     backend: a registry name; None = the fastest installed one that reads the model (BACKEND_PREFERENCE).
     threads, device, delegate, fallback, artifact_precision: passed to load_backend (threads None = physical
-        cores; fallback "cpu" runs on the CPU when the device is missing).
+        cores, "auto" = the count measured fastest for this model at load time; fallback "cpu" runs on the CPU
+        when the device is missing).
     threshold: a pixel is target where logit > threshold; None = the artifact contract's (0.0 for LW-IRSTNet).
     filter: a TargetFilter or a preset name ("none", "authors").
     policy: "resize", "native" or "tile" (module docstring). tile_size: (H, W) of tiles for a dynamic-size
@@ -321,8 +322,9 @@ class Detector:
     """
 
     def __init__(self, model: Union[str, Path, None] = None, backend: Optional[str] = None, *,
-                 threads: Optional[int] = None, device: Optional[str] = None, delegate: Optional[str] = None,
-                 fallback: Optional[str] = None, artifact_precision: Optional[str] = None,
+                 threads: Union[int, str, None] = None, device: Optional[str] = None,
+                 delegate: Optional[str] = None, fallback: Optional[str] = None,
+                 artifact_precision: Optional[str] = None,
                  threshold: Optional[float] = None, filter: Union[TargetFilter, str] = "none",
                  policy: str = "resize", raw: RawMapping = RawMapping(),
                  tile_size: Optional[tuple[int, int]] = None, tile_overlap: int = 32, prefetch: Optional[int] = None,

@@ -31,6 +31,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 MANIFEST = "manifest.json"
+AUTO_THREADS = "auto"  # load_backend(threads="auto"): measured at load time (thread_choice.py)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -154,7 +155,9 @@ def load_backend(artifact, backend: Optional[str] = None, options: Optional[Back
     """Load `artifact` (a file or a model folder) on `backend` (default: inferred) and return it ready to run.
 
     options: BackendOptions; option_overrides (threads=, device=, delegate=, fallback=, precision=, spin=, ...)
-    replace fields of it, None values ignored so unset CLI flags keep the defaults. `precision` is what the
+    replace fields of it, None values ignored so unset CLI flags keep the defaults. threads="auto" loads the
+    artifact once per candidate thread count, times them and keeps the fastest (thread_choice.py; what it
+    measured is in options_in_effect()["threads_auto"]). `precision` is what the
     runtime computes in (fp16/bf16 on ncnn, MNN's modes); `artifact_precision` (fp32/fp16/int8) picks which
     stored artifact of a model folder is loaded. contract: overrides the artifact's own (sidecar JSON, ONNX
     metadata, else AUTHORS_CONTRACT).
@@ -163,16 +166,27 @@ def load_backend(artifact, backend: Optional[str] = None, options: Optional[Back
     for key in overrides:
         if key not in BackendOptions.names():
             raise UnknownNameError("backend option", key, BackendOptions.names())
+    measure_threads = overrides.get("threads") == AUTO_THREADS
+    if measure_threads:
+        del overrides["threads"]
     options = dataclasses.replace(options or BackendOptions(), **overrides)
     path, name = resolve_artifact(artifact, backend, artifact_precision, allow_unverified)
-    instance = backend_class(name)(path, options, contract)
-    try:
-        instance.warm_up(options.warmup)
-    except BaseException:
-        instance.close()
-        raise
-    return instance
 
+    def open_backend(threads: Optional[int]) -> Backend:
+        chosen = options if threads is None else dataclasses.replace(options, threads=threads)
+        instance = backend_class(name)(path, chosen, contract)
+        try:
+            instance.warm_up(chosen.warmup)
+        except BaseException:
+            instance.close()
+            raise
+        return instance
 
-__all__ = ["Backend", "BackendOptions", "TensorSpec", "BACKENDS", "backend_class", "backend_status",
-           "list_backends", "load_backend", "physical_cores", "resolve_artifact"]
+    if measure_threads:
+        from .thread_choice import load_fastest
+
+        return load_fastest(open_backend)
+    return open_backend(None)
+
+__all__ = ["AUTO_THREADS", "Backend", "BackendOptions", "TensorSpec", "BACKENDS", "backend_class",
+           "backend_status", "list_backends", "load_backend", "physical_cores", "resolve_artifact"]

@@ -163,7 +163,8 @@ class BackendOptions:
 
     def __post_init__(self):
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
-            raise InputError(f"threads={self.threads!r}: expected a non-negative int (0 or None = physical cores)")
+            raise InputError(f"threads={self.threads!r}: expected a non-negative int (0 or None = physical cores; "
+                             f"threads='auto', measured at load time, is taken by load_backend() and Detector)")
         if self.fallback not in _FALLBACKS:
             raise InputError(f"fallback={self.fallback!r}: accepted values are None (error) and 'cpu'")
         if self.precision not in _PRECISIONS:
@@ -207,6 +208,7 @@ class Backend(ABC):
         self.contract = contract  # a subclass resolves None once it can read the artifact's own metadata
         self.fallback_reason: Optional[str] = None
         self.warmup_runs = 0
+        self.thread_choice: Optional[dict] = None  # what threads="auto" measured (thread_choice.py)
         if options.precision not in self.precisions:
             raise InputError(f"{self.name} cannot apply precision={options.precision!r} at run time (accepted: "
                              f"{', '.join(self.precisions)}); to run at another precision export an artifact "
@@ -265,8 +267,11 @@ class Backend(ABC):
         raise DeviceUnavailableError(f"{self.name}: {what}. {fix}, or pass fallback='cpu' to run on the CPU")
 
     def _base_effect(self) -> dict:
-        return {"backend": self.name, "artifact": str(self.path), "fallback": self.fallback_reason,
-                "warmup_runs": self.warmup_runs}
+        effect = {"backend": self.name, "artifact": str(self.path), "fallback": self.fallback_reason,
+                  "warmup_runs": self.warmup_runs}
+        if self.thread_choice is not None:
+            effect["threads_auto"] = self.thread_choice
+        return effect
 
     # ---- the protocol ------------------------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -23,6 +23,23 @@ COMMANDS = {
 }
 
 
+THREADS_HELP = ("runtime threads: N, or auto = the count measured fastest for the model at load time "
+                "(default: physical cores)")
+
+
+def runtime_threads(text: str):
+    """argparse type of --threads for the commands that run a model: an int >= 0, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a thread count (0 = physical cores) or 'auto'")
+    return value
+
+
 def _available_commands() -> dict:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
 

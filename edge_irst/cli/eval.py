@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_irst.cli import THREADS_HELP, runtime_threads
 from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model (the default when --preds is not given: the bundled model)")
     model.add_argument("--model", metavar="PATH", help="artifact file or exported model folder (default: bundled)")
     model.add_argument("--backend", help="runtime (default: the preferred installed one for the model)")
-    model.add_argument("--threads", type=int, default=None, help="runtime threads (default: physical cores)")
+    model.add_argument("--threads", type=runtime_threads, default=None, help=THREADS_HELP)
     model.add_argument("--policy", choices=("resize", "native", "tile"), default="resize",
                        help="frame-size policy: resize = the authors' protocol (image to the model's input size, "
                             "label resized to it); native / tile = full resolution")
