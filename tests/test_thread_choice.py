@@ -85,3 +85,41 @@ def test_run_command_reports_what_auto_measured():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "chosen by --threads auto: 1 thread " in run.stdout
+
+
+def test_process_wide_thread_counts_are_claimed_by_each_candidate():
+    """OpenCV keeps one thread count per process: the instance created last would set it for all, so each
+    candidate claims its own before it is timed, and the chosen one keeps it."""
+    import cv2
+
+    from edge_irst.assets import default_model
+
+    onnx = default_model() / "lw_irstnet_fp32.onnx"
+    before = cv2.getNumThreads()
+    try:
+        one, two = (load_backend(onnx, "opencv", threads=n) for n in (1, 2))
+        assert cv2.getNumThreads() == 2
+        one.claim_threads()
+        assert cv2.getNumThreads() == 1 and one.options_in_effect()["threads"] == 1
+        one.close()
+        two.close()
+        with load_backend(onnx, "opencv", threads="auto") as chosen:
+            assert chosen.options_in_effect()["threads"] == chosen.thread_choice["chosen"]
+    finally:
+        cv2.setNumThreads(before)  # the rest of the session keeps OpenCV's own default
+
+
+def test_pytorch_thread_count_is_claimed_too():
+    torch = pytest.importorskip("torch", reason="the torch backend needs the [export] extra")
+    from edge_irst.assets import default_model
+
+    before = torch.get_num_threads()
+    try:
+        one, two = (load_backend(default_model() / "lw_irstnet.pt", "torch", threads=n) for n in (1, 2))
+        assert torch.get_num_threads() == 2
+        one.claim_threads()
+        assert one.options_in_effect()["threads"] == 1
+        one.close()
+        two.close()
+    finally:
+        torch.set_num_threads(before)

@@ -313,6 +313,11 @@ class Backend(ABC):
     def __exit__(self, *exc):
         self.close()
 
+    def claim_threads(self) -> None:
+        """Set the runtime's thread count to this instance's again, where the runtime keeps one count for the whole
+        process (OpenCV, PyTorch: the last instance created, or any other user, wins); the others keep a count per
+        session or net, and this does nothing. threads="auto" calls it before timing each candidate."""
+
     def warm_up(self, runs: int) -> None:
         """Run `runs` zero batches at the artifact's (or the contract's) input size."""
         h, w = self.input_size()

@@ -84,7 +84,7 @@ class OpenCVBackend(Backend):
             backend, target = (getattr(cv2.dnn, name) for name in DEVICES[self.device])
             self.net.setPreferableBackend(backend)
             self.net.setPreferableTarget(target)
-        cv2.setNumThreads(options.resolved_threads())
+        self.claim_threads()
         self._resolve_contract()
         (out_name,) = self.net.getUnconnectedOutLayersNames()[:1]
         hw = tuple(self.contract.input_size) if self.contract.input_size else (None, None)
@@ -99,6 +99,9 @@ class OpenCVBackend(Backend):
             raise InputError(f"OpenCV DNN failed on {self.path.name} for a {batch.shape[2]}x{batch.shape[3]} "
                              f"input ({str(exc).strip().splitlines()[-1]})") from exc
         return np.ascontiguousarray(logits, dtype=np.float32).reshape(batch.shape[0], 1, *logits.shape[-2:])
+
+    def claim_threads(self) -> None:
+        self._cv2.setNumThreads(self.options.resolved_threads())
 
     def options_in_effect(self) -> dict:
         return {

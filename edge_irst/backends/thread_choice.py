@@ -7,9 +7,11 @@ shared VM the second vCPU can give next to nothing for minutes (this repository'
 
 The method: the artifact is loaded once per candidate (1, the powers of two below the core count, the core count),
 each instance runs twice untimed, then ROUNDS rounds run RUNS_PER_ROUND inferences of a zero batch per candidate,
-in an order balanced over the rounds (benchmarking.interleaved), so a phase of the machine that comes or goes
-hits every candidate alike. A candidate's figure is the median over the rounds of its per-round median. The
-fewest threads within TOLERANCE of the fastest win: the cores left free run the reader thread and the postprocess.
+in an order balanced over the rounds (benchmarking.interleaved), so a phase of the machine that comes or goes hits
+every candidate alike; OpenCV and PyTorch keep one thread count per process, so each candidate claims it
+(Backend.claim_threads) before it runs. A candidate's figure is the median over the rounds of its per-round
+median. The fewest threads within TOLERANCE of the fastest win: the cores left free run the reader thread and the
+postprocess.
 It costs 27 inferences per candidate: about 0.5 s for the bundled model at 256x256 on this repository's 2-core
 VM (two candidates, loading included).
 
@@ -65,11 +67,13 @@ def load_fastest(open_backend: Callable[[int], Backend], counts: Sequence[int] =
         h, w = first.input_size()
         batch = np.zeros((1, first.inputs[0].channels or first.contract.channels, h, w), np.float32)
         for backend in loaded.values():
+            backend.claim_threads()
             for _ in range(UNTIMED_RUNS):
                 backend.run_preprocessed(batch)
         rounds: dict[int, list[float]] = {n: [] for n in counts}
         for r in range(ROUNDS):
             for n in interleaved(counts, r):
+                loaded[n].claim_threads()
                 times = []
                 for _ in range(RUNS_PER_ROUND):
                     start = time.perf_counter_ns()
@@ -86,6 +90,7 @@ def load_fastest(open_backend: Callable[[int], Backend], counts: Sequence[int] =
         if n != chosen:
             backend.close()
     best = loaded[chosen]
+    best.claim_threads()
     best.thread_choice = {"chosen": chosen, "median_ms": {str(n): round(ms, 3) for n, ms in medians.items()},
                           "input": [1, int(batch.shape[1]), h, w], "rule": RULE}
     return best

@@ -39,7 +39,7 @@ class TorchBackend(Backend):
             self.contract = (ModelContract.from_dict(sidecar["contract"]) if sidecar and "contract" in sidecar
                              else loaded.contract)
         self.device = self._select_device(torch)
-        torch.set_num_threads(options.resolved_threads())
+        self.claim_threads()
         self.model = loaded.model.to(self.device).eval()
         self.architecture = loaded.architecture
         channels = self.contract.channels
@@ -71,6 +71,9 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(batch).to(self.device))
         return logits.float().cpu().numpy()
+
+    def claim_threads(self) -> None:
+        self._torch.set_num_threads(self.options.resolved_threads())
 
     def options_in_effect(self) -> dict:
         parameter = next(self.model.parameters())
