@@ -82,10 +82,14 @@ def head_to_head_note(target: dict) -> str:
 
 
 def spread_note(target: dict) -> str:
-    """The per-round ratios' quartiles of a postprocess target's worst map (results from before they were kept
+    """The per-round ratios' quartiles of a postprocess target's worst map, and whether the required ratio lies
+    between them (the verdict's `clear`, from benchmarking.within_spread; results from before they were kept
     have none)."""
     quartiles = target.get("worst_quartiles")
-    return f"; rounds' quartiles {quartiles[0]:.2f}-{quartiles[1]:.2f}x" if quartiles else ""
+    if not quartiles:
+        return ""
+    within = "" if target.get("clear", True) else ", within the spread of the rounds"
+    return f"; rounds' quartiles {quartiles[0]:.2f}-{quartiles[1]:.2f}x{within}"
 
 
 def postprocess_section(doc: dict) -> str:

@@ -203,8 +203,12 @@ def test_targets_at_a_glance_follow_the_committed_results(tmp_path, monkeypatch)
                          + len(docs["postprocess"]["targets"]) + pipeline_modes)
     verdicts = {row[0]: row[3] for row in rows}
     for t in docs["postprocess"]["targets"]:
-        assert verdicts[f"postprocess {t['maps']} {t['size']} vs {t['against']}"] == ("met" if t["met"] else
-                                                                                       "**not met**")
+        key = f"postprocess {t['maps']} {t['size']} vs {t['against']}"
+        assert verdicts[key] == ("met" if t["met"] else "**not met**")
+        low, high = t["worst_quartiles"]
+        measured = {row[0]: row[2] for row in rows}[key]
+        assert f"rounds' quartiles {low:.2f}-{high:.2f}x" in measured
+        assert ("within the spread of the rounds" in measured) == (low < t["required"] <= high)
     for name in pipelines:
         doc = docs[name]
         for mode, r in list(doc["results"].items())[1:]:
