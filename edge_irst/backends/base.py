@@ -318,12 +318,16 @@ class Backend(ABC):
         process (OpenCV, PyTorch: the last instance created, or any other user, wins); the others keep a count per
         session or net, and this does nothing. threads="auto" calls it before timing each candidate."""
 
+    def zero_batch(self) -> np.ndarray:
+        """A float32 [1, C, H, W] batch of zeros at the artifact's (or the contract's) input size."""
+        h, w = self.input_size()
+        return np.zeros((1, self.inputs[0].channels or self.contract.channels, h, w), np.float32)
+
     def warm_up(self, runs: int) -> None:
         """Run `runs` zero batches at the artifact's (or the contract's) input size."""
-        h, w = self.input_size()
-        c = self.inputs[0].channels or self.contract.channels
+        batch = self.zero_batch()
         for _ in range(runs):
-            self.run(np.zeros((1, c, h, w), np.float32))
+            self.run(batch)
             self.warmup_runs += 1
 
     def input_size(self) -> tuple[int, int]:

@@ -25,8 +25,7 @@ import statistics
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-
+from ..benchmarking import interleaved
 from .base import Backend, physical_cores
 
 ROUNDS = 5
@@ -56,16 +55,12 @@ def pick(medians_ms: dict[int, float], tolerance: float = TOLERANCE) -> int:
 def load_fastest(open_backend: Callable[[int], Backend], counts: Sequence[int] = ()) -> Backend:
     """The backend `open_backend(threads)` returns for the fastest count of `counts` (default:
     candidates(physical_cores())), with `thread_choice` set; the other instances are closed."""
-    from ..benchmarking import interleaved  # a light module; imported here to keep the registry's import small
-
     counts = list(counts) or candidates(physical_cores())
     loaded: dict[int, Backend] = {}
     try:
         for n in counts:
             loaded[n] = open_backend(n)
-        first = loaded[counts[0]]
-        h, w = first.input_size()
-        batch = np.zeros((1, first.inputs[0].channels or first.contract.channels, h, w), np.float32)
+        batch = loaded[counts[0]].zero_batch()
         for backend in loaded.values():
             backend.claim_threads()
             for _ in range(UNTIMED_RUNS):
@@ -92,5 +87,5 @@ def load_fastest(open_backend: Callable[[int], Backend], counts: Sequence[int] =
     best = loaded[chosen]
     best.claim_threads()
     best.thread_choice = {"chosen": chosen, "median_ms": {str(n): round(ms, 3) for n, ms in medians.items()},
-                          "input": [1, int(batch.shape[1]), h, w], "rule": RULE}
+                          "input": list(batch.shape), "rule": RULE}
     return best
