@@ -54,9 +54,10 @@ typedef union {
 /* The slots are returned as an irst_target array, so both must have the same stride. */
 typedef char slot_is_a_target[sizeof(slot_t) == sizeof(irst_target) ? 1 : -1];
 
-/* Foreground bits of one row, 64 pixels per word; bits past the last pixel are 0 (see MASK_ROW_WITH). Returns the
- * OR of the words: 0 when the row holds no foreground. */
-typedef uint64_t (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words);
+/* Foreground bits of one row, 64 pixels per word, and which words are worth a look (see MASK_ROW_WITH). Returns
+ * the OR of the `worth` words: 0 when the row holds no foreground. */
+typedef uint64_t (*row_mask_fn)(const float *row, ptrdiff_t width, ptrdiff_t step, float t, uint64_t *words,
+                                uint64_t *worth);
 /* For rows stored back to back (a C-contiguous map): the first row from `y` on, before `y_end`, that may hold
  * foreground, every row before it being background; `y_end` if there is none. */
 typedef ptrdiff_t (*row_skip_fn)(const float *data, ptrdiff_t width, ptrdiff_t y, ptrdiff_t y_end, float t);
@@ -72,7 +73,7 @@ typedef struct {
 typedef struct {
     run_t *runs;
     ptrdiff_t run_capacity;
-    uint64_t *words; /* the current row's bits */
+    uint64_t *words; /* the current row's bits, then which of them are worth a look (MASK_ROW_WITH) */
     ptrdiff_t word_capacity;
     ptrdiff_t count, first_row_end, last_row_begin;
     /* the job */
@@ -297,21 +298,36 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
 }
 
 /* Writes width / 64 + 1 words of foreground bits for one row: one more (empty) word when width is a multiple of
- * 64, so that a run reaching the last pixel still ends at an edge (at x = width); returns their OR. Inlined into
- * one function per instruction set, each called once per row through band->scan.mask_row. */
+ * 64, so that a run reaching the last pixel still ends at an edge (at x = width). Bit k % 64 of worth[k / 64] is
+ * set iff word k holds foreground or the last pixel of word k - 1 does (a run ends in word k): the words pass 1
+ * looks at. Computed here, as the words come out of the compares, rather than by a second loop over them: that
+ * loop read every word of every row with foreground back from memory. Returns the OR of the worth words.
+ * Inlined into one function per instruction set, each called once per row through band->scan.mask_row. */
 #define MASK_ROW_WITH(word_mask)                                                                                \
     do {                                                                                                        \
         ptrdiff_t base = 0, k = 0;                                                                              \
-        uint64_t any = 0;                                                                                       \
+        uint64_t carry = 0, bits = 0, any = 0; /* carry: the last pixel of the word before; bits: worth[k / 64] */ \
         if (step == 1)                                                                                          \
             for (; base + 64 <= width; base += 64)                                                              \
-                any |= words[k++] = word_mask(row + base, t);                                                   \
+                NOTE_WORD(word_mask(row + base, t));                                                            \
         for (; base < width; base += 64)                                                                        \
-            any |= words[k++] = mask_strided(row + base * step, step,                                           \
-                                             width - base < 64 ? (int)(width - base) : 64, t);                  \
+            NOTE_WORD(mask_strided(row + base * step, step, width - base < 64 ? (int)(width - base) : 64, t));  \
         if (width % 64 == 0)                                                                                    \
-            words[k] = 0;                                                                                       \
+            NOTE_WORD(0);                                                                                       \
+        if (k % 64)                                                                                             \
+            any |= worth[k / 64] = bits;                                                                        \
         return any;                                                                                             \
+    } while (0)
+#define NOTE_WORD(value)                                                                                        \
+    do {                                                                                                        \
+        const uint64_t word_ = (value);                                                                         \
+        words[k] = word_;                                                                                       \
+        bits |= (uint64_t)((word_ | carry) != 0) << (k % 64);                                                   \
+        carry = word_ >> 63;                                                                                    \
+        if (++k % 64 == 0) {                                                                                    \
+            any |= worth[k / 64 - 1] = bits;                                                                    \
+            bits = 0;                                                                                           \
+        }                                                                                                       \
     } while (0)
 
 /* The rows before the first block of 64 pixels holding foreground (rows y .. y_end - 1 read as one array) are
@@ -329,7 +345,7 @@ static inline void join_above(run_t *runs, int32_t current, ptrdiff_t x0, ptrdif
  * tests; `attributes` is empty for the build's own target, or the target() attribute of a dispatched one. */
 #define DEFINE_SCAN(isa, attributes, block_has_foreground, word_mask)                                           \
     attributes static uint64_t mask_row_##isa(const float *row, ptrdiff_t width, ptrdiff_t step, float t,       \
-                                              uint64_t *words)                                                  \
+                                              uint64_t *words, uint64_t *worth)                                 \
     {                                                                                                           \
         MASK_ROW_WITH(word_mask);                                                                               \
     }                                                                                                           \
@@ -397,13 +413,13 @@ static scan_t fastest_scan(void)
 static void collect_runs(band_t *band)
 {
     const irst_map *map = band->map;
-    const ptrdiff_t width = map->width, word_count = width / 64 + 1;
+    const ptrdiff_t width = map->width, word_count = width / 64 + 1, worth_count = (word_count + 63) / 64;
     band->count = band->first_row_end = band->last_row_begin = 0;
     band->status = IRST_NO_MEMORY;
-    if (reserve((void **)&band->words, &band->word_capacity, word_count + 1, sizeof(uint64_t), 32) != 0)
+    if (reserve((void **)&band->words, &band->word_capacity, 1 + word_count + worth_count, sizeof(uint64_t), 32))
         return;
     band->words[0] = 0; /* before the row's first word: no foreground carried into it */
-    uint64_t *const words = band->words + 1;
+    uint64_t *const words = band->words + 1, *const worth_words = words + word_count;
     run_t *runs = band->runs;
     ptrdiff_t count = 0, above_begin = 0, above_end = 0;
     /* Rows back to back in memory: after a background row, the background rows that follow are skipped. */
@@ -420,14 +436,11 @@ static void collect_runs(band_t *band)
             }
         }
         const int any = band->scan.mask_row(map->data + y * map->row_stride, width, map->col_stride,
-                                            band->threshold, words) != 0;
+                                            band->threshold, words, worth_words) != 0;
         background = !any;
         ptrdiff_t above = above_begin, start = -1;
         for (ptrdiff_t group = 0; any && group < word_count; group += 64) {
-            const ptrdiff_t group_end = word_count - group < 64 ? word_count : group + 64;
-            uint64_t worth = 0;
-            for (ptrdiff_t k = group; k < group_end; k++)
-                worth |= (uint64_t)((words[k] | words[k - 1] >> 63) != 0) << (k - group);
+            uint64_t worth = worth_words[group / 64];
             while (worth) {
                 const ptrdiff_t k = group + lowest_bit(worth);
                 worth &= worth - 1;

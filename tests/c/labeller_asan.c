@@ -1,9 +1,9 @@
 /* Standalone driver for irst_label() under AddressSanitizer + UndefinedBehaviorSanitizer.
  *
  * Labels many random maps (sparse, dense, checkerboard, all-on, stripes, NaN/inf sprinkled; shapes from 1x1 to
- * 70x200 including 1xN, Nx1 and widths around the 64-pixel word size; contiguous, strided, transposed and
- * reversed views; one workspace reused across maps, so its buffers grow and shrink; 1 to 5 row bands on as many
- * threads) and checks every label and every statistic against a naive 8-connected flood fill written here, bit
+ * 70x200 including 1xN, Nx1 and widths around the 64-pixel word size, and rows of 64 words and more, 3 x 4160 at
+ * most; contiguous, strided, transposed and reversed views; one workspace reused across maps, so its buffers grow
+ * and shrink; 1 to 5 row bands on as many threads) and checks every label and every statistic against a naive 8-connected flood fill written here, bit
  * for bit, and the target filter against the same reference filtered here.
  *
  *   cc -std=c99 -pthread -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
@@ -222,6 +222,8 @@ static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_
                      irst_target *want, long *pixels, long *targets)
 {
     static const int widths[] = {1, 2, 63, 64, 65, 127, 128, 129, 200};
+    /* Rows of 64 words and more: pass 1's bit set of the words worth a look goes on into a second 64-bit word. */
+    static const int wide_widths[] = {4031, 4032, 4095, 4096, 4097, 4159, 4160};
     const int kind = random_below(KINDS);
     ptrdiff_t h = 1 + random_below(70), w = 1 + random_below(200);
     if (random_below(4) == 0)
@@ -230,6 +232,10 @@ static int check_one(irst_workspace *ws, float *storage, int32_t *labels, int32_
         h = 1;
     else if (random_below(10) == 0)
         w = 1;
+    else if (random_below(10) == 0) { /* at most 3 rows: within the buffers sized for 70 x 200 */
+        w = wide_widths[random_below((int)(sizeof wide_widths / sizeof *wide_widths))];
+        h = 1 + random_below(3);
+    }
     const int layout = random_below(4);
     const ptrdiff_t step = 1 + random_below(3); /* column step of the strided layout */
     irst_map m = {NULL, h, w, 0, 0};
