@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
-from postprocess import reach_note
+from postprocess import reach_note, thread_gain_note
 from scaling import speedup_cell, summary
 from edge_irst.benchmarking import machine_line, quartiles, within_spread
 
@@ -131,7 +131,8 @@ def postprocess_section(doc: dict) -> str:
     for t in doc.get("targets", []):
         verdict = "met" if t["met"] else "**not met**"
         lines.append(f"- {t['maps']} {t['size']} vs {t['against']} ({t['clock']}): worst {t['worst']:.2f}x "
-                     f"({t['worst_map']}{spread_note(t)}), required {t['required']:g}x: {verdict}{reach_note(t)}.")
+                     f"({t['worst_map']}{spread_note(t)}), required {t['required']:g}x: {verdict}{reach_note(t)}"
+                     f"{thread_gain_note(t)}.")
     stress = doc.get("stress")
     if stress:
         slower = " — slower than OpenCV" if stress["worst"] < 1 else ""
@@ -225,7 +226,8 @@ def glance_rows(results: Path) -> list[list]:
     else:
         for t in postprocess.get("targets", []):
             rows.append([f"postprocess {t['maps']} {t['size']} vs {t['against']}", f">= {t['required']:g}x",
-                         f"{t['worst']:.2f}x (worst: {t['worst_map']}{spread_note(t)})", verdict(t["met"]),
+                         f"{t['worst']:.2f}x (worst: {t['worst_map']}{spread_note(t)}{thread_gain_note(t)})",
+                         verdict(t["met"]),
                          _when(postprocess, "postprocess")])
     for name in PIPELINE_RESULTS:
         pipeline = load(name)

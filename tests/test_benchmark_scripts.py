@@ -60,6 +60,19 @@ def test_postprocess_verdicts_follow_from_the_rows(postprocess_run):
             assert verdict["within_reach"] == (verdict["needed_us"] > verdict["map_read_us"])
         else:
             assert "map_read_us" not in verdict
+        # Against OpenCV's threads: what they gained over its one thread on the same map, in the same rounds.
+        gain = worst.get("reference_thread_speedup", {}).get(verdict["against"])
+        if doc["machine"]["opencv_default_threads"] > 1 and "(1 thr)" not in verdict["against"]:
+            assert verdict["reference_thread_speedup"] == round(gain["median"], 2)
+            low, high = gain["quartiles"]
+            assert low <= gain["median"] <= high
+            one = verdict["against"].replace(f"({doc['machine']['opencv_default_threads']} thr)", "(1 thr)")
+            assert gain["median"] == pytest.approx(worst["wall_us"][one] / worst["wall_us"][verdict["against"]],
+                                                   rel=0.5)
+            assert f"{verdict['against']} ran {verdict['reference_thread_speedup']:.2f}x faster than on 1 thread" \
+                in stdout
+        else:
+            assert "reference_thread_speedup" not in verdict
     assert "targets (worst case over the maps concerned):" in stdout
 
 
@@ -75,6 +88,8 @@ def test_readme_tables_render_from_a_postprocess_run(postprocess_run, monkeypatc
         low, high = verdict["worst_quartiles"]
         assert f"rounds' quartiles {low:.2f}-{high:.2f}x" in section
     assert section.count("within the spread of the rounds") == sum(not v["clear"] for v in doc["targets"])
+    assert section.count("faster than on 1 thread there") == sum("reference_thread_speedup" in v
+                                                                 for v in doc["targets"])
 
 
 def test_readme_tables_match_the_committed_results():
