@@ -167,10 +167,12 @@ def test_rejected_thread_counts(threads):
         label_targets(np.zeros((4, 4), np.float32), threads=threads)
 
 
-def test_auto_threads_use_one_band_per_half_megapixel_and_no_more_than_the_cpus(monkeypatch):
+def test_auto_threads_use_one_band_per_auto_pixels_and_no_more_than_the_cpus(monkeypatch):
     monkeypatch.setattr(labeller_module, "_USABLE_CPUS", 4)
     per_thread = labeller_module.AUTO_PIXELS_PER_THREAD
+    # The measured break-even (see AUTO_PIXELS_PER_THREAD): 256x256 stays on one band, 640x512 takes two.
     assert labeller_module._checked_threads("auto", 256 * 256) == 1
+    assert labeller_module._checked_threads("auto", 640 * 512) == 2
     assert labeller_module._checked_threads("auto", 2 * per_thread) == 2
     assert labeller_module._checked_threads("auto", 1920 * 1080 * 4) == 4
 

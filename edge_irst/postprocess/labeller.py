@@ -39,10 +39,13 @@ Labeller = Callable[[np.ndarray, float, Optional[np.ndarray], Optional[TargetFil
 # microseconds; benchmarks/postprocess.py measures where it pays), at most one per CPU this process may use, and
 # one band alone after a call on the same thread that found fewer than AUTO_RUNS_FOR_BANDS foreground runs.
 # Why the second rule: on a sparse map the scan is all the work and a second band costs more than it saves
-# (AMD EPYC, 2 CPUs, sparse 1920x1080: 221-255 us on 2 bands against 138-184 us on one), while the 5 % and 50 %
-# noise maps (about 10^5 and more runs at 1920x1080) still gain from it. A stream's frames look alike, so the
-# previous frame is the guide; the first call on a thread follows the pixel rule alone.
-AUTO_PIXELS_PER_THREAD = 1 << 19
+# (AMD EPYC, 2 CPUs: sparse 1920x1080 221-255 us on 2 bands against 138-184 us on one; 640x512 with 50 targets
+# 85 against 32 us), while maps with many runs gain from it. Two bands against one on that machine, per-round
+# medians of 15 paired rounds: 50 % noise 0.94x at 256x256 (quartiles 0.92-1.43x), 0.84x at 384x384, 0.80x at
+# 512x512, 0.79x at 640x512; the checkerboard 1.01x, 0.91x, 0.85x, 0.84x. Hence two bands from 2 x 2^17 pixels
+# (512x256) up. A stream's frames look alike, so the previous frame is the guide; the first call on a thread
+# follows the pixel rule alone.
+AUTO_PIXELS_PER_THREAD = 1 << 17
 AUTO_RUNS_FOR_BANDS = 1 << 16
 _MAX_THREADS = 16  # IRST_MAX_THREADS
 
@@ -219,7 +222,7 @@ def label_targets(logits: np.ndarray, threshold: float = 0.0, return_labels: boo
     frame_index, timestamp, frame_shape: metadata stored in the Detections (frame_shape defaults to (H, W)).
     threads: row bands the C labeller scans at once, each on a thread of its own (1, the default, = the calling
         thread only: in a pipeline the other cores run inference); 'auto' = one per AUTO_PIXELS_PER_THREAD
-        pixels, at most one per usable CPU (so 1 below 1 Mpixel on 2 CPUs), and 1 after a call on the same
+        pixels, at most one per usable CPU (so 1 below 262,144 pixels on 2 CPUs), and 1 after a call on the same
         thread that found fewer than AUTO_RUNS_FOR_BANDS foreground runs (a sparse frame). The result is the
         same, bit for bit, for any value. The OpenCV fallback ignores it (OpenCV uses cv2.setNumThreads()).
 
