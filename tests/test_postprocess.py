@@ -387,6 +387,8 @@ def test_infinite_logits_weight_the_centroid_alone(implementation):
     (np.zeros(16, np.float32), "2-D"),
     (np.zeros((0, 4), np.float32), "at least one pixel"),
     ([[0.0, 1.0]], "numpy float32 array"),
+    # A view over one value (no memory behind it) with more pixels than the labeller's int32 indices reach.
+    (np.broadcast_to(np.float32(-1.0), (2**16, 2**15 + 1)), "more than the 2147483647 supported; label in tiles"),
 ])
 def test_rejected_maps_say_what_is_accepted(bad, message):
     with pytest.raises(InputError, match=message):

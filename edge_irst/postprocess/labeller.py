@@ -174,7 +174,9 @@ def _checked_threads(threads, pixels: int) -> int:
     if type(threads) is int and threads == 1:
         return 1
     if isinstance(threads, str) and threads == "auto":
-        return max(1, min(_USABLE_CPUS, _MAX_THREADS, pixels // AUTO_PIXELS_PER_THREAD))
+        bands = pixels // AUTO_PIXELS_PER_THREAD
+        # Small maps first, and without min()/max(): at 256x256 this check cost 3 % of the whole labelling.
+        return 1 if bands < 2 else min(_USABLE_CPUS, _MAX_THREADS, bands)
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral) \
             or not 1 <= threads <= _MAX_THREADS:
         raise InputError(f"threads = {threads!r}; expected an integer 1..{_MAX_THREADS} or 'auto'")
@@ -182,9 +184,11 @@ def _checked_threads(threads, pixels: int) -> int:
 
 
 def _checked_map(logits) -> np.ndarray:
-    if type(logits) is np.ndarray and logits.dtype is _NATIVE_FLOAT32 and logits.ndim == 2 \
-            and logits.flags.c_contiguous and logits.flags.aligned and logits.size:
-        return logits  # the pipeline's case, checked in a few attribute reads
+    # The pipeline's case, checked in a few attribute reads (numpy's aligned flag covers the strides too, and the C
+    # labeller reads any strides in place and refuses a map over its pixel limit).
+    if type(logits) is np.ndarray and logits.dtype is _NATIVE_FLOAT32 and logits.ndim == 2 and logits.flags.aligned \
+            and 0 < logits.size <= _MAX_PIXELS:
+        return logits
     if not isinstance(logits, np.ndarray):
         raise InputError(f"logits: expected a numpy float32 array of shape (H, W), received {type(logits).__name__}")
     if logits.ndim != 2:
