@@ -197,6 +197,29 @@ def test_last_run_count_is_the_foreground_runs_of_the_last_call():
 
 
 @pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
+def test_the_binding_checks_its_arguments_one_by_one():
+    from edge_irst.postprocess import _labeller
+
+    workspace = _labeller.new_workspace()
+    logits = np.where(np.random.default_rng(5).random((40, 70)) < 0.2, 1.0, -1.0).astype(np.float32)
+    with pytest.raises(TypeError, match="takes 6 arguments"):
+        _labeller.label(logits, 0.0, None, workspace, None)
+    with pytest.raises(TypeError):
+        _labeller.label(logits, "0.0", None, workspace, None, 1)
+    with pytest.raises(TypeError):
+        _labeller.label(logits, 0.0, None, workspace, None, 1.0)
+    with pytest.raises(OverflowError):
+        _labeller.label(logits, 0.0, None, workspace, None, 2**70)
+    one_band = _labeller.label(logits, 0.0, None, workspace, None, 1)
+    assert one_band  # 20 % foreground: targets found
+    assert _labeller.label(logits, np.float32(0.0), None, workspace, None, np.int64(1)) == one_band
+    for threads in (0, -5, 10**6):  # clipped to 1..16, which does not change the result
+        assert _labeller.label(logits, 0.0, None, workspace, None, threads) == one_band, threads
+    assert _labeller.label(logits, 0.5, None, workspace, None, 1) == one_band  # same map at 1.0 / -1.0
+    assert _labeller.label(logits, 1.0, None, workspace, None, 1) == b""  # nothing above 1.0
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
 def test_auto_keeps_one_band_after_a_sparse_frame_on_the_same_thread():
     """threads="auto" on a large map: the pixel rule on a thread's first call, one band after a sparse frame
     (fewer than AUTO_RUNS_FOR_BANDS runs), the pixel rule again after a dense one; results identical."""
