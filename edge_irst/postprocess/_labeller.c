@@ -120,8 +120,8 @@ PyDoc_STRVAR(label_doc,
 "Returns the targets as bytes: an int64 block (one row per INT field of TARGET_FIELDS, one column per target)\n"
 "followed by a double block (one row per REAL field), native byte order.");
 
-/* METH_FASTCALL, the arguments read one by one: PyArg_ParseTuple's format parsing was a tenth of the binding's
- * cost on a sparse 256x256 map, where the whole call takes microseconds. */
+/* METH_FASTCALL, the arguments read one by one: PyArg_ParseTuple took about 80 ns a call, a third of the
+ * binding's fixed cost (0.23 against 0.15 us on a 1x1 map), where a sparse frame's labelling takes microseconds. */
 static PyObject *label(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
