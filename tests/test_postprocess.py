@@ -208,8 +208,9 @@ def test_the_binding_checks_its_arguments_one_by_one():
         _labeller.label(logits, "0.0", None, workspace, None, 1)
     with pytest.raises(TypeError):
         _labeller.label(logits, 0.0, None, workspace, None, 1.0)
-    with pytest.raises(OverflowError):
-        _labeller.label(logits, 0.0, None, workspace, None, 2**70)
+    for too_large in (2**40, 2**70):  # beyond a C int (as PyArg's "i" refused), beyond a C long
+        with pytest.raises(OverflowError):
+            _labeller.label(logits, 0.0, None, workspace, None, too_large)
     one_band = _labeller.label(logits, 0.0, None, workspace, None, 1)
     assert one_band  # 20 % foreground: targets found
     assert _labeller.label(logits, np.float32(0.0), None, workspace, None, np.int64(1)) == one_band

@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <string.h>
 
 #include "labeller_core.h"
@@ -136,10 +137,9 @@ static PyObject *label(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     const long threads_value = PyLong_AsLong(args[5]);
     if (threads_value == -1 && PyErr_Occurred())
         return NULL;
-    /* irst_label() clips the count to 1..IRST_MAX_THREADS: only the conversion to int must be kept in range */
-    const int threads = threads_value < 1                  ? 1
-                        : threads_value > IRST_MAX_THREADS ? IRST_MAX_THREADS
-                                                           : (int)threads_value;
+    if (threads_value < INT_MIN || threads_value > INT_MAX) /* as PyArg's "i" did; irst_label() clips the rest */
+        return PyErr_Format(PyExc_OverflowError, "threads = %ld does not fit a C int", threads_value);
+    const int threads = (int)threads_value;
     irst_filter filter;
     if (filter_obj != Py_None &&
         !PyArg_ParseTuple(filter_obj, "ddddp:target_filter", &filter.size_min, &filter.size_max, &filter.ratio_min,
