@@ -4,6 +4,7 @@ AddressSanitizer."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -393,6 +395,16 @@ def test_peak_ties_take_the_first_raster_pixel(implementation):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("first, second", [(-0.0, 0.0), (0.0, -0.0)])
+def test_the_peak_value_is_the_first_tied_pixel_signed_zero_included(implementation, first, second):
+    # -0.0 == 0.0: a tie, so the peak is the first pixel, and its value keeps that pixel's sign
+    for logits in (np.array([[first, second]], np.float32), np.array([[first], [second]], np.float32)):
+        d = label_targets(logits, -1.0, implementation=implementation)
+        assert (d.peak_x[0], d.peak_y[0]) == (0, 0)
+        assert math.copysign(1.0, d.peak_logit[0]) == math.copysign(1.0, first)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_infinite_logits_weight_the_centroid_alone(implementation):
     logits = np.full((3, 6), -1.0, np.float32)
     logits[1, 0:5] = [5.0, np.inf, 1.0, np.inf, 9.0]
@@ -541,6 +553,22 @@ def test_filter_as_plain_values_and_one_line():
     assert authors.describe() == "size_min 5, size_max 100, ratio_min 0.2, ratio_max 5 (strict)"
     assert TargetFilter(size_max=7.5, inclusive=True).describe() == "size_max 7.5 (inclusive)"
     assert TargetFilter(inclusive=True).describe() == "none"
+
+
+def test_filter_bounds_become_plain_numbers_that_the_c_labeller_compares_alike():
+    numpy_bounds = TargetFilter(size_min=np.int64(5), ratio_max=np.float32(2.5), inclusive=np.bool_(True))
+    plain = numpy_bounds.to_dict()
+    assert json.loads(json.dumps(plain)) == {"size_min": 5, "size_max": None, "ratio_min": None, "ratio_max": 2.5,
+                                             "inclusive": True}
+    assert [type(v) for v in plain.values()] == [int, type(None), type(None), float, bool]
+    # aspect ratios 5, 0.2, 1 and 1: a Fraction bound of exactly 1/5 is its float, 0.2 > 1/5, in every labeller
+    logits = np.full((12, 12), -1.0, np.float32)
+    logits[0, 0:5] = logits[2:7, 7] = logits[8, 0] = logits[10:12, 10:12] = 1.0
+    fraction = TargetFilter(ratio_min=Fraction(1, 5))
+    assert fraction.ratio_min == 0.2
+    kept = [label_targets(logits, target_filter=fraction, implementation=name).label.tolist()
+            for name in available_implementations()] + [fraction(label_targets(logits)).label.tolist()]
+    assert kept == [[1, 3, 4]] * len(kept)
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -74,6 +74,9 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     at_peak = values == peak[label]
     _, first_at_peak = np.unique(label[at_peak], return_index=True)
     peak_pixel = pixels[at_peak][first_at_peak]
+    # The peak is the first pixel at the maximum, value included: -0.0 and 0.0 compare equal, and np.maximum keeps
+    # whichever came last, where the C labeller (a strict >) keeps the first.
+    peak_value = values[at_peak][first_at_peak]
 
     column["label"][:] = np.arange(1, count)
     column["size"][:] = size
@@ -88,7 +91,7 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     column["x_max"][:] = left + width - 1
     column["y_max"][:] = top + height - 1
     column["aspect_ratio"][:] = width / height
-    column["peak_logit"][:] = peak[1:]
+    column["peak_logit"][:] = peak_value
     column["peak_y"][:], column["peak_x"][:] = np.divmod(peak_pixel, logits.shape[1])
     column["mean_logit"][:] = per_target(values) / size
     if target_filter is not None:

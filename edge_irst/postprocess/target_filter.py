@@ -34,7 +34,13 @@ class TargetFilter:
 
     def __post_init__(self):
         for name in ("size_min", "size_max", "ratio_min", "ratio_max"):
-            _check_bound(name, getattr(self, name), positive=name.startswith("ratio"))
+            value = getattr(self, name)
+            _check_bound(name, value, positive=name.startswith("ratio"))
+            if value is not None:
+                # Plain Python numbers from here on: a numpy scalar would not go into a JSON record, and a
+                # Fraction compares exactly in numpy but as its float in the C labeller, which would then keep
+                # other targets than __call__ does.
+                object.__setattr__(self, name, int(value) if isinstance(value, numbers.Integral) else float(value))
         for low, high in (("size_min", "size_max"), ("ratio_min", "ratio_max")):
             low_value, high_value = getattr(self, low), getattr(self, high)
             if low_value is not None and high_value is not None and low_value > high_value:
@@ -42,6 +48,7 @@ class TargetFilter:
                                  f"expected {low} <= {high}")
         if not isinstance(self.inclusive, (bool, np.bool_)):
             raise InputError(f"TargetFilter.inclusive = {self.inclusive!r}; expected True (<=) or False (<)")
+        object.__setattr__(self, "inclusive", bool(self.inclusive))
         # (column, comparison, bound) per bound that is set, built once: keep() runs on every frame.
         above = np.greater_equal if self.inclusive else np.greater
         below = np.less_equal if self.inclusive else np.less
