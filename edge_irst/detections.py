@@ -174,6 +174,11 @@ class Detections:
                             _read_only(np.concatenate([part._reals for part in parts], axis=1)),
                             first._metadata())
 
+    def __reduce__(self):
+        """Pickles the two blocks and the metadata only: the cached column views would come back as copies of their
+        own, and every array writable, so the restored object is rebuilt read-only through from_blocks()."""
+        return _from_pickle, (self._ints, self._reals, self._metadata())
+
     # -- sequence behaviour ------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._ints.shape[1]
@@ -275,6 +280,10 @@ class Detections:
 
     def _metadata(self) -> dict:
         return {"frame_index": self.frame_index, "timestamp": self.timestamp, "frame_shape": self.frame_shape}
+
+
+def _from_pickle(ints: np.ndarray, reals: np.ndarray, metadata: dict) -> Detections:
+    return Detections.from_blocks(_read_only(ints), _read_only(reals), **metadata)
 
 
 def _checked_column(name: str, value, dtype: np.dtype) -> np.ndarray:

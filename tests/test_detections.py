@@ -214,7 +214,12 @@ def test_scaled_rejects_bad_geometry(detections, arguments):
 def test_replace_and_pickle_round_trip(detections):
     renumbered = dataclasses.replace(detections, frame_index=9)
     assert renumbered.frame_index == 9 and np.array_equal(renumbered.x, detections.x)
+    detections.x  # a cached column view must not come back as a separate, writable copy
     restored = pickle.loads(pickle.dumps(detections))
+    assert restored._metadata() == detections._metadata()
     for name in COLUMNS:
-        assert np.array_equal(getattr(restored, name), getattr(detections, name))
+        column = getattr(restored, name)
+        assert np.array_equal(column, getattr(detections, name)) and not column.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            column[:1] = 0
     assert restored[restored.size > 1].label.tolist() == [1, 2]
