@@ -397,6 +397,27 @@ def test_mnocoap_rewards_detections_at_the_target_and_needs_the_images():
         m.update(label, label)
 
 
+@pytest.mark.parametrize("metric_class", [BoxAP, NoCoAP])
+def test_component_metrics_follow_the_connectivity_and_comparison_asked_and_declare_them(metric_class):
+    label = np.zeros((16, 16), bool)
+    label[3, 3] = label[4, 4] = True  # one target 8-connected, two 4-connected
+    image = np.where(label, 200, 20).astype(np.uint8)
+    prediction = np.where(label, 0.5, 0.0)  # exactly at the operating point: only >= (stdeval) keeps it
+    found = {}
+    for options in ({}, {"connectivity": 4}, {"compat": "stdeval"}):
+        metric = metric_class(**options)
+        metric.update(label, prediction, image) if metric_class is NoCoAP else metric.update(label, prediction)
+        result = metric.get()
+        found[tuple(options.values())] = (result.targets, result.detections, result.conventions["components"],
+                                          result.conventions["threshold"])
+    assert found == {(): (1, 0, "8-connected (labels and predictions alike)", "components of probability > 0.5"),
+                     (4,): (2, 0, "4-connected (labels and predictions alike)", "components of probability > 0.5"),
+                     ("stdeval",): (1, 1, "8-connected (labels and predictions alike)",
+                                    "components of probability >= 0.5")}
+    assert "components of probability >= 0.5, 8-connected" in result.table()
+    assert json.loads(json.dumps(result.to_dict()))["conventions"]["compat"] == "stdeval"
+
+
 # ---- the dataset loop and `edge-irst eval` -----------------------------------------------------------------------
 @pytest.fixture()
 def dataset_dir(tmp_path):
@@ -459,7 +480,44 @@ def test_eval_cli_prints_the_table_and_writes_json(dataset_dir, capsys):
     doc = json.loads(out.read_text())
     assert doc["results"]["irstd"]["summary"]["pd"] == 1.0
     assert doc["results"]["irstd"]["conventions"]["matching"] == "hungarian"
+    # the component metrics take the IRSTD metrics' connectivity and declare it
+    assert main(["eval", "--data", str(dataset_dir), "--preds", str(dataset_dir / "preds"), "--logits",
+                 "--connectivity", "4", "--box-map", "--json", str(out), "--no-progress"]) == 0
+    box_map = json.loads(out.read_text())["results"]["box_map"]
+    assert box_map["conventions"]["components"].startswith("4-connected")
     assert doc["size_mismatches"][0]["action"] == "resized"
+
+
+def test_a_folder_of_8_bit_maps_is_read_one_way_for_every_map(tmp_path, capsys):
+    # Two frames of 8-bit probability maps: one with a target (levels up to 250), one empty but for faint noise at
+    # level 1 (p = 1/255). Read map by map, the second would be a 0/1 mask whose noise pixels are all targets.
+    for folder in ("images", "masks", "preds"):
+        (tmp_path / folder).mkdir()
+    noise = np.zeros((16, 16), np.uint8)
+    noise[::3, ::5] = 1
+    target = np.zeros((16, 16), np.uint8)
+    target[4:6, 4:6] = 250
+    for stem, pred in (("hit", target), ("quiet", noise)):
+        mask = (pred > 128).astype(np.uint8) * 255
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), mask)
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), mask)
+        cv2.imwrite(str(tmp_path / "preds" / f"{stem}.png"), pred)
+    from edge_irst.datasets import IrstdDataset
+
+    predict = prediction_folder(tmp_path / "preds")
+    assert predict.reading == "probabilities"
+    pixel = evaluate(IrstdDataset(tmp_path), predict, progress=False).results["irstd"].pixel
+    assert (pixel.tp, pixel.fp) == (4, 0)
+    # the same maps declared masks are refused (a level above 1), and a folder of 0/1 masks reads as masks
+    with pytest.raises(InputError, match="declared a 0/1 mask, but it reaches 250"):
+        evaluate(IrstdDataset(tmp_path), prediction_folder(tmp_path / "preds", maps="mask"), progress=False)
+    cv2.imwrite(str(tmp_path / "preds" / "hit.png"), (target > 0).astype(np.uint8))
+    assert prediction_folder(tmp_path / "preds").reading == "mask"
+    assert main(["eval", "--data", str(tmp_path), "--preds", str(tmp_path / "preds"), "--pred-maps",
+                 "probabilities", "--no-progress"]) == 0
+    assert "read as probability levels (/255, 16-bit /65535) (--pred-maps)" in capsys.readouterr().out
+    with pytest.raises(InputError, match="prediction maps 'masks'"):
+        prediction_folder(tmp_path / "preds", maps="masks")
 
 
 def test_eval_cli_usage_and_failures(dataset_dir, capsys):
@@ -499,5 +557,21 @@ def test_fast_threshold_ranks_equal_searchsorted_at_every_edge(side, thresholds)
     t32 = thresholds.astype(np.float32)
     edges32 = np.concatenate([t32, np.nextafter(t32, np.float32(2)), np.nextafter(t32, np.float32(-1))])
     randoms = np.random.default_rng(5).random(20000)
-    for values in (np.clip(edges64, 0, 1), np.clip(edges32, 0, 1), randoms, randoms.astype(np.float32)):
+    infinite = [np.array([np.inf, -np.inf, 0.5, np.finfo(t).max, -np.finfo(t).max], t) for t in (np.float64, np.float32)]
+    for values in (np.clip(edges64, 0, 1), np.clip(edges32, 0, 1), randoms, randoms.astype(np.float32), *infinite):
         assert np.array_equal(_rank(thresholds, values, side), np.searchsorted(thresholds, values, side=side))
+
+
+def test_infinite_logits_count_above_every_threshold():
+    # logit-domain thresholds evenly spaced (sigmoid of -1, 0, 1), the case that takes _rank's arithmetic guess
+    thresholds = 1 / (1 + np.exp(-np.linspace(-1, 1, 3)))
+    label = np.zeros((8, 8), np.uint8)
+    label[2:4, 2:4] = 1
+    tpr = {}
+    for peak in (np.inf, 50.0):
+        logits = np.full((8, 8), -10.0, np.float32)
+        logits[2:4, 2:4] = peak
+        pixel = PixelMetrics(thresholds=thresholds)
+        pixel.update(label, logits, logits=True)
+        tpr[peak] = pixel.get().roc_tpr.tolist()
+    assert tpr[np.inf] == tpr[50.0] and tpr[50.0][1:] == [1.0] * (len(tpr[50.0]) - 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_irst.cli import THREADS_HELP, runtime_threads
 from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
+from edge_irst.metrics.evaluate import MAP_READINGS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preds.add_argument("--preds", metavar="DIR",
                        help="saved maps <stem>.npy (float) or <stem>.png (8/16-bit probabilities or 0/1 masks)")
     preds.add_argument("--logits", action="store_true", help=".npy maps hold logits (threshold logit > 0)")
+    preds.add_argument("--pred-maps", choices=MAP_READINGS, default="auto",
+                       help="integer maps (PNG...) are probability levels (/255, 16-bit /65535) or 0/1 masks, one "
+                            "reading for the whole folder; auto: masks if no map exceeds 1 (default: %(default)s)")
     preds.add_argument("--resize-labels", action="store_true",
                        help="resize a label to its prediction's size (centre-aligned nearest), e.g. for maps saved "
                             "at 256x256 (the authors' protocol)")
@@ -78,25 +82,34 @@ def run(args) -> int:
     distances = sorted({float(d) for d in range(1, 11)} | {args.distance})
     metrics = [IrstdMetrics(compat=compat, matching=args.matching, gate=args.gate, threshold=args.threshold,
                             connectivity=args.connectivity, distances=distances, report_distance=args.distance)]
+    # the component metrics find components as the IRSTD ones do (connectivity, and the comparison of --compat)
+    components = {"threshold": args.threshold, "compat": compat, "connectivity": args.connectivity}
     if args.box_map:
-        metrics.append(BoxAP(threshold=args.threshold))
+        metrics.append(BoxAP(**components))
     if args.nocoap:
-        metrics.append(NoCoAP(threshold=args.threshold))
+        metrics.append(NoCoAP(**components))
     dataset = IrstdDataset(args.data, args.split, images=args.images, masks=args.masks)
     if args.preds is not None:
-        predict, resize_labels, source = prediction_folder(args.preds, logits=args.logits), args.resize_labels, \
-            str(args.preds)
+        predict = prediction_folder(args.preds, logits=args.logits, maps=args.pred_maps)
+        resize_labels, source = args.resize_labels, str(args.preds)
+        why = ("--pred-maps" if args.pred_maps != "auto" else
+               "auto: no map exceeds 1" if predict.reading == "mask" else "auto: a map exceeds 1")
+        maps_read = f"integer maps of {source} read as {_READINGS[predict.reading]} ({why})"
     else:
         predict, source = _model_predictions(args)
         resize_labels = True  # resize policy: the label goes to the model's grid (the authors' protocol)
+        maps_read = None
     log.info("evaluating %d samples of %s against %s", len(dataset), args.data or args.images, source)
     report = evaluate(dataset, predict, metrics, resize_labels=resize_labels, with_images=args.nocoap,
                       progress=False if args.no_progress else None)
     print(report.table(per_distance=args.per_distance))
+    if maps_read:
+        print(maps_read)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"data": str(args.data or args.images), "split": args.split, "predictions": source,
+               "prediction_maps": maps_read,
                "logits": args.logits or args.preds is None, "policy": None if args.preds else args.policy,
                **report.to_dict()}
         path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -107,6 +120,9 @@ def run(args) -> int:
         for path in save_plots(report.results[IrstdMetrics.name], args.plots):
             log.info("wrote %s", path)
     return 0
+
+
+_READINGS = {"mask": "0/1 masks", "probabilities": "probability levels (/255, 16-bit /65535)"}
 
 
 def _model_predictions(args):

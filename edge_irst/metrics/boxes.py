@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError
 from .base import Metric, jsonable
 from .components import box_iou, find_components
-from .conventions import make_conventions
+from .conventions import component_conventions, make_conventions
 from .inputs import Frame
 
 COCO_IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
@@ -42,26 +42,30 @@ class BoxAPResult:
     map_75: float
     mar: float  # mean recall at max_detections over iou_thresholds (COCO's AR@max_detections)
     max_detections: int
+    conventions: dict  # how components were found and scored (conventions.component_conventions)
 
     def table(self) -> str:
         return (f"box mAP (COCO, single class, max {self.max_detections} dets): mAP@.50:.95 {self.map:.4f}  "
                 f"mAP@.50 {self.map_50:.4f}  mAP@.75 {self.map_75:.4f}  mAR {self.mar:.4f}  "
-                f"({self.detections} detections, {self.targets} targets)")
+                f"({self.detections} detections, {self.targets} targets; {self.conventions['threshold']}, "
+                f"{self.conventions['components']})")
 
     def to_dict(self) -> dict:
         return {k: jsonable(v) for k, v in self.__dict__.items()}
 
 
 class BoxAP(Metric):
-    """COCO box mAP. update(labels, preds) boxes the components (8-connected, prediction thresholded at the
-    operating point, score = peak probability); update_boxes() takes boxes directly."""
+    """COCO box mAP. update(labels, preds) boxes the components (8-connected unless `connectivity` or `compat`
+    says otherwise, prediction thresholded at the operating point with the comparison of `compat`, score = peak
+    probability); update_boxes() takes boxes directly."""
 
     name = "box_map"
 
-    def __init__(self, *, threshold: Optional[float] = None, iou_thresholds=COCO_IOU_THRESHOLDS,
-                 max_detections: int = 100, workers: Optional[int] = None):
+    def __init__(self, *, threshold: Optional[float] = None, compat: Optional[str] = None,
+                 connectivity: Optional[int] = None, iou_thresholds=COCO_IOU_THRESHOLDS, max_detections: int = 100,
+                 workers: Optional[int] = None):
         super().__init__(workers)
-        self.conventions = make_conventions(None, threshold=threshold)
+        self.conventions = make_conventions(compat, threshold=threshold, connectivity=connectivity)
         self.iou_thresholds = np.asarray(iou_thresholds, dtype=np.float64).ravel()
         if self.iou_thresholds.size == 0 or self.iou_thresholds.min() <= 0 or self.iou_thresholds.max() > 1:
             raise InputError(f"iou_thresholds must lie in (0, 1], got {iou_thresholds!r}")
@@ -90,8 +94,9 @@ class BoxAP(Metric):
             self._accumulate(_ImageBoxes(gt, pred, score))
 
     def _measure(self, frame: Frame) -> _ImageBoxes:
-        gt = find_components(frame.label)
-        pred = find_components(frame.above(self.conventions.threshold, self.conventions.target_inclusive))
+        conv = self.conventions
+        gt = find_components(frame.label, conv.connectivity)
+        pred = find_components(frame.above(conv.threshold, conv.target_inclusive), conv.connectivity)
         fg = np.flatnonzero(pred.labels)
         peaks = np.zeros(pred.count + 1)
         np.maximum.at(peaks, pred.labels.ravel()[fg], frame.probabilities(fg))
@@ -142,4 +147,5 @@ class BoxAP(Metric):
 
         return BoxAPResult(self._images, self._targets, int(scores.size), self.iou_thresholds.copy(), ap, recall,
                            float(ap[valid].mean()) if valid.any() else -1.0, at(0.5), at(0.75),
-                           float(recall[valid].mean()) if valid.any() else -1.0, self.max_detections)
+                           float(recall[valid].mean()) if valid.any() else -1.0, self.max_detections,
+                           component_conventions(self.conventions))

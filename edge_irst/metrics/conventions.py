@@ -86,8 +86,9 @@ class Conventions:
             "compat": self.compat,
             "threshold": (f"pixel: probability {self.pixel_comparison} {t:g}; target: probability "
                           f"{self.target_comparison} {t:g}; on logits the same point is logit "
-                          f"{self.target_comparison} {logit_t:g} (no sigmoid rounding); 8-bit maps are /255, "
-                          f"integer maps whose maximum is <= 1 are 0/1 masks"),
+                          f"{self.target_comparison} {logit_t:g} (no sigmoid rounding); integer maps are levels /255 "
+                          f"(16-bit /65535) or 0/1 masks as declared, one reading per prediction folder; "
+                          f"undeclared, a map whose maximum is <= 1 is a mask"),
             "labels": "any non-zero label pixel is target",
             "components": f"{self.connectivity}-connected, numbered in raster order of their first pixel",
             "centroid": f"unweighted mean (row, col) of a component's pixels, {self.centroid_dtype}",
@@ -126,6 +127,14 @@ _PRESETS = {
                            centroid_dtype="float32", pd_fa_roc_start=(0.0, 1.0), pixel_roc_end_points=False),
     "dnanet": Conventions(compat="dnanet", matching="greedy", fa_rule="dnanet-area-dedup"),
 }
+
+
+def component_conventions(conv: Conventions) -> dict:
+    """The conventions of the metrics that score predicted components (box mAP, mNoCoAP): how they are found."""
+    return {"compat": conv.compat,
+            "threshold": f"components of probability {conv.target_comparison} {conv.threshold:g}",
+            "components": f"{conv.connectivity}-connected (labels and predictions alike)",
+            "score": "a predicted component's peak probability"}
 
 
 def make_conventions(compat: Optional[str] = None, *, matching: Optional[str] = None, gate: Optional[str] = None,

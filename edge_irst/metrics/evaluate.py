@@ -34,14 +34,15 @@ class EvalItem:
     label: HxW (or HxWxC) label, any non-zero pixel is target.
     prediction: HxW map at the label's resolution (see `resize_labels`): probabilities in [0, 1], 8-bit /
         16-bit probability images, 0/1 masks, or logits.
-    kind: "probabilities" or "mask" (read from the dtype either way), or "logits".
+    kind: "logits", "probabilities" or "mask" as declared (an integer map declared "probabilities" is read as
+        levels even where its maximum is 1), or None: read from the map (edge_irst.metrics.inputs).
     image: optional HxW grey or HxWx3 BGR frame, for metrics that look at intensities (mNoCoAP).
     """
 
     stem: str
     label: np.ndarray
     prediction: np.ndarray
-    kind: str = "probabilities"
+    kind: Optional[str] = None
     image: Optional[np.ndarray] = None
 
 
@@ -149,10 +150,20 @@ def dataset_items(dataset, predict_fn: PredictFn, with_images: bool = False) -> 
         yield EvalItem(sample.stem, mask, prediction, kind, image if with_images else None)
 
 
-def prediction_folder(folder, logits: bool = False) -> PredictFn:
+MAP_READINGS = ("auto", "probabilities", "mask")
+
+
+def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> PredictFn:
     """predict_fn reading saved maps `<folder>/<stem>.npy` (float probabilities, or logits with logits=True) or
-    `<stem>.png|bmp|tif` (8/16-bit probability images or masks; never logits)."""
+    `<stem>.png|bmp|tif` (8/16-bit probability images or 0/1 masks; never logits).
+
+    maps: how the folder's integer maps are read, one way for all of them: "probabilities" (levels / 255, or /
+    65535 for 16-bit), "mask" (0/1), or "auto": masks if every integer map in the folder stays <= 1, else
+    probabilities (found by reading each map once up front). The folder's reading is the predict_fn's `reading`.
+    """
     folder = Path(folder)
+    if maps not in MAP_READINGS:
+        raise InputError(f"prediction maps {maps!r}: expected one of {', '.join(MAP_READINGS)}")
     if not folder.is_dir():
         raise InputError(f"prediction folder not found: {folder}")
     priority = {suffix: rank for rank, suffix in enumerate(PREDICTION_SUFFIXES)}
@@ -162,6 +173,12 @@ def prediction_folder(folder, logits: bool = False) -> PredictFn:
             index.setdefault(path.stem, path)  # a stem saved twice: .npy (full precision) wins over images
     if not index:
         raise InputError(f"no prediction maps ({', '.join(PREDICTION_SUFFIXES)}) in {folder}")
+    reading = maps
+    if maps == "auto":
+        # Decided for the folder, not map by map: an 8-bit probability map whose highest level is 1 (a frame with
+        # nothing in it but faint noise) would read as a mask, its level-1 pixels as targets.
+        highest = max((_integer_maximum(path) for path in index.values()), default=-1)
+        reading = "mask" if 0 <= highest <= 1 else "probabilities"
 
     def predict(sample, image) -> tuple:
         path = index.get(sample.stem)
@@ -169,14 +186,29 @@ def prediction_folder(folder, logits: bool = False) -> PredictFn:
             raise InputError(f"no prediction for {sample.stem!r} in {folder} (expected {sample.stem}.npy or "
                              f"{sample.stem}.png; {len(index)} maps there)")
         is_logit_map = logits and path.suffix.lower() == ".npy"
-        return read_map(path), "logits" if is_logit_map else "probabilities"
+        return read_map(path), "logits" if is_logit_map else reading
 
+    predict.reading = reading
     return predict
 
 
+def _integer_maximum(path: Path) -> int:
+    """The largest value of an integer map file, or -1 for a float (or bool) map."""
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path} as a numpy array (.npy without pickles): {exc}") from exc
+    else:
+        array = read_map(path)
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return -1
+    return int(array.max())
+
+
 def _frame(item: EvalItem, resize_labels: bool, resized: list) -> Frame:
-    if item.kind not in KINDS:
-        raise InputError(f"{item.stem}: prediction kind {item.kind!r} not supported; expected one of "
+    if item.kind is not None and item.kind not in KINDS:
+        raise InputError(f"{item.stem}: prediction kind {item.kind!r} not supported; expected None or one of "
                          f"{', '.join(KINDS)}")
     label, image = item.label, item.image
     prediction = single_map(item.prediction, f"{item.stem}: prediction")
@@ -195,6 +227,6 @@ def _frame(item: EvalItem, resize_labels: bool, resized: list) -> Frame:
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         resized.append(item.stem)
     try:
-        return make_frame(label, prediction, "logits" if item.kind == "logits" else None, image)
+        return make_frame(label, prediction, item.kind, image)
     except InputError as exc:
         raise InputError(f"{item.stem}: {exc}") from exc

@@ -12,8 +12,12 @@ Label pixels: any non-zero value is target. Channels: a label pixel is target if
 prediction's channels must be identical (a grey map saved as colour); a 4th (alpha) channel is dropped.
 
 Prediction maps:
-- bool, or integer maps whose maximum is <= 1: 0/1 masks (kind "mask");
-- uint8: 8-bit probabilities, value / 255; uint16: value / 65535; other integer types: / 255 when <= 255;
+- bool: 0/1 masks (kind "mask");
+- integer maps: declared kind "mask" = 0/1 masks, declared "probabilities" = probability levels: uint8 / 255,
+  uint16 / 65535, other integer types / 255 (refused above 255). Undeclared (kind None), a map whose maximum is <= 1
+  is a mask, any other a probability image. That reading is per map, and an 8-bit probability map whose highest
+  level is 1 would become a mask: a folder of maps is therefore read one way for all its maps
+  (evaluate.prediction_folder);
 - floating point: probabilities in [0, 1], or logits with `logits=True` (kind "logits"). Floats outside [0, 1]
   without `logits=True` are refused rather than guessed.
 """
@@ -108,7 +112,10 @@ def _rank(thresholds: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
             or not np.array_equal(thresholds, np.linspace(thresholds[0], thresholds[-1], n))):
         return np.searchsorted(thresholds, values, side=side)
     step = (thresholds[-1] - thresholds[0]) / (n - 1)
-    guess = np.floor((values - thresholds[0]) * (1.0 / step)).astype(np.int64) + 1
+    with np.errstate(invalid="ignore", over="ignore"):
+        offset = np.floor((values - thresholds[0]) * (1.0 / step))
+    # Clipped before the cast: a logit map may hold +-inf, and casting inf to int64 wraps round to its minimum.
+    guess = np.clip(offset, -1, n, out=offset).astype(np.int64) + 1
     np.clip(guess, 0, n, out=guess)
     below, at = thresholds[np.maximum(guess - 1, 0)], thresholds[np.minimum(guess, n - 1)]
     if side == "left":  # rank = #(thresholds < value)
@@ -140,7 +147,8 @@ def frames_from(labels, preds, *, layout=None, logits: bool = False, images=None
 
 def make_frame(label: np.ndarray, pred: np.ndarray, kind: Optional[str] = None,
                image: Optional[np.ndarray] = None) -> Frame:
-    """One HxW (or HxWxC) label and prediction -> Frame. kind None/"probabilities"/"mask": read from the dtype."""
+    """One HxW (or HxWxC) label and prediction -> Frame. kind: "logits", "probabilities" or "mask" as declared by
+    the caller, or None: read from the map (module docstring)."""
     if kind is not None and kind not in KINDS:
         raise InputError(f"prediction kind {kind!r} not supported: expected one of {', '.join(KINDS)}")
     label = single_map(label, "label")
@@ -151,7 +159,7 @@ def make_frame(label: np.ndarray, pred: np.ndarray, kind: Optional[str] = None,
         raise InputError(f"label shape {label.shape} differs from prediction shape {pred.shape}: predictions must "
                          f"be at the label's resolution (resize the map, or the label with nearest-neighbour)")
     label_mask = np.ascontiguousarray(label != 0)
-    score, scale, kind = _score_map(pred, kind == "logits")
+    score, scale, kind = _score_map(pred, kind)
     if image is not None:
         image = _grey_image(image, label.shape)
     return Frame(label_mask, score, kind, scale, image)
@@ -256,7 +264,9 @@ def _reduce_channels(array: np.ndarray, what: str) -> np.ndarray:
     return first
 
 
-def _score_map(pred: np.ndarray, logits: bool) -> tuple[np.ndarray, float, str]:
+def _score_map(pred: np.ndarray, kind: Optional[str]) -> tuple[np.ndarray, float, str]:
+    """(score, scale, kind) of a prediction map; `kind` as declared (None: read from the map)."""
+    logits = kind == "logits"
     if pred.size == 0:
         raise InputError(f"prediction map is empty (shape {pred.shape})")
     if pred.dtype == np.bool_:
@@ -268,7 +278,10 @@ def _score_map(pred: np.ndarray, logits: bool) -> tuple[np.ndarray, float, str]:
         if low < 0:
             raise InputError(f"integer prediction map has negative values (min {low}); expected 0/1 masks, 8-bit or "
                              f"16-bit probability images")
-        if high <= 1:
+        if kind == "mask" and high > 1:
+            raise InputError(f"prediction map declared a 0/1 mask, but it reaches {high}: a probability image? "
+                             f"(declare it 'probabilities')")
+        if high <= 1 and kind != "probabilities":
             return np.ascontiguousarray(pred, dtype=np.uint8), 1.0, "mask"
         if pred.dtype == np.uint16:
             return np.ascontiguousarray(pred), 65535.0, "probabilities"

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from .base import Metric, jsonable
 from .components import Components, find_components
-from .conventions import make_conventions
+from .conventions import component_conventions, make_conventions
 from .inputs import Frame, frames_from
 
 NOCO_THRESHOLDS = np.round(np.linspace(0.1, 0.9, 9), 2)
@@ -43,10 +43,12 @@ class NoCoAPResult:
     noco_thresholds: np.ndarray
     ap: np.ndarray  # (T,)
     mnocoap: float
+    conventions: dict  # how components were found and scored (conventions.component_conventions)
 
     def table(self) -> str:
         return (f"mNoCoAP {self.mnocoap:.4f} (NoCo thresholds {self.noco_thresholds[0]:g}..{self.noco_thresholds[-1]:g}"
-                f", {self.detections} peak detections, {self.targets} targets)")
+                f", {self.detections} peak detections, {self.targets} targets; {self.conventions['threshold']}, "
+                f"{self.conventions['components']})")
 
     def to_dict(self) -> dict:
         return {k: jsonable(v) for k, v in self.__dict__.items()}
@@ -87,10 +89,10 @@ class NoCoAP(Metric):
 
     name = "mnocoap"
 
-    def __init__(self, *, threshold: Optional[float] = None, noco_thresholds=NOCO_THRESHOLDS,
-                 workers: Optional[int] = None):
+    def __init__(self, *, threshold: Optional[float] = None, compat: Optional[str] = None,
+                 connectivity: Optional[int] = None, noco_thresholds=NOCO_THRESHOLDS, workers: Optional[int] = None):
         super().__init__(workers)
-        self.conventions = make_conventions(None, threshold=threshold)
+        self.conventions = make_conventions(compat, threshold=threshold, connectivity=connectivity)
         self.noco_thresholds = np.asarray(noco_thresholds, dtype=np.float64).ravel()
         if self.noco_thresholds.size == 0:
             raise InputError("noco_thresholds is empty")
@@ -108,8 +110,9 @@ class NoCoAP(Metric):
         if frame.image is None:
             raise InputError("NoCoAP needs each frame's image (update(labels, preds, images); in evaluate(): "
                              "with_images=True)")
-        gt = find_components(frame.label)
-        pred = find_components(frame.above(self.conventions.threshold, self.conventions.target_inclusive))
+        conv = self.conventions
+        gt = find_components(frame.label, conv.connectivity)
+        pred = find_components(frame.above(conv.threshold, conv.target_inclusive), conv.connectivity)
         fg = np.flatnonzero(pred.labels)
         ids, probs = pred.labels.ravel()[fg] - 1, frame.probabilities(fg)
         scores = np.full(pred.count, -np.inf)
@@ -145,4 +148,4 @@ class NoCoAP(Metric):
         ap = np.array([_voc_area_ap(tp[t, order], targets) if targets else 0.0
                        for t in range(self.noco_thresholds.size)])
         return NoCoAPResult(len(self._records), targets, int(scores.size), self.noco_thresholds.copy(), ap,
-                            float(ap.mean()))
+                            float(ap.mean()), component_conventions(self.conventions))
