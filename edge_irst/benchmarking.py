@@ -23,7 +23,11 @@ Method (in the spirit of benchncnn, onnxruntime_perf_test and TFLite's benchmark
 - rounds > 1 interleaves: round r runs every configuration once (in interleaved(configs, r)'s order) with 1/rounds of
   the runs and time, so drift in the machine's other load hits all rows alike; samples of all rounds are pooled.
 - the pipeline stage (optional) runs `Detector.stream()` on the synthetic source at the same size, policy and
-  threads, and reports per-stage medians (decode, preprocess, inference, postprocess) and end-to-end FPS.
+  threads, and reports per-stage medians (decode, preprocess, inference, postprocess), end-to-end FPS, and
+  whether the Detector used its reader thread (it runs in line where the runtime's threads leave no CPU free).
+- peak RSS: the row's is read before the pipeline stage loads the model a second time (load, first inference and
+  the inference stage); the pipeline stage's own is read after resetting the high-water mark (Linux >= 4.0:
+  /proc/self/clear_refs), or, where that is not possible, is the whole process's and says so.
 
 Nothing here imports torch or a runtime in the parent process; the workers import only the one they measure.
 """
@@ -366,6 +370,17 @@ def _peak_rss_mb() -> Optional[float]:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
 
 
+def _reset_peak_rss() -> Optional[str]:
+    """Restart the peak-RSS count of this process from its current RSS (writing "5" to /proc/self/clear_refs, see
+    proc(5)), so that the next _peak_rss_mb() covers only what ran since. None when done, else why it was not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError as exc:  # not Linux, a kernel before 4.0, or a sandbox that forbids it
+        return f"the high-water mark cannot be reset here: {type(exc).__name__}: {exc}"
+    return None
+
+
 def _runtime_version(module) -> Optional[str]:
     version = getattr(module, "__version__", None)
     if version is None and callable(getattr(module, "version", None)):  # MNN
@@ -450,13 +465,14 @@ def measure(config: Config, warmup: int, min_runs: int, min_time_s: float) -> di
             loop = _timed_loop(lambda: backend.run(batch), min_runs, min_time_s)
             result["stages"]["inference"] = loop
         result["options_in_effect"] = backend.options_in_effect()
+        # Read now: the pipeline stage's Detector loads a second copy of the model, which is not this backend's.
+        result["peak_rss_mb"] = _peak_rss_mb()
     finally:
         backend.close()
 
     if "pipeline" in config.stages:
         result["stages"]["pipeline"] = _pipeline_stage(config, result["policy"]["policy"], frame_hw, warmup,
                                                        min_runs, min_time_s)
-    result["peak_rss_mb"] = _peak_rss_mb()
     return result
 
 
@@ -470,6 +486,7 @@ def _pipeline_stage(config: Config, policy: str, frame_hw: tuple, warmup: int, m
         return {"skipped": f"Detector takes no precision= / {', '.join(unsupported) or 'option'} argument; the "
                            f"pipeline stage runs at runtime defaults only"}
     source = f"synthetic:{frame_hw[1]}x{frame_hw[0]},targets=5,frames=0,seed=0"
+    not_reset = _reset_peak_rss()
     detector = Detector(config.model, config.backend, threads=config.threads, policy=policy, warmup=0,
                         artifact_precision=config.artifact_precision,
                         **{k: v for k, v in config.options.items() if k in ("device", "delegate", "fallback")})
@@ -494,7 +511,10 @@ def _pipeline_stage(config: Config, policy: str, frame_hw: tuple, warmup: int, m
         detector.close()
     return {"source": source, "frames": len(frames), "wall_s": wall, "cpu_s": cpu, "threads": threads,
             "stage_ms": {name: [getattr(t, name) for t in frames]
-                         for name in ("decode", "preprocess", "inference", "postprocess", "latency")}}
+                         for name in ("decode", "preprocess", "inference", "postprocess", "latency")},
+            # a synthetic source is not live, so stream() uses its reader thread exactly when prefetch > 0
+            "prefetch": detector.prefetch, "reader_thread": detector.prefetch > 0,
+            "peak_rss_mb": _peak_rss_mb(), "peak_rss_not_reset": not_reset}
 
 
 def _artifact_bytes(path: Path) -> int:
@@ -583,6 +603,7 @@ def _pool(config: Config, rounds: list[dict], load: list) -> dict:
             frames = sum(s["frames"] for s in stages)
             wall = sum(s["wall_s"] for s in stages)
             pooled = {name: [v for s in stages for v in s["stage_ms"][name]] for name in stages[0]["stage_ms"]}
+            not_reset = next((s["peak_rss_not_reset"] for s in stages if s["peak_rss_not_reset"]), None)
             row["pipeline"] = {
                 "source": stages[0]["source"], "frames": frames, "wall_s": wall,
                 "fps": frames / wall if wall > 0 else None,
@@ -590,10 +611,26 @@ def _pool(config: Config, rounds: list[dict], load: list) -> dict:
                 "threads_busy": max((s["threads"]["busy"] for s in stages if s["threads"]), default=None),
                 "median_ms": {name: float(np.median(v)) for name, v in pooled.items()},
                 "p90_ms": {name: float(np.percentile(v, 90)) for name, v in pooled.items()},
-                "fps_includes": "decode (synthetic frame generation) + preprocess in a reader thread, overlapped "
-                                "with inference + postprocess in the caller: frames / wall time",
+                "prefetch": stages[0]["prefetch"], "reader_thread": stages[0]["reader_thread"],
+                "fps_includes": _pipeline_fps_includes(stages[0]["prefetch"]),
+                "peak_rss_mb": max((s["peak_rss_mb"] for s in stages if s["peak_rss_mb"] is not None), default=None),
+                "peak_rss_own": not_reset is None,
+                "peak_rss_scope": ("the pipeline stage alone: the high-water mark was reset (/proc/self/clear_refs) "
+                                   "once the row's first backend was closed, so it counts from the process's RSS then"
+                                   if not_reset is None else f"the whole worker process, load and inference stage "
+                                                             f"included ({not_reset})"),
             }
     return row
+
+
+def _pipeline_fps_includes(prefetch: int) -> str:
+    """What the pipeline stage's FPS covers, given the Detector's prefetch (0: no reader thread)."""
+    if prefetch:
+        return (f"decode (synthetic frame generation) + preprocess in a reader thread (a queue of {prefetch} frames),"
+                f" overlapped with inference + postprocess in the caller: frames / wall time")
+    return ("decode (synthetic frame generation), preprocess, inference and postprocess one after another in the "
+            "caller's thread (prefetch 0: the Detector runs in line where the runtime's threads leave no usable CPU "
+            "for a reader): frames / wall time")
 
 
 def quartiles(values: Sequence[float]) -> list:
@@ -697,17 +734,19 @@ def plan(models: Sequence[tuple[Optional[str], str]], backends: Sequence[str], t
 
     models: (label or None, path). A file pairs with the backends that read its suffix; with `explicit_backends`
     the others are listed as skipped. A model folder pairs with every backend that has an artifact of the asked
-    precision in its manifest. A backend whose runtime is not installed is skipped with the reason.
+    precision in its manifest. A backend whose runtime is not installed is skipped with the reason. A folder
+    without a readable manifest raises the loader's ModelFileError, once for the folder rather than per backend.
     Returns (configs, skipped), skipped = [{"model", "backend", "artifact_precision", "reason"}].
     """
-    from edge_irst.backends import MANIFEST, backend_class, resolve_artifact
+    # _read_manifest is the loader's own reading: a folder it refuses fails here with the same message
+    from edge_irst.backends import _read_manifest, backend_class, resolve_artifact
     from edge_irst.errors import ModelFileError
 
     configs, skipped = [], []
     for label, model in models:
         path = Path(model)
         is_folder = path.is_dir()
-        manifest = json.loads((path / MANIFEST).read_text()) if is_folder and (path / MANIFEST).is_file() else {}
+        manifest = _read_manifest(path) if is_folder else {}
         for backend in backends:
             cls = backend_class(backend)
             if not is_folder and path.suffix.lower() not in cls.suffixes:
@@ -730,8 +769,8 @@ def plan(models: Sequence[tuple[Optional[str], str]], backends: Sequence[str], t
                         reason = f"no {artifact_precision} artifact for {backend} in {path.name}"
                         if why:
                             reason += f": {why}"
-                        elif is_folder and not (path / MANIFEST).is_file():
-                            reason = str(exc)
+                        elif _has_format(manifest, cls.suffixes, artifact_precision):
+                            reason = str(exc)  # listed, yet not loadable: the resolver says why (missing file...)
                         if explicit_backends or why or _has_format(manifest, cls.suffixes):
                             skipped.append({"model": str(model), "backend": backend,
                                             "artifact_precision": artifact_precision, "reason": reason})
@@ -759,8 +798,10 @@ def _label(label: Optional[str], path: Path, artifact_precision: Optional[str], 
     return f"{path.name}:{artifact_precision}" if is_folder else path.name
 
 
-def _has_format(manifest: dict, suffixes: tuple) -> bool:
-    return any(Path(f).suffix in suffixes for e in manifest.get("artifacts", []) for f in e.get("files", []))
+def _has_format(manifest: dict, suffixes: tuple, precision: Optional[str] = None) -> bool:
+    """Whether the manifest lists a file in one of `suffixes` (at `precision`, if given)."""
+    return any(Path(f).suffix in suffixes for e in manifest.get("artifacts", [])
+               if precision is None or e.get("precision", "fp32") == precision for f in e.get("files", []))
 
 
 def _manifest_reason(manifest: dict, suffixes: tuple, precision: Optional[str]) -> Optional[str]:
@@ -931,8 +972,12 @@ def round_ratios(base: dict, row: dict) -> list[float]:
 def compare(rows: Sequence[dict], baseline: str) -> dict:
     """Speed-up of each row against the `baseline` row: baseline median / row median (> 1 = faster), for the
     inference stage, and FPS ratio row / baseline for the pipeline stage, where both rows have them; with two
-    rounds or more, also the median over the rounds of the per-round ratio (round_ratios)."""
+    rounds or more, also the median over the rounds of the per-round ratio (round_ratios). A baseline row that
+    failed has no times: InputError naming why it failed."""
     base = find_row(rows, baseline)
+    if base.get("status", "ok") != "ok":
+        raise InputError(f"--compare {baseline!r}: the row {base['name']} failed, so it has no times to compare "
+                         f"against ({base.get('reason') or 'no reason recorded'}); give a row that ran")
     ratios = {}
     for row in rows:
         entry = {}
@@ -970,11 +1015,12 @@ def text_table(rows: list[tuple], header: tuple, align: str = "") -> str:
     return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
 
 
-def threads_cell(row: dict) -> str:
-    """'req>eff busy': e.g. '4>4 b2' = 4 asked, the runtime reports 4, 2 threads were busy."""
+def threads_cell(row: dict, stage: Optional[str] = None) -> str:
+    """'req>eff busy': e.g. '4>4 b2' = 4 asked, the runtime reports 4, 2 threads were busy in the timed window of
+    `stage` (default: the inference stage, else the pipeline stage)."""
     req = "all" if row.get("threads_requested") is None else row["threads_requested"]
     eff = row.get("threads_in_effect")
-    busy = (row.get("inference") or row.get("pipeline") or {}).get("threads_busy")
+    busy = ((row.get(stage) if stage else row.get("inference") or row.get("pipeline")) or {}).get("threads_busy")
     return f"{req}>{'-' if eff is None else eff}" + ("" if busy is None else f" b{busy}")
 
 
@@ -1003,25 +1049,36 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
             table.append(cells + (_ratio_cell(comparison, r["name"], "inference_paired") if paired else ()))
         lines += ["", text_table(table, header)]
     with_pipeline = [r for r in ok if r.get("pipeline")]
+    shared_rss = False
     if with_pipeline:
-        header = ("pipeline (Detector.stream, synthetic)", "policy", "frame", "decode", "preproc", "infer",
-                  "postproc", "latency", "FPS e2e", "CPU ms/frame")
+        # rows without the inference table would otherwise show their load and first-inference times nowhere
+        cold = any(not r.get("inference") for r in with_pipeline)
+        header = ("pipeline (Detector.stream, synthetic)", "thr req>eff busy", "policy", "reader", "frame", "decode",
+                  "preproc", "infer", "postproc", "latency", "FPS e2e", "CPU ms/frame", "RSS MB")
+        header += ("load ms", "1st ms") if cold else ()
         header += _ratio_header(ratio_name, "FPS x")
         table = []
         for r in with_pipeline:
             p = r["pipeline"]
             if "skipped" in p:
-                table.append((r["name"], "skipped: " + p["skipped"]) + ("",) * (len(header) - 2))
+                table.append((r["name"], threads_cell(r, "pipeline"), "skipped: " + p["skipped"])
+                             + ("",) * (len(header) - 3))
                 continue
             m = p["median_ms"]
-            cells = (r["name"], r["policy"]["policy"], "x".join(str(v) for v in r["frame"][::-1]), _ms(m["decode"]),
-                     _ms(m["preprocess"]), _ms(m["inference"]), _ms(m["postprocess"]), _ms(m["latency"]),
-                     _ms(p["fps"], 1), _ms(p["cpu_ms_per_frame"]))
+            shared_rss = shared_rss or p.get("peak_rss_own") is False
+            cells = (r["name"], threads_cell(r, "pipeline"), r["policy"]["policy"], _reader_cell(p),
+                     "x".join(str(v) for v in r["frame"][::-1]), _ms(m["decode"]), _ms(m["preprocess"]),
+                     _ms(m["inference"]), _ms(m["postprocess"]), _ms(m["latency"]), _ms(p["fps"], 1),
+                     _ms(p["cpu_ms_per_frame"]),
+                     _ms(p.get("peak_rss_mb"), 0) + ("*" if p.get("peak_rss_own") is False else ""))
+            cells += (_ms(r["load_ms"], 1), _ms(r["first_inference_ms"], 1)) if cold else ()
             table.append(cells + _ratio_cell(comparison, r["name"], "pipeline_fps"))
-        lines += ["", "stage medians in ms; FPS end to end (reader thread overlaps decode+preprocess with inference); "
-                      "latency = capture to result, including the wait in the reader's prefetch queue, which a "
-                      "synthetic or file source keeps full (a live source runs in line, without one)",
-                  text_table(table, header, align="ll")]
+        lines += ["", "stage medians in ms; FPS end to end; reader: 'thread' = a reader thread decodes + preprocesses "
+                      "ahead into a prefetch queue, overlapped with inference; 'in line' = every stage one after "
+                      "another in one thread (the Detector's choice where the runtime's threads leave no usable CPU "
+                      "free); latency = capture to result, including on 'thread' rows the wait in the prefetch "
+                      "queue, which a synthetic or file source keeps full (a live source always runs in line)",
+                  text_table(table, header, align="lrll")]
     notes = _thread_notes(ok, doc["machine"])
     if notes:
         lines += ["", *notes]
@@ -1035,10 +1092,21 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     lines.append("")
     lines.append("thr req>eff busy: threads requested > in effect as the runtime reports them (TFLite cannot: it "
                  "echoes the request) ; b = threads of the process busy >= 10% of the timed window")
+    if with_pipeline:
+        lines.append("RSS MB: peak resident memory; inference: load, first inference and timed runs; pipeline: the "
+                     "stage's own" + (" (* = of the whole process, earlier stages included: its peak could not be "
+                                      "reset)" if shared_rss else ""))
     if paired:
         lines.append("paired x: median over the rounds of the baseline's round median / the row's (drift in the "
                      "machine's load between rounds cancels out)")
     return "\n".join(lines)
+
+
+def _reader_cell(pipeline: dict) -> str:
+    """How the pipeline stage read frames: 'thread' (prefetch queue), 'in line', '?' (a result from before this
+    was recorded)."""
+    reader = pipeline.get("reader_thread")
+    return "?" if reader is None else "thread" if reader else "in line"
 
 
 def _ratio_header(baseline: Optional[str], what: str) -> tuple:

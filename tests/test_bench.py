@@ -144,18 +144,134 @@ def test_without_torch_and_a_runtime_the_missing_ones_are_listed_as_skipped(tmp_
 
 
 def test_a_failing_configuration_is_reported_not_fatal(tmp_path):
-    """A model that cannot load becomes a row with the error; the other rows still run."""
+    """A model that cannot load becomes a row with the error; the other rows still run. As the --compare baseline
+    it is refused with the reason it failed: after a run with a warning (the run and its JSON are kept), with
+    --load as the error."""
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
     out = tmp_path / "bench.json"
     good = default_model() / "lw_irstnet_fp32.onnx"
     done = run_cli(["bench", "--model", f"good={good}", "--model", f"broken={broken}", "--backend", "onnxruntime",
-                    "--threads", "1", "--stages", "inference", "--json", str(out), *TINY])
+                    "--threads", "1", "--stages", "inference", "--json", str(out), "--compare", "broken", *TINY])
     doc = json.loads(out.read_text())
     rows = {r["config"]["label"]: r for r in doc["rows"]}
     assert rows["good"]["status"] == "ok"
     assert rows["broken"]["status"] != "ok" and "broken.onnx" in json.dumps(rows["broken"])
     assert done.returncode != 0  # a failed row is not silently a success
+    refusal = "the row broken/onnxruntime/t1 failed, so it has no times to compare against"
+    assert f"warning: --compare 'broken': {refusal}" in done.stderr and "broken.onnx" in done.stderr
+    assert "x vs " not in done.stdout and "compare" not in doc  # no column of "-" ratios
+    loaded = run_cli(["bench", "--load", str(out), "--compare", "broken"])
+    assert loaded.returncode == 1 and refusal in loaded.stderr and "Traceback" not in loaded.stderr
+
+
+def test_a_bad_compare_name_is_refused_before_measuring(tmp_path):
+    """The row names are known from the plan: an unknown or ambiguous baseline fails before any worker runs."""
+    out = tmp_path / "bench.json"
+    for name, message in (("nosuchrow", "unknown row 'nosuchrow'"), ("t1", "--compare 't1' matches 2 rows")):
+        done = run_cli(["bench", "--backend", "onnxruntime,opencv", "--threads", "1", "--json", str(out),
+                        "--compare", name, *TINY])
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "configurations x" not in done.stderr and not out.exists()  # nothing was measured
+
+
+def test_equal_sizes_written_two_ways_are_measured_once(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_cli(["bench", "--backend", "onnxruntime", "--threads", "1", "--imgsz", "256,256x256", "--stages",
+                    "inference", "--json", str(out), *TINY])
+    assert done.returncode == 0, done.stderr
+    assert [r["name"] for r in json.loads(out.read_text())["rows"]] == ["lw_irstnet:fp32/onnxruntime/t1/256x256"]
+
+
+def test_the_inference_peak_rss_excludes_the_pipeline_stage():
+    """The row's peak RSS is read before the pipeline stage loads the model again, so it is the same with the
+    pipeline stage as without (at 641x513 the tiled pipeline used to lift it from ~112 to ~153 MB); the pipeline
+    stage reports its own peak, and whether it could be told apart from the earlier stages."""
+    model = str(default_model())
+    configs = [bench.Config(model, "onnxruntime", threads=1, imgsz=(513, 641), artifact_precision="fp32",
+                            stages=stages, label=label)
+               for label, stages in (("alone", ("inference",)), ("both", ("inference", "pipeline")))]
+    alone, both = bench.run_configs(configs, bench.Method(warmup=1, min_runs=3, min_time_s=0), progress=False)
+    assert alone["status"] == both["status"] == "ok", (alone.get("reason"), both.get("reason"))
+    assert both["peak_rss_mb"] <= 1.1 * alone["peak_rss_mb"]
+    pipeline = both["pipeline"]
+    assert pipeline["peak_rss_mb"] > 0 and isinstance(pipeline["peak_rss_own"], bool)
+    assert ("stage alone" in pipeline["peak_rss_scope"]) == pipeline["peak_rss_own"]
+    if sys.platform == "linux":
+        assert pipeline["peak_rss_own"], pipeline["peak_rss_scope"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the high-water mark is reset through /proc/self/clear_refs")
+def test_the_peak_rss_reset_restarts_the_high_water_mark():
+    block = np.ones(200 * 2**20 // 8)  # 200 MB, every page touched
+    del block
+    high = bench._peak_rss_mb()
+    assert bench._reset_peak_rss() is None
+    assert bench._peak_rss_mb() < high - 150
+
+
+def test_pipeline_only_rows_show_threads_memory_and_how_frames_were_read(tmp_path):
+    """--stages pipeline: the table has the threads cell, the stage's own peak RSS, load and first-inference
+    times; each row records the Detector's real prefetch (0 = in line where the threads fill the usable CPUs)."""
+    from edge_irst.pipeline import Detector, usable_cpus
+
+    out = tmp_path / "bench.json"
+    threads = sorted({1, usable_cpus()})
+    done = run_cli(["bench", "--backend", "onnxruntime", "--threads", ",".join(map(str, threads)), "--stages",
+                    "pipeline", "--json", str(out), *TINY])
+    assert done.returncode == 0, done.stderr
+    table = done.stdout[done.stdout.index("pipeline (Detector.stream"):]
+    header = table.splitlines()[0]
+    assert all(column in header for column in ("thr req>eff busy", "reader", "RSS MB", "load ms", "1st ms"))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(threads)
+    for row, count in zip(rows, threads):
+        with Detector(default_model(), "onnxruntime", threads=count, warmup=0) as detector:
+            prefetch = detector.prefetch
+        pipeline = row["pipeline"]
+        assert pipeline["prefetch"] == prefetch and pipeline["reader_thread"] == (prefetch > 0)
+        assert ("in a reader thread" in pipeline["fps_includes"]) == (prefetch > 0)
+        assert ("one after another" in pipeline["fps_includes"]) == (prefetch == 0)
+        line = next(text for text in table.splitlines() if text.startswith(row["name"] + " "))
+        assert f" {bench.threads_cell(row, 'pipeline')} " in line
+        assert ("in line" if prefetch == 0 else "thread") in line
+        assert f"{pipeline['peak_rss_mb']:.0f}" in line and f"{row['load_ms']:.1f}" in line
+    assert "in line" in table  # the usable-CPUs row runs without a reader thread
+
+
+def test_a_folder_without_a_readable_manifest_gets_the_loaders_reason_once(tmp_path):
+    from edge_irst.backends import list_backends
+    from edge_irst.errors import ModelFileError
+
+    folder = tmp_path / "nomanifest"
+    folder.mkdir()
+    (folder / "lw_irstnet_fp32.onnx").write_bytes((default_model() / "lw_irstnet_fp32.onnx").read_bytes())
+    with pytest.raises(ModelFileError, match="is a folder without manifest.json: pass an artifact file"):
+        bench.plan([(None, str(folder))], list_backends(), [1], [None])
+    done = run_cli(["bench", "--model", str(folder), *TINY])  # --backend all
+    assert done.returncode == 1 and done.stderr.count("is a folder without manifest.json") == 1, done.stderr
+    assert "nothing to measure" not in done.stderr
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="manifest.json is not valid JSON"):
+        bench.plan([(None, str(folder))], list_backends(), [1], [None])
+
+
+def test_a_manifest_listing_missing_files_is_skipped_with_the_resolvers_reason(tmp_path):
+    """The bundled manifest copied with the onnx fp32 file only: the formats it lists but lacks say so."""
+    import shutil
+
+    from edge_irst.backends import list_backends
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in ("manifest.json", "lw_irstnet_fp32.onnx", "lw_irstnet_fp32.onnx.json"):
+        shutil.copy(default_model() / name, folder / name)
+    configs, skipped = bench.plan([(None, str(folder))], list_backends(), [1], [None])
+    assert {c.backend for c in configs} >= {"onnxruntime"}
+    reasons = {s["backend"]: s["reason"] for s in skipped}
+    for backend, listed in (("ncnn", "lw_irstnet_fp32.param"), ("mnn", "lw_irstnet_fp32.mnn")):
+        if bench.installed_reason(backend) is None:
+            assert reasons[backend] == f"{folder / 'manifest.json'} lists {listed}, which is missing from {folder}"
 
 
 def test_summarize_percentiles_on_known_samples():

@@ -69,6 +69,27 @@ def test_pytorch_checkpoint_counts_its_own_network_at_its_contract_size():
     assert "complexity (the checkpoint's network)" in text and "163,232" in text
 
 
+def test_a_size_off_the_stride_is_counted_padded_as_bench_runs_it():
+    """LW-IRSTNet takes multiples of its stride 8 only; 250x250 is counted at 256x256, as the Detector (and so
+    edge-irst bench) edge-pads such a frame, and the output says so; sizes that are not positive are refused."""
+    pytest.importorskip("torch", reason="counting FLOPs needs the [export] extra")
+    from edge_irst.assets import BUNDLED_MODEL
+
+    done = edge_irst("lw_irstnet", "--imgsz", "250", "250", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["input_shape"] == [1, 3, 256, 256] and report["padded_from"] == [250, 250]
+    assert round(report["thop_flops"] / 1e6, 2) == 303.53  # the figures at 256x256
+    assert "stride 8: counted at 256 256" in report["padding"]
+    done = edge_irst(str(BUNDLED_MODEL / "lw_irstnet.pt"), "--imgsz", "250", "250")
+    assert done.returncode == 0, done.stderr
+    assert "3x256x256" in done.stdout and "note: --imgsz 250 250 is not a multiple of the model's stride 8" \
+        in done.stdout
+    done = edge_irst("lw_irstnet", "--imgsz", "0", "-5")
+    assert done.returncode == 1 and "--imgsz 0 -5: H and W must be positive" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_artifact_spec_and_contract_as_json_with_a_chatty_runtime(authors_dir):
     """MNN prints to stdout from C; the JSON on stdout must still parse."""
     pytest.importorskip("MNN", reason="the mnn backend needs the [mnn] extra")

@@ -162,7 +162,15 @@ def run(args) -> int:
                              f"written by edge-irst bench --json or benchmarks/backends.py)")
     else:
         doc = _measure(args, bench)
-    comparison = bench.compare(doc["rows"], args.compare) if args.compare else None
+    comparison = None
+    if args.compare:
+        try:
+            comparison = bench.compare(doc["rows"], args.compare)
+        except InputError as exc:  # after a run only a failed baseline gets here: _measure checked the name
+            if args.load:
+                raise
+            # the rows are measured: show them and write --json without the ratios rather than lose the run
+            print(f"edge-irst bench: warning: {exc}; no ratios shown", file=sys.stderr)
     if comparison:
         doc["compare"] = comparison
     print(bench.render(doc, comparison))
@@ -184,7 +192,8 @@ def _measure(args, bench) -> dict:
         if precision not in ("fp32", "fp16", "int8"):
             raise UnknownNameError("artifact precision", precision, ("fp32", "fp16", "int8", "all"))
     backends, explicit = _backends(args.backend)
-    sizes = [bench.parse_size(s) for s in _split(args.imgsz)] if args.imgsz else [None]
+    # one size however it is written (256 and 256x256), as repeated thread counts are measured once
+    sizes = list(dict.fromkeys(bench.parse_size(s) for s in _split(args.imgsz))) if args.imgsz else [None]
     configs, skipped = bench.plan(_models(args.model), backends, _threads(args.threads), sizes, policy=args.policy,
                                   precisions=_split(args.precision) or ["auto"],
                                   artifact_precisions=artifact_precisions, options=_options(args.option),
@@ -193,6 +202,8 @@ def _measure(args, bench) -> dict:
     if not configs:
         raise InputError("nothing to measure: " + ("; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
                                                    or "no backend reads the given model"))
+    if args.compare:  # before measuring: a baseline name that matches no row, or several, would waste the run
+        bench.find_row([{"name": c.name} for c in configs], args.compare)
     print(f"edge-irst bench: {len(configs)} configurations x {method.rounds} round(s); {method.describe()}",
           file=sys.stderr)
     rows = bench.run_configs(configs, method, progress=not args.no_progress)

@@ -5,7 +5,9 @@
     edge-irst info lw_irstnet        parameters and FLOPs of a registry model (needs torch: the [export] extra)
     edge-irst info model.onnx        an artifact's (or a model folder's) I/O spec, contract and options in effect
     edge-irst info best.pt           the same for a PyTorch checkpoint, with the trained model's parameters and
-                                     FLOPs at its contract's input size (or --imgsz)
+                                     FLOPs at its contract's input size (or --imgsz; a size that is not a
+                                     multiple of the model's stride is counted padded up to one, as the
+                                     Detector and `edge-irst bench` run it)
 
 Results go to stdout (a table, or JSON with --json); nothing imports torch unless a registry model or a PyTorch
 checkpoint is asked for.
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from edge_irst import __version__
-from edge_irst.errors import MissingDependencyError, ModelFileError
+from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
 DEFAULT_SIZE = (256, 256)  # (H, W) for FLOPs where nothing else gives a size
 
@@ -33,11 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact-precision", default=None, choices=("fp32", "fp16", "int8"),
                    help="which artifact of a model folder (default: fp32)")
     p.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input size for the FLOPs of a registry model or a PyTorch checkpoint (default: the "
-                        f"checkpoint's contract input size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
+                   help="input size for the FLOPs of a registry model or a PyTorch checkpoint, padded up to "
+                        "multiples of the model's stride (default: the checkpoint's contract input size, else "
+                        f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
 
 
 def run(args) -> int:
+    if args.imgsz is not None and min(args.imgsz) <= 0:
+        raise InputError(f"--imgsz {args.imgsz[0]} {args.imgsz[1]}: H and W must be positive, e.g. --imgsz 256 256")
     if args.model is None:
         report = _environment(with_backends=True)
         text = _environment_text(report) if not args.backends else _backends_text(report["backends"], report)
@@ -97,22 +102,33 @@ def _environment(with_backends: bool) -> dict:
     return report
 
 
-def _complexity(model, input_shape: tuple) -> dict:
+def _complexity(model, channels: int, size: tuple[int, int], stride: int) -> dict:
+    """Parameters and FLOPs of `model` at `size` (H, W), padded up to multiples of `stride` first: the network
+    cannot take other sizes (its skip connections would not line up), and the Detector's native policy, so
+    `edge-irst bench` too, edge-pads a frame to them."""
     from edge_irst.models.flops import count_complexity
 
-    complexity = count_complexity(model, input_shape)
-    return {"parameters": complexity.parameters, "thop_flops": complexity.thop_flops,
-            "conv_macs": complexity.conv_macs, "input_shape": list(complexity.input_shape),
-            "summary": dict(complexity.rows())}
+    padded = tuple(-(-side // stride) * stride for side in size)
+    complexity = count_complexity(model, (1, channels, *padded))
+    report = {"parameters": complexity.parameters, "thop_flops": complexity.thop_flops,
+              "conv_macs": complexity.conv_macs, "input_shape": list(complexity.input_shape),
+              "summary": dict(complexity.rows())}
+    if padded != tuple(size):
+        report["padded_from"] = list(size)
+        report["padding"] = (f"--imgsz {size[0]} {size[1]} is not a multiple of the model's stride {stride}: "
+                             f"counted at {padded[0]} {padded[1]}, the size the Detector (and edge-irst bench) "
+                             f"edge-pads such a frame to")
+    return report
 
 
 def _registry_model(name: str, size: tuple[int, int]) -> dict:
     try:
-        from edge_irst.models import create_model
+        from edge_irst.models import create_model, model_entry
     except ImportError as exc:
         raise MissingDependencyError("torch (needed to count a registry model's parameters and FLOPs)", "export",
                                      str(exc)) from exc
-    return {"model": name, **_complexity(create_model(name), (1, 3, *size))}
+    stride = model_entry(name).meta.get("stride", 1)  # a model registered without one takes any size
+    return {"model": name, **_complexity(create_model(name), 3, size, stride)}
 
 
 def _artifact(args) -> dict:
@@ -131,7 +147,7 @@ def _artifact(args) -> dict:
         if backend.name == "torch" and model is not None:  # a checkpoint: the trained net itself, counted
             contract = backend.contract
             size = tuple(args.imgsz or contract.input_size or DEFAULT_SIZE)
-            report["complexity"] = _complexity(model, (1, contract.channels, *size))
+            report["complexity"] = _complexity(model, contract.channels, size, contract.stride)
     if path.is_dir():
         try:
             report["manifest"] = json.loads((path / MANIFEST).read_text())
@@ -170,8 +186,13 @@ def _environment_text(env: dict) -> str:
     return "\n".join(lines)
 
 
+def _padding_lines(complexity: dict) -> list[str]:
+    return [f"note: {complexity['padding']}"] if "padding" in complexity else []
+
+
 def _model_text(report: dict) -> str:
-    return f"model {report['model']}\n" + _table(list(report["summary"].items()))
+    return "\n".join([f"model {report['model']}", _table(list(report["summary"].items())),
+                      *_padding_lines(report)])
 
 
 def _artifact_text(report: dict) -> str:
@@ -192,7 +213,8 @@ def _artifact_text(report: dict) -> str:
         _table(list(report["options_in_effect"].items())),
     ]
     if "complexity" in report:
-        lines += ["", "complexity (the checkpoint's network)", _table(list(report["complexity"]["summary"].items()))]
+        lines += ["", "complexity (the checkpoint's network)", _table(list(report["complexity"]["summary"].items())),
+                  *_padding_lines(report["complexity"])]
     if "manifest" in report:
         artifacts = report["manifest"].get("artifacts", [])
         lines += ["", "model folder artifacts",
