@@ -18,13 +18,17 @@ TEXT_COLOUR = (0, 255, 255)
 
 
 def to_display(image: np.ndarray, raw: RawMapping = RawMapping()) -> np.ndarray:
-    """A new uint8 HxWx3 BGR copy of a frame for drawing: grey and BGRA converted, uint16 raw mapped by `raw`."""
+    """A new uint8 HxWx3 BGR copy of a frame for drawing: grey and BGRA converted, uint16 raw mapped by `raw`.
+    HxWx1 is taken as HxW, as the detector takes it."""
+    shape = image.shape
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.dtype == np.uint16 and image.ndim == 2:
         image = raw.apply(image).astype(np.uint8)
     if image.dtype != np.uint8:
-        raise InputError(f"cannot display a {image.dtype} frame of shape {image.shape}: expected uint8 grey/BGR/BGRA "
-                         f"or uint16 HxW raw")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise InputError(f"cannot display a {image.dtype} frame of shape {shape}: expected uint8 grey/BGR/BGRA "
+                         f"or uint16 HxW / HxWx1 raw")
+    if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)

@@ -42,6 +42,7 @@ in a queue would make every result one inference older. The backend is called fr
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -454,12 +455,19 @@ class Detector:
         index, URL, "synthetic:...", an iterable of numpy frames), at most `max_frames` (None = all).
 
         A source opened here is closed when the generator finishes or is closed; a Source passed in stays the
-        caller's to close. Close the generator (contextlib.closing, or exhaust it) to stop the reader thread.
+        caller's to close. Close the generator (contextlib.closing, or exhaust it) to stop the reader thread. The
+        reader never reads past `max_frames`, so a Source passed in again goes on with the next frame; one closed
+        early without max_frames has lost the frames the reader had queued.
+
+        A frame in a form preprocessing cannot take (InputError: dtype, shape) ends the stream with that error,
+        except in sources whose frames are files of their own (Source.skip_unsupported: images), where it is
+        logged, counted in `skipped` and passed over. Other errors (the model, the backend) always end it.
         """
         if max_frames is not None and not (isinstance(max_frames, int) and max_frames >= 0):
             raise InputError(f"max_frames = {max_frames!r}; expected None (all frames) or an int >= 0")
         opened = open_source(source, reconnect)
-        prepared = self._inline(opened) if opened.live or not self.prefetch else self._prefetched(opened)
+        prepared = (self._inline(opened) if opened.live or not self.prefetch
+                    else self._prefetched(opened, max_frames))
         try:
             count = 0
             while max_frames is None or count < max_frames:
@@ -488,16 +496,29 @@ class Detector:
         prefetch 0)."""
         frames = iter(source)
         try:
-            for frame in frames:
-                start = time.perf_counter()
-                batch = self._prepare(frame)
-                yield frame, batch, (time.perf_counter() - start) * 1e3
+            yield from self._prepared(source, frames)
         finally:
             frames.close()
 
-    def _prefetched(self, source: Source) -> Iterator[tuple]:
+    def _prepared(self, source: Source, frames: Iterator[Frame]) -> Iterator[tuple]:
+        """(frame, batch, preprocess ms) per frame of `frames`; a frame preprocessing refuses is skipped where
+        `source.skip_unsupported` (stream()'s docstring), else its InputError is raised."""
+        for frame in frames:
+            start = time.perf_counter()
+            try:
+                batch = self._prepare(frame)
+            except InputError as exc:
+                if not source.skip_unsupported:
+                    raise
+                source.skipped += 1
+                log.warning("skipping %s", exc)  # the message starts with the frame's name and index
+                continue
+            yield frame, batch, (time.perf_counter() - start) * 1e3
+
+    def _prefetched(self, source: Source, limit: Optional[int] = None) -> Iterator[tuple]:
         """(frame, batch, preprocess ms) per frame, read and preprocessed by a reader thread into a queue of
-        `prefetch` items: decoding overlaps inference; a slow consumer blocks the reader (bounded memory)."""
+        `prefetch` items: decoding overlaps inference; a slow consumer blocks the reader (bounded memory). The
+        reader stops after `limit` items (None = all): frames it read beyond what was taken would be lost."""
         items: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         frames = iter(source)
@@ -513,10 +534,8 @@ class Detector:
 
         def read() -> None:
             try:
-                for frame in frames:
-                    start = time.perf_counter()
-                    batch = self._prepare(frame)
-                    if not put((frame, batch, (time.perf_counter() - start) * 1e3)):
+                for item in itertools.islice(self._prepared(source, frames), limit):
+                    if not put(item):
                         return
                 put(None)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it

@@ -170,7 +170,13 @@ def read_image(path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
     if data is None:
         raise InputError(f"image not found: {path}")
-    img = cv2.imdecode(data, flags)
+    if data.size == 0:  # cv2.imdecode asserts on an empty buffer instead of returning None
+        raise InputError(f"cannot decode image {path}: the file is empty (0 bytes)")
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise InputError(f"cannot decode image {path} ({data.size} bytes): OpenCV refused it: "
+                         f"{str(exc).strip().splitlines()[-1]}") from exc
     if img is None:
         raise InputError(f"cannot decode image {path} ({data.size} bytes): corrupt or unsupported format")
     return img

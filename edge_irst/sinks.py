@@ -1,9 +1,11 @@
 """Where results go: JSON Lines, CSV, annotated video, annotated images, an OpenCV window.
 
 Every sink takes `write(result)` per FrameResult and `close()`; `SinkSet` closes all of them even when one fails.
-Interruption (Ctrl-C, a crash) never leaves a truncated file behind: JSON Lines and CSV are flushed after every
-frame (the file always ends with a complete line), the video writer is released by close() (which runs from
-`with` / `finally`), and annotated images are written to a temporary name and renamed into place.
+An output that cannot be written (a bad path, a full disk) raises one SinkError naming it, its path and the OS's
+reason; close() after that does not raise again. Interruption (Ctrl-C, a crash) never leaves a truncated file
+behind: JSON Lines and CSV are flushed after every frame (the file always ends with a complete line), the video
+writer is released by close() (which runs from `with` / `finally`), and annotated images are written to a
+temporary name and renamed into place.
 
 JSON Lines record (one object per frame; schema: tests/schemas/detections.schema.json):
     {"frame_index", "timestamp", "source", "frame_name", "frame_shape": [H, W(, C)], "threshold",
@@ -13,7 +15,9 @@ JSON Lines record (one object per frame; schema: tests/schemas/detections.schema
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -76,6 +80,11 @@ class Sink:
 
     stop_requested = False
 
+    def start(self, first: FrameResult) -> None:
+        """Opens what needs the first frame (the video writer: its size). write() calls it where needed; SinkSet
+        calls it on every sink before writing the first frame to any, so an output that cannot be opened fails
+        before the others have written a frame the run's summary would not count."""
+
     def write(self, result: FrameResult) -> None:
         raise NotImplementedError
 
@@ -89,56 +98,97 @@ class Sink:
         self.close()
 
 
-def _open_text(path: Path, what: str, newline: Optional[str] = None):
+def _sink_error(what: str, path: Path, exc: OSError) -> SinkError:
+    """'cannot write the <what> to <path>: <the OS's reason>; <what to do>'."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space there or choose another path" if full else "choose a writable path"
+    return SinkError(f"cannot write the {what} to {path}: {exc.strerror or exc}; {fix}")
+
+
+def _make_folder(folder: Path, what: str, path: Path) -> None:
+    """Creates `folder` and its parents for the `what` written to `path`; SinkError when it cannot."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", encoding="utf-8", newline=newline)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SinkError(f"cannot write the {what} to {path}: {exc.strerror or exc}; choose a writable path") from exc
+        raise _sink_error(what, path, exc) from exc
 
 
-class JsonlSink(Sink):
-    """JSON Lines: one object per frame (frame_record), flushed after every line."""
+class _TextFileSink(Sink):
+    """A text file flushed after every frame. An OS error while writing (a full disk) becomes a SinkError naming
+    the file; close() after it releases the file without raising again."""
 
-    def __init__(self, path, source: str, policy: str):
-        self.path, self.source, self.policy = Path(path), source, policy
-        self._file = _open_text(self.path, "JSON Lines results")
+    what = "results"
 
-    def write(self, result: FrameResult) -> None:
-        self._file.write(json.dumps(frame_record(result, self.source, self.policy), allow_nan=False) + "\n")
-        self._file.flush()
+    def __init__(self, path, newline: Optional[str] = None):
+        self.path = Path(path)
+        _make_folder(self.path.parent, self.what, self.path)
+        try:
+            self._file = open(self.path, "w", encoding="utf-8", newline=newline)
+        except OSError as exc:
+            raise _sink_error(self.what, self.path, exc) from exc
+        self._failed = False
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """The block's writes, then a flush; an OSError in either becomes a SinkError."""
+        try:
+            yield
+            self._file.flush()
+        except OSError as exc:
+            self._failed = True
+            raise _sink_error(self.what, self.path, exc) from exc
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._file.closed:
+            return
+        try:
+            self._file.close()  # closed even when flushing what is still buffered fails
+        except OSError as exc:
+            if not self._failed:  # a failed write was already reported; the same error again is noise
+                raise _sink_error(self.what, self.path, exc) from exc
 
 
-class CsvSink(Sink):
+class JsonlSink(_TextFileSink):
+    """JSON Lines: one object per frame (frame_record), flushed after every line."""
+
+    what = "JSON Lines results"
+
+    def __init__(self, path, source: str, policy: str):
+        super().__init__(path)
+        self.source, self.policy = source, policy
+
+    def write(self, result: FrameResult) -> None:
+        with self._writing():
+            self._file.write(json.dumps(frame_record(result, self.source, self.policy), allow_nan=False) + "\n")
+
+
+class CsvSink(_TextFileSink):
     """CSV: a header, then one row per target (frames without targets write no row); flushed after every frame."""
 
+    what = "CSV results"
     COLUMNS = ("frame_index", "timestamp", "source", "frame_name", "target", "x", "y", "weighted_x", "weighted_y",
                "x_min", "y_min", "x_max", "y_max", "size", "aspect_ratio", "score", "mean_logit", "threshold")
 
     def __init__(self, path, source: str):
-        self.path, self.source = Path(path), source
-        self._file = _open_text(self.path, "CSV results", newline="")
+        super().__init__(path, newline="")
+        self.source = source
         self._writer = csv.writer(self._file)
-        self._writer.writerow(self.COLUMNS)
-        self._file.flush()
+        try:
+            with self._writing():
+                self._writer.writerow(self.COLUMNS)
+        except SinkError:
+            self.close()
+            raise
 
     def write(self, result: FrameResult) -> None:
         d = result.detections
-        for i in range(len(d)):
-            self._writer.writerow((
-                result.index, "" if result.timestamp is None else result.timestamp, self.source, result.frame.name,
-                i, d.x[i], d.y[i], d.weighted_x[i], d.weighted_y[i], d.x_min[i], d.y_min[i], d.x_max[i],
-                d.y_max[i], d.size[i], d.aspect_ratio[i], d.peak_logit[i], d.mean_logit[i],
-                result.settings.threshold))
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        with self._writing():
+            for i in range(len(d)):
+                self._writer.writerow((
+                    result.index, "" if result.timestamp is None else result.timestamp, self.source,
+                    result.frame.name, i, d.x[i], d.y[i], d.weighted_x[i], d.weighted_y[i], d.x_min[i], d.y_min[i],
+                    d.x_max[i], d.y_max[i], d.size[i], d.aspect_ratio[i], d.peak_logit[i], d.mean_logit[i],
+                    result.settings.threshold))
 
 
 def _caption(result: FrameResult) -> str:
@@ -147,7 +197,9 @@ def _caption(result: FrameResult) -> str:
 
 class VideoSink(Sink):
     """An annotated video (.avi / .mkv: Motion JPEG, .mp4 / .mov: MPEG-4 part 2), opened at the first frame (its
-    size fixes the video's); a frame of another size is resized to it. Released by close()."""
+    size fixes the video's); a frame of another size is resized to it. An odd width or height is padded with one
+    black column / row at the right / bottom: the encoders take even sizes only, and OpenCV would otherwise crop
+    the last column / row. Released by close()."""
 
     def __init__(self, path, fps: Optional[float] = None, raw: RawMapping = RawMapping()):
         self.path, self.raw = Path(path), raw
@@ -156,22 +208,32 @@ class VideoSink(Sink):
         if suffix not in VIDEO_CODECS:
             raise InputError(f"--save-video {self.path}: unsupported suffix {suffix or '(none)'!r}; accepted: "
                              f"{', '.join(VIDEO_CODECS)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.codec = VIDEO_CODECS[suffix]
+        _make_folder(self.path.parent, "annotated video", self.path)
         self._writer: Optional[cv2.VideoWriter] = None
-        self._size: Optional[tuple[int, int]] = None
+        self._size: Optional[tuple[int, int]] = None  # (width, height) of the frames; the video's is even
+
+    def start(self, first: FrameResult) -> None:
+        if self._writer is not None:
+            return
+        height, width = first.frame.image.shape[:2]
+        self._size = (width, height)
+        even = (width + width % 2, height + height % 2)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec), self.fps, even)
+        if not self._writer.isOpened():
+            self._writer = None
+            other = "" if self.path.suffix.lower() == ".avi" else ", or try .avi"
+            raise SinkError(f"OpenCV cannot write the video {self.path} ({self.codec}, {even[0]}x{even[1]}): "
+                            f"check the folder is writable{other}")
 
     def write(self, result: FrameResult) -> None:
+        self.start(result)
         canvas = annotate(result.frame.image, result.detections, self.raw, _caption(result))
-        if self._writer is None:
-            self._size = (canvas.shape[1], canvas.shape[0])
-            fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
-            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
-            if not self._writer.isOpened():
-                self._writer = None
-                raise SinkError(f"OpenCV cannot write the video {self.path} ({VIDEO_CODECS[self.path.suffix.lower()]}"
-                                f", {self._size[0]}x{self._size[1]}): check the folder is writable, or try .avi")
         if (canvas.shape[1], canvas.shape[0]) != self._size:
             canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
+        width, height = self._size
+        if width % 2 or height % 2:
+            canvas = cv2.copyMakeBorder(canvas, 0, height % 2, 0, width % 2, cv2.BORDER_CONSTANT, value=0)
         self._writer.write(canvas)
 
     def close(self) -> None:
@@ -185,10 +247,7 @@ class ImageFolderSink(Sink):
 
     def __init__(self, folder, raw: RawMapping = RawMapping()):
         self.folder, self.raw = Path(folder), raw
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"cannot create the image folder {self.folder}: {exc.strerror or exc}") from exc
+        _make_folder(self.folder, "annotated images", self.folder)
 
     def write(self, result: FrameResult) -> None:
         canvas = annotate(result.frame.image, result.detections, self.raw, _caption(result))
@@ -197,8 +256,12 @@ class ImageFolderSink(Sink):
             raise SinkError(f"OpenCV could not encode frame {result.index} as PNG")
         target = self.folder / f"frame_{result.index:06d}.png"
         partial = target.with_suffix(".png.part")
-        data.tofile(str(partial))
-        os.replace(partial, target)
+        try:
+            data.tofile(str(partial))
+            os.replace(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise _sink_error("annotated images", target, exc) from exc
 
 
 def gui_unavailable_reason() -> Optional[str]:
@@ -239,12 +302,20 @@ class SinkSet(Sink):
 
     def __init__(self, sinks: Iterable[Sink] = ()):
         self.sinks = list(sinks)
+        self._started = False
 
     @property
     def stop_requested(self) -> bool:  # type: ignore[override]
         return any(sink.stop_requested for sink in self.sinks)
 
+    def start(self, first: FrameResult) -> None:
+        for sink in self.sinks:
+            sink.start(first)
+        self._started = True
+
     def write(self, result: FrameResult) -> None:
+        if not self._started:
+            self.start(result)
         for sink in self.sinks:
             sink.write(result)
 

@@ -14,12 +14,13 @@ Specs `open_source` understands:
   256x256), frames=0 is endless, bits=14 gives uint16 raw frames;
 - any iterable of numpy frames (`IterableSource`).
 
-Files (images, videos, synthetic) deliver every frame in order, never dropping one; a corrupt image is logged,
-counted in `skipped` and passed over. Live sources (camera, stream) deliver the LATEST frame: a grabber thread
-reads continuously and keeps only the newest frame, counting the ones nobody took in `dropped`, so a slow
-consumer sees fresh frames instead of a growing backlog (camera and RTSP buffers otherwise make results seconds
-late). A live source that stops delivering is reopened with exponential back-off (`Reconnect`), the gap is
-logged and counted; when the retries run out, iteration ends with a SourceError.
+Files (images, videos, synthetic) deliver every frame in order, never dropping one; a corrupt image or video
+frame is logged, counted in `skipped` and passed over, and so is an image in a form the pipeline cannot take
+(Detector.stream). Live sources (camera, stream) deliver the LATEST frame: a grabber thread reads continuously
+and keeps only the newest frame, counting the ones nobody took in `dropped`, so a slow consumer sees fresh
+frames instead of a growing backlog (camera and RTSP buffers otherwise make results seconds late). A live source
+that stops delivering is reopened with exponential back-off (`Reconnect`), the gap (from its last frame) is logged
+and counted; when the retries run out, iteration ends with a SourceError.
 """
 from __future__ import annotations
 
@@ -81,10 +82,14 @@ class Source:
     rate where known, else None. length: number of frames where known, else None. skipped: corrupt frames/images
     passed over. dropped: frames captured but replaced by a newer one before anybody took them (live only).
     reconnects / gaps_s: successful reopenings of a live source and the outage each one ended (s).
+    skip_unsupported: True where every frame is a file of its own (images): one the pipeline cannot take (e.g. a
+    16-bit colour PNG) is reported, counted in `skipped` and passed over like a corrupt one. Elsewhere all frames
+    share the source's format, so the first unsupported one is an error rather than a skip per frame.
     """
 
     kind = "source"
     live = False
+    skip_unsupported = False
 
     def __init__(self, name: str):
         self.name = name
@@ -121,6 +126,7 @@ class ImageFilesSource(Source):
     """Image files in the given order; an unreadable one is logged, counted in `skipped`, and passed over."""
 
     kind = "images"
+    skip_unsupported = True
 
     def __init__(self, paths: Iterable[Union[str, Path]], name: str):
         super().__init__(name)
@@ -141,10 +147,16 @@ class ImageFilesSource(Source):
 
 
 class VideoFileSource(Source):
-    """A video file read in order through OpenCV (FFmpeg). A file that ends before the frame count its header
-    announces (truncated) is reported with a warning and counted in `skipped`."""
+    """A video file read in order through OpenCV (FFmpeg). A frame that cannot be decoded (corrupt) is reported,
+    counted in `skipped` and passed over; a file that ends before the frame count its header announces (truncated)
+    is reported with a warning and the missing frames are counted in `skipped`. Frame.index is the frame's number
+    in the file, also when the source is iterated again after an earlier iteration stopped early (it goes on from
+    where that one stopped)."""
 
     kind = "video"
+    # Consecutive failed reads after which the file is taken to have ended: a corrupt frame fails one read and
+    # the next read returns the frame after it, but past the end of a truncated file every read fails.
+    MAX_FAILED_READS = 25
 
     def __init__(self, path: Union[str, Path]):
         super().__init__(str(path))
@@ -157,23 +169,41 @@ class VideoFileSource(Source):
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
         self.length = count if count > 0 else None
+        self._position = 0  # number of the next frame in the file: frames delivered + corrupt ones passed over
+        self._ended = False
 
     def __iter__(self) -> Iterator[Frame]:
-        index = 0
-        while self._capture is not None:
+        failed = 0  # consecutive failed reads from self._position on
+        while self._capture is not None and not self._ended:
             start = time.perf_counter()
             ok, image = self._capture.read()
             done = time.perf_counter()
             if not ok or image is None:
-                break
+                failed += 1
+                at_end = self.length is not None and self._position + failed > self.length
+                if at_end or failed >= self.MAX_FAILED_READS:
+                    self._end()
+                continue
+            if failed:  # the reads that failed were frames that cannot be decoded
+                self.skipped += failed
+                log.warning("%s: %s cannot be decoded (corrupt); skipped", self.name,
+                            f"frame {self._position}" if failed == 1
+                            else f"frames {self._position}..{self._position + failed - 1}")
+                self._position += failed
+                failed = 0
             position = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
             timestamp = position if math.isfinite(position) else None
+            index, self._position = self._position, self._position + 1
             yield Frame(index, image, timestamp, done, (done - start) * 1e3, self.name)
-            index += 1
-        if self.length is not None and index < self.length:
-            self.skipped += self.length - index
+
+    def _end(self) -> None:
+        """No more frames: reports those the header announces that never came (truncated file)."""
+        self._ended = True
+        if self.length is not None and self._position < self.length:
+            missing = self.length - self._position
+            self.skipped += missing
             log.warning("%s ended after %d of the %d frames its header announces (truncated or corrupt); %d "
-                        "frames skipped", self.name, index, self.length, self.length - index)
+                        "frames skipped", self.name, self._position, self.length, missing)
 
     def close(self) -> None:
         if self._capture is not None:
@@ -269,9 +299,10 @@ class Reconnect:
     """How a live source survives outages.
 
     retries: reopening attempts after a failure before giving up (0 = give up at once). backoff_s: the wait before
-    the first attempt, doubled after each failed one up to backoff_max_s. open_timeout_s / read_timeout_s: how
-    long OpenCV's FFmpeg backend may block opening a stream / waiting for a frame before that counts as a
-    failure.
+    the first attempt, doubled after each failed one up to backoff_max_s; a backoff_s above backoff_max_s is kept
+    for every attempt (the cap stops the doubling, it never makes a wait shorter than the first).
+    open_timeout_s / read_timeout_s: how long OpenCV's FFmpeg backend may block opening a stream / waiting for a
+    frame before that counts as a failure.
     """
 
     retries: int = 5
@@ -288,12 +319,17 @@ class Reconnect:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise InputError(f"Reconnect.{name} = {value!r}; expected a finite number of seconds >= 0")
 
+    @property
+    def longest_wait_s(self) -> float:
+        """Where the doubling stops: backoff_max_s, or backoff_s where that is larger (the waits never shrink)."""
+        return max(self.backoff_s, self.backoff_max_s)
+
     def delays(self) -> Iterator[float]:
-        """The waits before attempt 1, 2, ... retries: backoff_s, doubled each time, capped at backoff_max_s."""
+        """The waits before attempt 1, 2, ... retries: backoff_s, doubled each time up to longest_wait_s."""
         delay = self.backoff_s
         for _ in range(self.retries):
             yield delay
-            delay = min(delay * 2.0, self.backoff_max_s)
+            delay = min(delay * 2.0, self.longest_wait_s)
 
 
 class LiveSource(Source):
@@ -338,6 +374,7 @@ class LiveSource(Source):
 
     def _grab(self, capture: cv2.VideoCapture) -> None:
         index = 0
+        last_frame_at = time.perf_counter()  # when the last frame came (or the capture opened): outages start here
         try:
             while not self._stop.is_set():
                 start = time.perf_counter()
@@ -346,6 +383,7 @@ class LiveSource(Source):
                 if ok and image is not None:
                     frame = Frame(index, image, time.time(), done, (done - start) * 1e3, self.name)
                     index += 1
+                    last_frame_at = done
                     with self._condition:
                         if self._latest is not None:
                             self.dropped += 1
@@ -356,9 +394,10 @@ class LiveSource(Source):
                 capture = None
                 if self._stop.is_set():
                     break
-                capture = self._reopen(index)
+                capture = self._reopen(index - 1, last_frame_at)
                 if capture is None:
                     break
+                last_frame_at = time.perf_counter()
         except BaseException as exc:  # noqa: BLE001 - a crash must end the iteration, not hang it
             self._error = SourceError(f"{self.name}: the frame grabber failed: {type(exc).__name__}: {exc}")
         finally:
@@ -368,12 +407,15 @@ class LiveSource(Source):
                 self._finished = True
                 self._condition.notify_all()
 
-    def _reopen(self, index: int) -> Optional[cv2.VideoCapture]:
-        """Reopen after an outage, waiting per reconnect.delays(); None when stopped or out of retries."""
-        lost = time.perf_counter()
+    def _reopen(self, last_index: int, lost: float) -> Optional[cv2.VideoCapture]:
+        """Reopen after an outage, waiting per reconnect.delays(); None when stopped or out of retries.
+
+        last_index: the last frame delivered (-1: none yet). lost: perf_counter() of its capture (or of the last
+        opening), so a gap includes the read timeout that passed before the failure was noticed."""
         policy = self.reconnect
-        log.warning("%s: no frame after frame %d; reconnecting (up to %d attempts, back-off %g s doubling to "
-                    "%g s)", self.name, index, policy.retries, policy.backoff_s, policy.backoff_max_s)
+        after = f"after frame {last_index}" if last_index >= 0 else "before its first frame"
+        log.warning("%s: no frame %s; reconnecting (up to %d attempts, back-off %g s doubling to %g s)", self.name,
+                    after, policy.retries, policy.backoff_s, policy.longest_wait_s)
         for attempt, delay in enumerate(policy.delays(), start=1):
             if self._stop.wait(delay):
                 return None
@@ -388,7 +430,7 @@ class LiveSource(Source):
         gap = time.perf_counter() - lost
         self.gaps_s.append(gap)
         self._error = SourceError(
-            f"{self.name}: lost after frame {index}; {policy.retries} reconnection attempts over {gap:.1f} s "
+            f"{self.name}: lost {after}; {policy.retries} reconnection attempts over {gap:.1f} s "
             f"failed. Check the camera/stream; to wait longer raise the retries or back-off "
             f"(Reconnect(retries=..., backoff_max_s=...), edge-irst run --reconnect-retries N)")
         log.error("%s", self._error)

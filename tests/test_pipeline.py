@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from edge_irst.contract import AUTHORS_CONTRACT, write_sidecar
 from edge_irst.errors import InputError, ModelFileError
 from edge_irst.pipeline import BACKEND_PREFERENCE, Detector, StreamStats, _tile_layout, preferred_backend
 from edge_irst.preprocess import RawMapping, read_image
-from edge_irst.sources import IterableSource
+from edge_irst.sources import IterableSource, VideoFileSource, open_source
 from edge_irst.synthetic import SyntheticScene, add_target, match_truth
 
 AUTHORS_FILES = {  # backend -> the authors' artifact it reads
@@ -257,8 +259,39 @@ def test_sixteen_bit_raw_frames_detect_the_same_targets_as_eight_bit(fastest):
 
 
 def test_unsupported_frames_name_the_frame_and_what_is_accepted(detector):
+    # frames the caller hands over share one format: the first unsupported one is an error, not a skip per frame
     with pytest.raises(InputError, match=r"frames, frame 1: .*frame dtype float32 not supported"):
         list(detector.stream([np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.float32)]))
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_an_unsupported_image_in_a_folder_is_reported_and_skipped(fastest, tmp_path, caplog, prefetch):
+    scene = SyntheticScene((64, 80), targets=1, seed=2)
+    assert cv2.imwrite(str(tmp_path / "img_1.png"), scene.frame(0).image)
+    assert cv2.imwrite(str(tmp_path / "img_2.png"), np.full((64, 80, 3), 1000, np.uint16))  # 16-bit colour
+    assert cv2.imwrite(str(tmp_path / "img_3.png"), scene.frame(1).image)
+    source = open_source(tmp_path)
+    with Detector(*fastest, threads=1, prefetch=prefetch) as d:
+        with caplog.at_level(logging.WARNING, logger="edge_irst.pipeline"):
+            results = list(d.stream(source))
+    assert [r.index for r in results] == [0, 2] and results[-1].skipped == source.skipped == 1
+    assert "img_2.png, frame 1: 16-bit frames must be single-channel raw IR (HxW), got shape (64, 80, 3)" in caplog.text
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_video_streamed_again_goes_on_where_max_frames_stopped(fastest, tmp_path, caplog, prefetch):
+    from test_sources import _write_video
+
+    scene = SyntheticScene((64, 80), targets=1, seed=3)
+    path = _write_video(tmp_path / "clip.avi", [scene.frame(i).image for i in range(20)], fps=10.0)
+    with Detector(*fastest, threads=1, prefetch=prefetch) as d, VideoFileSource(path) as source:
+        first = list(d.stream(source, max_frames=5))  # the reader must not have read ahead of frame 4
+        with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+            rest = list(d.stream(source))
+    assert [r.index for r in first] == list(range(5))
+    assert [r.index for r in rest] == list(range(5, 20))
+    assert [r.timestamp for r in rest] == pytest.approx([i / 10.0 for i in range(5, 20)], abs=1e-3)
+    assert source.skipped == 0 and "truncated" not in caplog.text
 
 
 # ---- threads, buffering, interruption ----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Preprocessing: the fast plane-by-plane path gives exactly the tensor of the plain recipe (channels, resize,
 (pixel * scale - mean) / std), for every kind of frame and contract; and the synthetic source's fast rendering
 gives exactly the frame of its plain formula."""
+import struct
 import threading
+import zlib
 
 import cv2
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from edge_irst.contract import ModelContract
 from edge_irst.errors import InputError, ModelFileError
-from edge_irst.preprocess import RawMapping, normalize, preprocess, to_channels
+from edge_irst.preprocess import RawMapping, normalize, preprocess, read_image, to_channels
 from edge_irst.synthetic import SyntheticScene, add_target, random_bytes
 
 _CONVERSIONS = {("RGB", 2): cv2.COLOR_GRAY2RGB, ("RGB", 3): cv2.COLOR_BGR2RGB, ("BGR", 2): cv2.COLOR_GRAY2BGR,
@@ -172,3 +174,24 @@ def test_preprocessed_raw_frames_are_finite_at_the_extremes():
     for frame in frames:
         for raw in (RawMapping(), RawMapping("fixed", 100.0, 100.0), RawMapping("fixed", 0.0, 65535.0)):
             assert np.isfinite(preprocess(frame, ModelContract(), raw=raw)).all()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (8-bit grey) over a few bytes of pixel data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(bytes(10))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_image_files_opencv_asserts_on_are_input_errors(tmp_path):
+    # cv2.imdecode raises cv2.error (not None) for these; a folder run skips InputErrors, it dies of cv2.error
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.png: the file is empty \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "huge.png").write_bytes(_png_header(100_000, 100_000))
+    with pytest.raises(InputError, match=r"cannot decode image .*huge\.png \(\d+ bytes\): OpenCV refused it: .*"
+                                         r"CV_IO_MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "huge.png")

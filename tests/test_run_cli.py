@@ -14,9 +14,11 @@ from pathlib import Path
 
 import cv2
 import jsonschema
+import numpy as np
 import pytest
 
 from edge_irst.cli import main
+from edge_irst.pipeline import usable_cpus
 from edge_irst.synthetic import SyntheticScene
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "detections.schema.json").read_text())
@@ -91,6 +93,41 @@ def test_raw_sixteen_bit_folder_with_a_fixed_raw_range(tmp_path, capsys, caplog,
     assert summary["skipped"] == 1 and summary["source"]["skipped"] == 1
     assert summary["raw_mapping"] == {"mode": "fixed", "low": lo, "high": hi}
     assert "skipping" in caplog.text and "raw_3.png" in caplog.text  # reported in the log (stderr)
+
+
+def test_folder_run_skips_empty_and_unsupported_images_and_counts_them(tmp_path, capsys, caplog, onnx):
+    scene = SyntheticScene((256, 256), targets=3, seed=6)
+    for i in range(2):
+        assert cv2.imwrite(str(tmp_path / f"img_{i}.png"), scene.frame(i).image)
+    (tmp_path / "img_2.png").write_bytes(b"")
+    assert cv2.imwrite(str(tmp_path / "img_3.png"), np.full((64, 80, 3), 1000, np.uint16))  # 16-bit colour, last
+    # as many inference threads as CPUs: no reader thread, so nothing is read ahead of the last result
+    summary = _run_json(capsys, "--source", str(tmp_path), "--model", onnx, "--threads", str(usable_cpus()))
+    assert summary["outcome"] == "completed" and summary["frames"] == 2 and summary["targets"] == 6
+    assert summary["skipped"] == summary["source"]["skipped"] == 2
+    assert "img_2.png: the file is empty (0 bytes)" in caplog.text
+    assert "img_3.png, frame 3: 16-bit frames must be single-channel" in caplog.text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device on which every write fails)")
+def test_a_full_disk_fails_with_the_path_and_reason_after_the_summary(capsys, onnx):
+    assert main(["run", "--model", onnx, "--threads", "1", "--source", "synthetic:64x64,frames=5",
+                 "--save-json", "/dev/full", "--json"]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["outcome"] == "failed" and summary["frames"] == 0
+    assert err.startswith("edge-irst run: error: cannot write the JSON Lines results to /dev/full: No space left on "
+                          "device") and "Traceback" not in err
+
+
+def test_an_output_that_cannot_open_fails_before_any_other_output_is_written(tmp_path, capsys, onnx):
+    (tmp_path / "v.avi").mkdir()  # OpenCV cannot write a video over a folder
+    jsonl = tmp_path / "ok.jsonl"
+    assert main(["run", "--model", onnx, "--threads", "1", "--source", "synthetic:64x64,frames=5", "--json",
+                 "--save-json", str(jsonl), "--save-video", str(tmp_path / "v.avi")]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["frames"] == 0 and jsonl.read_text() == ""  # the summary and the outputs agree
+    assert "OpenCV cannot write the video" in err and "try .avi" not in err  # it is an .avi already
 
 
 def test_missing_accelerator_fails_or_falls_back_to_the_cpu(capsys, onnx):

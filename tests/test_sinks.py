@@ -103,13 +103,34 @@ def test_annotated_video_and_images_show_boxes_around_the_targets(tmp_path, resu
         assert not green[:20, 100:].any()  # ...and not where there is none (top-right corner)
 
 
-def test_raw_frames_are_annotated_through_the_raw_mapping(tmp_path, detector):
+@pytest.mark.parametrize("shape", ["HxW", "HxWx1"])
+def test_raw_frames_are_annotated_through_the_raw_mapping(tmp_path, detector, shape):
     raw = SyntheticScene((128, 160), targets=2, bits=14).frame(0).image
-    (result,) = list(detector.stream([raw]))
-    with ImageFolderSink(tmp_path) as sink:
-        sink.write(result)
+    (result,) = list(detector.stream([raw if shape == "HxW" else raw[:, :, None]]))  # the detector takes both
+    with SinkSet([ImageFolderSink(tmp_path), VideoSink(tmp_path / "v.avi")]) as sinks:
+        sinks.write(result)
     written = cv2.imread(str(tmp_path / "frame_000000.png"))
     assert written.dtype == np.uint8 and written.shape == (128, 160, 3) and written.std() > 2
+    capture = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    ok, first = capture.read()
+    capture.release()
+    assert ok and first.shape == (128, 160, 3) and first.std() > 2
+
+
+def test_odd_sized_frames_are_padded_not_cropped_in_the_video(tmp_path, detector):
+    image = np.zeros((201, 255), np.uint8)
+    image[-1, :] = image[:, -1] = 255  # the last row and column: what cropping to 254x200 would lose
+    (result,) = list(detector.stream([image]))
+    for suffix in (".avi", ".mp4"):
+        with VideoSink(tmp_path / f"v{suffix}") as sink:
+            sink.write(result)
+        capture = cv2.VideoCapture(str(tmp_path / f"v{suffix}"))
+        ok, written = capture.read()
+        capture.release()
+        grey = written[:, :, 1].astype(float)
+        assert ok and written.shape == (202, 256, 3), suffix
+        assert grey[100:, 254].mean() > 200 and grey[200, 100:].mean() > 200, suffix  # kept
+        assert grey[100:, 255].mean() < 60 and grey[201, 100:250].mean() < 60, suffix  # the black padding
 
 
 def test_interrupted_run_leaves_complete_outputs(tmp_path, detector):
@@ -161,6 +182,26 @@ def test_bad_outputs_are_clear_errors(tmp_path):
     blocker.write_text("x")
     with pytest.raises(SinkError, match="cannot write the JSON Lines results"):
         JsonlSink(blocker / "d.jsonl", "s", "resize")
+    with pytest.raises(SinkError, match=r"cannot write the annotated video to .*file/v\.avi: .*writable path"):
+        VideoSink(blocker / "v.avi")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device on which every write fails)")
+def test_a_full_disk_is_one_clear_error_naming_the_output(results):
+    sink = JsonlSink("/dev/full", SPEC, "resize")
+    with pytest.raises(SinkError, match="cannot write the JSON Lines results to /dev/full: No space left on device; "
+                                        "free space there or choose another path"):
+        sink.write(results[0])
+    sink.close()  # what is still buffered cannot be written either: already reported, not raised again
+    with pytest.raises(SinkError, match="cannot write the CSV results to /dev/full: No space left on device"):
+        CsvSink("/dev/full", SPEC)  # its header is written when it opens
+
+
+def test_an_image_that_cannot_be_written_names_it_and_leaves_no_partial_file(tmp_path, results):
+    (tmp_path / "frame_000000.png").mkdir()  # the name is taken by a folder: the rename into place fails
+    with pytest.raises(SinkError, match=r"cannot write the annotated images to .*frame_000000\.png: "):
+        ImageFolderSink(tmp_path).write(results[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["frame_000000.png"]
 
 
 def test_show_without_a_gui_says_why_and_what_to_do(monkeypatch):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.server
 import logging
+import re
 import socketserver
+import struct
 import threading
 import time
 
@@ -33,6 +35,18 @@ def _write_video(path, frames, fps=25.0, fourcc="MJPG"):
         writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame)
     writer.release()
     return path
+
+
+def _corrupt_avi_frames(path, numbers):
+    """Zeroes the JPEG data of the given frames of an MJPG .avi in place (the index and sizes stay valid): FFmpeg
+    then fails to decode just those frames ("No JPEG data found in image")."""
+    data = bytearray(path.read_bytes())
+    frames = [m.start() + 8 for m in re.finditer(b"00dc", data) if data[m.start() + 8:m.start() + 10] == b"\xff\xd8"]
+    for number in numbers:
+        start = frames[number]
+        size = struct.unpack("<I", data[start - 4:start])[0]
+        data[start:start + size] = bytes(size)
+    path.write_bytes(bytes(data))
 
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
@@ -98,16 +112,18 @@ def test_folder_in_natural_order_with_corrupt_images_skipped_and_counted(tmp_pat
     ok, encoded = cv2.imencode(".png", scene.frame(3).image)
     (tmp_path / "frame_3.png").write_bytes(encoded.tobytes()[: encoded.size // 2])  # truncated PNG
     (tmp_path / "frame_4.jpg").write_bytes(b"this is not a JPEG")
+    (tmp_path / "frame_5.png").write_bytes(b"")  # empty: OpenCV asserts on an empty buffer
     (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
     source = open_source(tmp_path)
     with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
         frames = list(source)
     assert [f.name.rsplit("/", 1)[1] for f in frames] == ["frame_1.png", "frame_2.png", "frame_10.png"]
-    assert [f.index for f in frames] == [0, 1, 4]  # list positions: the gaps are the skipped files
+    assert [f.index for f in frames] == [0, 1, 5]  # list positions: the gaps are the skipped files
     assert np.array_equal(frames[2].image, scene.frame(10).image)
-    assert source.skipped == 2 and source.stats()["skipped"] == 2
+    assert source.skipped == 3 and source.stats()["skipped"] == 3
     reported = " ".join(r.getMessage() for r in caplog.records)
     assert "frame_3.png" in reported and "frame_4.jpg" in reported
+    assert "frame_5.png: the file is empty (0 bytes)" in reported
 
 
 def test_single_image_glob_and_sixteen_bit_images(tmp_path):
@@ -171,6 +187,41 @@ def test_truncated_video_reports_the_missing_frames(tmp_path, caplog):
     assert "truncated" in caplog.text
 
 
+def test_corrupt_frames_in_a_video_are_skipped_and_the_rest_is_read(tmp_path, caplog):
+    images = [SyntheticScene((64, 80), targets=1).frame(i).image for i in range(20)]
+    path = _write_video(tmp_path / "clip.avi", images, fps=10.0)
+    _corrupt_avi_frames(path, [8, 12, 13])
+    source = open_source(path)
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        frames = list(source)
+    source.close()
+    expected = [i for i in range(20) if i not in (8, 12, 13)]
+    assert [f.index for f in frames] == expected  # the frame numbers in the file, gaps where the bad ones were
+    assert [f.timestamp for f in frames] == pytest.approx([i / 10.0 for i in expected], abs=1e-3)
+    for frame in frames:
+        assert np.abs(frame.image[:, :, 1].astype(int) - images[frame.index]).mean() < 3.0
+    assert source.skipped == 3
+    assert "frame 8 cannot be decoded" in caplog.text and "frames 12..13 cannot be decoded" in caplog.text
+    assert "truncated" not in caplog.text  # it was read to its real end
+
+
+def test_video_iterated_again_goes_on_with_the_next_frame(tmp_path, caplog):
+    images = [SyntheticScene((64, 80), targets=1).frame(i).image for i in range(12)]
+    source = open_source(_write_video(tmp_path / "clip.avi", images, fps=10.0))
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        first = []
+        for frame in source:
+            first.append(frame)
+            if len(first) == 5:
+                break  # like a stream stopped by max_frames
+        rest = list(source)
+        again = list(source)  # at the end: nothing more, and the end is not reported twice
+    source.close()
+    assert [f.index for f in first + rest] == list(range(12)) and again == []
+    assert [f.timestamp for f in rest] == pytest.approx([i / 10.0 for i in range(5, 12)], abs=1e-3)
+    assert source.skipped == 0 and "truncated" not in caplog.text
+
+
 def test_unreadable_video_is_a_source_error(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 2048)
     with pytest.raises(SourceError, match="cannot open video .*broken.mp4"):
@@ -188,10 +239,11 @@ def test_missing_camera_is_a_clear_source_error():
 # ---- live: an MJPEG server on 127.0.0.1 --------------------------------------------------------------------------
 class MjpegServer:
     """multipart/x-mixed-replace JPEG stream on 127.0.0.1, like an IP camera. Each connection gets frames
-    numbered from a global counter (the grey level encodes it), `per_connection` of them (None = endless) at
-    `fps`, then the connection is dropped. stop() closes the listening socket: reconnections are refused."""
+    numbered from a global counter (the grey level encodes it: 5 * number), `per_connection` of them (None =
+    endless) at `fps`, then the connection is dropped, or with `hang` kept open without sending anything more
+    until stop(). stop() closes the listening socket: reconnections are refused."""
 
-    def __init__(self, per_connection=None, fps=100.0):
+    def __init__(self, per_connection=None, fps=100.0, hang=False):
         self.per_connection, self.period = per_connection, 1.0 / fps
         self.connections = 0
         self.sent = 0
@@ -218,6 +270,8 @@ class MjpegServer:
                     server.sent += 1
                     count += 1
                     time.sleep(server.period)
+                if hang:
+                    server.stopping.wait()
 
             def log_message(self, *args):
                 pass
@@ -284,6 +338,34 @@ def test_stream_that_drops_is_reopened_with_back_off_then_given_up(fast_reconnec
     assert len(frames) > 5  # more than one connection delivers: frames kept coming across the reconnections
 
 
+def test_outages_name_the_last_frame_delivered_and_are_timed_from_it(caplog):
+    reconnect = Reconnect(retries=2, backoff_s=0.05, backoff_max_s=0.2, open_timeout_s=2.0, read_timeout_s=1.0)
+    server = MjpegServer(per_connection=5, fps=100.0, hang=True)  # 5 frames, then silence on an open connection
+    source = open_source(server.url, reconnect)
+    frames = []
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        try:
+            for frame in source:
+                frames.append(frame)
+                if server.connections >= 2 and not server.stopping.is_set():
+                    server.stop()  # reconnected once; now the camera goes away for good
+        except SourceError as exc:
+            error = exc
+        else:
+            pytest.fail("a stream that never comes back must end with a SourceError")
+        finally:
+            source.close()
+    # The newest frame is always taken before an outage is noticed, so the last frame the first connection
+    # delivered (grey levels 0..20 are its 5 frames) and the last of all are among those seen here.
+    last_of_first = max(f.index for f in frames if f.image.mean() < 22.5)
+    outages = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert len(outages) == 2 and f"no frame after frame {last_of_first};" in outages[0]
+    assert f"no frame after frame {frames[-1].index};" in outages[1]
+    assert f"lost after frame {frames[-1].index};" in str(error)
+    # the first outage began with the last frame: the silence lasted the whole read timeout before it was noticed
+    assert source.reconnects == 1 and source.gaps_s[0] >= reconnect.read_timeout_s
+
+
 def test_unreachable_stream_fails_at_open():
     with pytest.raises(SourceError, match=r"cannot open stream http://127\.0\.0\.1:9/"):
         open_source("http://127.0.0.1:9/none.mjpg", Reconnect(open_timeout_s=1.0))
@@ -292,5 +374,7 @@ def test_unreachable_stream_fails_at_open():
 def test_reconnect_back_off_schedule_and_validation():
     assert list(Reconnect(retries=5, backoff_s=0.5, backoff_max_s=3.0).delays()) == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert list(Reconnect(retries=0).delays()) == []
+    # a first wait above the cap is the user's: kept, never followed by shorter ones
+    assert list(Reconnect(retries=4, backoff_s=20).delays()) == [20, 20, 20, 20]
     with pytest.raises(InputError, match="retries"):
         Reconnect(retries=-1)

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--reconnect-retries", type=int, default=5, metavar="N",
                      help="reopening attempts when a camera/stream stops delivering (default: 5)")
     src.add_argument("--reconnect-backoff", type=float, default=0.5, metavar="S",
-                     help="first wait before reopening, doubled per attempt up to 8 s (default: 0.5)")
+                     help="first wait before reopening, doubled per attempt up to 8 s; a longer first wait is "
+                          "kept for every attempt (default: 0.5)")
 
     model = p.add_argument_group("model and backend")
     model.add_argument("--model", default=None,
@@ -181,7 +182,13 @@ def run(args) -> int:
             outcome, failure = "failed", exc
         finally:
             status.close()
-            sinks.close()
+            try:
+                sinks.close()
+            except EdgeIrstError as exc:  # e.g. the last buffered lines hit a full disk: reported like a write
+                if failure is None:
+                    outcome, failure = "failed", exc
+            # files the source passed over after the last result are not in any result's count
+            stats.skipped = source.skipped
         summary = _summary(detector, source, stats, truth if truth["targets"] else None, outcome, args)
         if control is not None:
             summary["control"] = {"source": str(args.control), "applied": control.applied}
