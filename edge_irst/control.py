@@ -11,9 +11,10 @@ One command per line, `key=value` pairs separated by spaces, applied together to
     show                               log the settings in effect
     quit                               end the run cleanly (outputs closed, summary printed, exit 0)
 
-`#` starts a comment; blank lines are ignored. A bad line is logged with the reason and changes nothing; the run
-goes on. This is what a robot stack can drive through a pipe (`mkfifo ctl; edge-irst run --control ctl &; echo
-threshold=1 > ctl`) without a GUI.
+`#` starts a comment; blank lines are ignored. A bad line (an unknown key, a key given twice, a value that does not
+parse, bytes that are not UTF-8) is logged with the reason and changes nothing; the run goes on. This is what a
+robot stack can drive through a pipe (`mkfifo ctl; edge-irst run --control ctl &; echo threshold=1 > ctl`)
+without a GUI.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import BinaryIO, Callable, Optional, TextIO, Union
 
 from .errors import EdgeIrstError, InputError
 from .postprocess import FILTER_FIELDS
@@ -78,16 +79,21 @@ def parse_command(line: str) -> Optional[dict]:
             raise InputError(f"{word!r}: expected key=value (keys: {', '.join(_PARSERS)}), show or quit")
         if key not in _PARSERS:
             raise InputError(f"{word!r}: unknown setting {key!r}; expected one of {', '.join(_PARSERS)}")
-        changes["target_filter" if key == "filter" else key] = _PARSERS[key](key, value)
+        setting = "target_filter" if key == "filter" else key
+        if setting in changes:  # which one was meant is anyone's guess: refuse rather than let the last one win
+            raise InputError(f"{word!r}: {key} is given twice on one line; give each setting once")
+        changes[setting] = _PARSERS[key](key, value)
     return changes
 
 
 class ControlChannel:
     """Reads control lines from a text stream or path in a daemon thread and applies them to `detector`.
 
-    source: "stdin", an open text stream, or a path (a FIFO is reopened after each writer closes it, so
+    source: "stdin", an open text or binary stream, or a path (a FIFO is reopened after each writer closes it, so
     `echo ... > fifo` can be repeated; a regular file is read once). `quit_requested` is set by a `quit` line
     (and by the end of the source, when quit_on_eof). `applied` counts the lines that changed the settings.
+    stdin and paths are read as bytes and decoded line by line, so a line that is not UTF-8 is refused alone: the
+    lines around it still apply and the channel keeps reading.
     """
 
     def __init__(self, detector, source, quit_on_eof: bool = False):
@@ -121,18 +127,30 @@ class ControlChannel:
         self.applied += 1
         log.warning("control: %s (from the next frame)", _describe(settings))
 
-    def _lines(self, stream: TextIO) -> None:
-        for line in stream:
-            self.handle(line)
-            if self.quit_requested.is_set():
+    def _lines(self, stream: Union[TextIO, BinaryIO]) -> None:
+        lines = iter(stream)
+        while not self.quit_requested.is_set():
+            try:
+                line = next(lines)
+            except StopIteration:
                 return
+            except UnicodeDecodeError as exc:  # a caller's text stream decoding on its own: that chunk is gone
+                log.error("control: input refused: not UTF-8 text (%s)", exc)
+                continue
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    log.error("control: line %r refused: not UTF-8 text (%s)", line.strip(), exc)
+                    continue
+            self.handle(line)
 
     def _run(self) -> None:
         try:
             if self._source == "stdin":
                 import sys
 
-                self._lines(sys.stdin)
+                self._lines(getattr(sys.stdin, "buffer", sys.stdin))  # bytes: decoded line by line
             elif hasattr(self._source, "readline"):
                 self._lines(self._source)
             else:
@@ -146,7 +164,7 @@ class ControlChannel:
     def _read_path(self, path: Path) -> None:
         is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
         while not self.quit_requested.is_set():
-            with open(path, encoding="utf-8") as stream:  # a FIFO blocks here until a writer opens it
+            with open(path, "rb") as stream:  # a FIFO blocks here until a writer opens it
                 self._lines(stream)
             if not is_fifo:
                 return

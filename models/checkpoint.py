@@ -18,13 +18,15 @@ import collections
 import hashlib
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from edge_irst.contract import AUTHORS_CONTRACT, ModelContract
-from edge_irst.errors import ModelFileError, UnsafePickleError
+from edge_irst.errors import ModelFileError, UnknownNameError, UnsafePickleError
 
 from .registry import create_model
 
@@ -103,25 +105,49 @@ class _AllowListPickleModule:
         return _AllowListUnpickler(f, **kw).load()
 
 
-def _flatten_record(record: ModuleRecord, prefix: str = "") -> dict[str, torch.Tensor]:
-    """State-dict-style {dotted name: tensor} from a record tree (parameters, then persistent buffers)."""
+# The authors' module tree is 5 levels deep; a pickle nested far deeper is not theirs (and would exhaust the stack).
+_MAX_MODULE_DEPTH = 32
+
+
+def _flatten_record(record: ModuleRecord, path: Path, prefix: str = "",
+                    ancestors: tuple = ()) -> dict[str, torch.Tensor]:
+    """State-dict-style {dotted name: tensor} from a record tree (parameters, then persistent buffers). Every
+    level of the pickled state is checked for its type, and the tree for cycles and depth: the pickle is data from
+    a file, and a crafted one may hold a module that contains itself."""
+    if any(record is ancestor for ancestor in ancestors):
+        raise UnsafePickleError(f"{path}: module {prefix.rstrip('.') or '(root)'} is one of its own ancestors (a "
+                                f"cyclic _modules tree): not a model the authors' code could have saved")
+    if len(ancestors) >= _MAX_MODULE_DEPTH:
+        raise UnsafePickleError(f"{path}: modules nested deeper than {_MAX_MODULE_DEPTH} levels at "
+                                f"{prefix.rstrip('.')}: not the authors' LW-IRSTNet")
     state = record.state
     out: dict[str, torch.Tensor] = {}
-    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    non_persistent = _pickled_entry(state, "_non_persistent_buffers_set", set, path, prefix)
     for key in ("_parameters", "_buffers"):
-        for name, tensor in (state.get(key) or {}).items():
+        for name, tensor in _pickled_entry(state, key, dict, path, prefix).items():
             if tensor is None or name in non_persistent:
                 continue
             if not isinstance(tensor, torch.Tensor):
-                raise UnsafePickleError(f"{prefix}{name}: expected a tensor, found {type(tensor).__name__}")
+                raise UnsafePickleError(f"{path}: {prefix}{name}: expected a tensor, found {type(tensor).__name__}")
             out[prefix + name] = tensor.detach().clone()
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _pickled_entry(state, "_modules", dict, path, prefix).items():
         if child is None:
             continue
         if not isinstance(child, ModuleRecord):
-            raise UnsafePickleError(f"{prefix}{name}: expected a module, found {type(child).__name__}")
-        out.update(_flatten_record(child, f"{prefix}{name}."))
+            raise UnsafePickleError(f"{path}: {prefix}{name}: expected a module, found {type(child).__name__}")
+        out.update(_flatten_record(child, path, f"{prefix}{name}.", (*ancestors, record)))
     return out
+
+
+def _pickled_entry(state: dict, key: str, kind: type, path: Path, prefix: str):
+    """state[key] of a pickled module, an empty `kind` when absent or None; refused when of another type."""
+    value = state.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise UnsafePickleError(f"{path}: {prefix or '(root) '}{key}: expected a {kind.__name__}, found "
+                                f"{type(value).__name__}")
+    return value
 
 
 # Authors' state-dict names -> ours. The layers their class defines but never calls are listed apart and dropped.
@@ -172,14 +198,14 @@ def load_authors_pickle(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         root = torch.load(path, map_location="cpu", pickle_module=_AllowListPickleModule, weights_only=False)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{path}: {exc}") from exc
     except Exception as exc:  # truncated zip, wrong file type...
         raise ModelFileError(f"{path}: not a readable PyTorch pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(root, ModuleRecord) or root.pickled_class != f"{AUTHORS_MODULE}.LW_IRST_ablation":
         found = getattr(root, "pickled_class", type(root).__name__)
         raise ModelFileError(f"{path}: expected the authors' LW_IRST_ablation model, found {found}")
-    theirs = _flatten_record(root)
+    theirs = _flatten_record(root, path)
     return {_authors_key_to_ours(k): v for k, v in theirs.items() if not _AUTHORS_UNUSED.match(k)}
 
 
@@ -214,14 +240,22 @@ class LoadedCheckpoint:
 
 
 def _is_whole_model_pickle(path: Path) -> bool:
-    """True when the file is a zip-format torch pickle that names the authors' module path."""
-    import zipfile
+    """True when the file is a zip-format torch pickle that names the authors' module path.
 
+    Every entry's CRC is checked on the way (torch.load checks none: a flipped byte in a tensor would load as a
+    wrong weight), so a corrupt archive is a ModelFileError naming the file, whichever entry the damage is in."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as zf:
-        pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
-        return pkl is not None and AUTHORS_MODULE.encode() in zf.read(pkl)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            damaged = zf.testzip()
+            if damaged is not None:
+                raise zipfile.BadZipFile(f"bad CRC-32 for {damaged}")
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
+            return pkl is not None and AUTHORS_MODULE.encode() in zf.read(pkl)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # bad CRC, cut or odd entry
+        raise ModelFileError(f"{path}: a corrupt PyTorch (zip) archive ({type(exc).__name__}: {exc}); re-download "
+                             f"or re-save it") from exc
 
 
 def load_checkpoint(path: str | Path, architecture: str | None = None, eval_mode: bool = True) -> LoadedCheckpoint:
@@ -256,38 +290,75 @@ def load_checkpoint(path: str | Path, architecture: str | None = None, eval_mode
         except Exception as exc:
             raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
         if isinstance(doc, dict) and doc.get("format") == FORMAT:
-            if doc.get("format_version", 0) > FORMAT_VERSION:
-                raise ModelFileError(f"{path}: checkpoint format version {doc['format_version']} is newer than "
+            version = doc.get("format_version", 0)
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ModelFileError(f"{path}: checkpoint format_version {version!r} is not a version this "
+                                     f"edge-irst writes (an integer from 1 to {FORMAT_VERSION})")
+            if version > FORMAT_VERSION:
+                raise ModelFileError(f"{path}: checkpoint format version {version} is newer than "
                                      f"this edge-irst understands ({FORMAT_VERSION}); upgrade edge-irst")
-            state_dict, arch = doc["state_dict"], doc["architecture"]
-            model_config, meta = doc.get("model_config", {}), doc.get("meta", {})
-            contract = ModelContract.from_dict(doc["contract"])
+            return _from_document(doc, path, architecture, eval_mode)
         elif isinstance(doc, dict) and doc and all(isinstance(v, torch.Tensor) for v in doc.values()):
             state_dict, arch, contract = doc, architecture or "lw_irstnet", AUTHORS_CONTRACT
         elif isinstance(doc, dict) and isinstance(doc.get("model"), dict):  # a training (resume) checkpoint
             return load_checkpoint_from_dict(doc["model"], path, eval_mode)
         else:
+            keys = list(doc)[:5] if isinstance(doc, dict) else "-"
             raise ModelFileError(f"{path}: not an edge-irst checkpoint nor a state dict "
-                                 f"(top-level {type(doc).__name__} with keys {list(doc)[:5] if isinstance(doc, dict) else '-'})")
-    if architecture and architecture != arch:
-        raise ModelFileError(f"{path}: holds a {arch!r} model, but {architecture!r} was asked for")
-    model = create_model(arch, **model_config)
+                                 f"(top-level {type(doc).__name__} with keys {keys})")
+    return _built(arch, architecture, model_config, state_dict, contract, path, meta, eval_mode)
+
+
+def load_checkpoint_from_dict(doc: dict, path: Path, eval_mode: bool = True) -> LoadedCheckpoint:
+    """A model from the document our checkpoint format (or a training checkpoint's "model" entry) holds."""
+    return _from_document(doc, Path(path), None, eval_mode)
+
+
+def _from_document(doc: dict, path: Path, architecture: str | None, eval_mode: bool) -> LoadedCheckpoint:
+    """Check each entry of our checkpoint document for its type (a ModelFileError naming the file and the entry,
+    never a KeyError / TypeError), then build the model."""
+    arch = _entry(doc, "architecture", str, path)
+    state_dict = _entry(doc, "state_dict", dict, path)
+    model_config, meta = _entry(doc, "model_config", dict, path, {}), _entry(doc, "meta", dict, path, {})
+    contract = ModelContract.from_dict(_entry(doc, "contract", dict, path), f"{path}: checkpoint contract")
+    return _built(arch, architecture, model_config, state_dict, contract, path, meta, eval_mode)
+
+
+def _entry(doc: dict, key: str, kind: type, path: Path, default=None):
+    """doc[key], which must be a `kind`; `default` when absent, where one is given."""
+    if key not in doc and default is not None:
+        return default
+    if key not in doc:
+        raise ModelFileError(f"{path}: the checkpoint has no {key!r} entry (keys: {', '.join(map(str, doc))})")
+    if not isinstance(doc[key], kind):
+        raise ModelFileError(f"{path}: checkpoint entry {key!r} must be a {kind.__name__}, found "
+                             f"{type(doc[key]).__name__}")
+    return doc[key]
+
+
+def _built(arch: str, requested: str | None, model_config: dict, state_dict: dict, contract: ModelContract,
+           path: Path, meta: dict, eval_mode: bool) -> LoadedCheckpoint:
+    """The registry model `arch` (which must be `requested`, where one is) built with `model_config`, holding
+    `state_dict`."""
+    if requested and requested != arch:
+        raise ModelFileError(f"{path}: holds a {arch!r} model, but {requested!r} was asked for")
+    try:
+        model = create_model(arch, **model_config)
+    except UnknownNameError as exc:
+        raise ModelFileError(f"{path}: holds an architecture this edge-irst does not have: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError) as exc:  # an option the builder lacks, or a value it cannot take
+        raise ModelFileError(f"{path}: model_config {model_config} does not fit architecture {arch!r} "
+                             f"({exc})") from exc
     _load_state(model, state_dict, path, arch)
     if eval_mode:
         model.eval()
     return LoadedCheckpoint(model, arch, model_config, contract, path, meta)
 
 
-def load_checkpoint_from_dict(doc: dict, path: Path, eval_mode: bool = True) -> LoadedCheckpoint:
-    model = create_model(doc["architecture"], **doc.get("model_config", {}))
-    _load_state(model, doc["state_dict"], path, doc["architecture"])
-    if eval_mode:
-        model.eval()
-    return LoadedCheckpoint(model, doc["architecture"], doc.get("model_config", {}),
-                            ModelContract.from_dict(doc["contract"]), path, doc.get("meta", {}))
-
-
 def _load_state(model: torch.nn.Module, state_dict: dict, path: Path, arch: str) -> None:
+    not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ModelFileError(f"{path}: state_dict entries that are not tensors: {', '.join(not_tensors[:3])}")
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(ours))

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import struct
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from edge_irst.backends import (BackendOptions, backend_class, backend_status, list_backends, load_backend,
-                                physical_cores, resolve_artifact)
+from edge_irst.assets import default_model
+from edge_irst.backends import (BackendClosedError, BackendOptions, backend_class, backend_status, list_backends,
+                                load_backend, physical_cores, resolve_artifact)
 from edge_irst.contract import AUTHORS_CONTRACT, CONTRACT_KEY, write_sidecar
 from edge_irst.errors import (DeviceUnavailableError, InputError, MissingDependencyError, ModelFileError,
                               UnknownNameError)
@@ -301,6 +305,116 @@ def test_ncnn_truncated_and_empty_bin(tmp_path, ncnn_param):
 def test_ncnn_corrupt_param_is_refused_before_ncnn_sees_it(tmp_path, ncnn_param, param, message):
     with pytest.raises(ModelFileError, match=message):
         load_backend(_ncnn_pair(tmp_path, ncnn_param, param=param, weights=b"\0" * 64))
+
+
+def _bundled_copy(tmp_path, artifact: str, weights: str | None = None):
+    """A copy of a bundled artifact, without its sidecar, in tmp_path (the bundle is never written to); for an ncnn
+    .param, `weights` names the bundled .bin copied beside it as its own .bin."""
+    target = tmp_path / artifact
+    shutil.copy(default_model() / artifact, target)
+    if weights is not None:
+        shutil.copy(default_model() / weights, target.with_suffix(".bin"))
+    return target
+
+
+def _assert_names_the_pair(error, param, expected: str) -> None:
+    """The ncnn size check's message: both files, the .bin's real size and what the .param needs."""
+    message = str(error.value)
+    assert str(param) in message and str(param.with_suffix(".bin")) in message, message
+    assert f"{param.with_suffix('.bin').stat().st_size} bytes" in message and f"needs {expected}" in message, message
+
+
+@pytest.mark.parametrize("param, weights", [("lw_irstnet_fp32.param", "lw_irstnet_fp32.bin"),
+                                            ("lw_irstnet_int8.param", "lw_irstnet_int8.bin")])
+def test_ncnn_bin_must_be_exactly_what_the_param_reads(tmp_path, ncnn_param, batch, param, weights):
+    """The bundled pairs (fp32 and int8 weight blocks) size exactly; a byte more or less is refused."""
+    target = _bundled_copy(tmp_path, param, weights)
+    data = target.with_suffix(".bin").read_bytes()
+    with load_backend(target, threads=1) as backend:
+        assert backend.run(batch[:1]).shape == (1, 1, 256, 256)
+    for changed in (data + b"\0" * 4, data[:-1]):
+        target.with_suffix(".bin").write_bytes(changed)
+        with pytest.raises(ModelFileError, match="another model or precision") as error:
+            load_backend(target)
+        _assert_names_the_pair(error, target, f"exactly {len(data)}")
+
+
+def test_ncnn_published_pair_sizes_exactly(ncnn_param, tmp_path):
+    """The authors' pair: raw fp32 blocks, MemoryData, Deconvolution; refused with one byte appended."""
+    target = _ncnn_pair(tmp_path, ncnn_param, weights=ncnn_param.with_suffix(".bin").read_bytes() + b"\0")
+    with pytest.raises(ModelFileError) as error:
+        load_backend(target)
+    _assert_names_the_pair(error, target, f"exactly {ncnn_param.with_suffix('.bin').stat().st_size}")
+
+
+def test_ncnn_int8_param_with_the_fp32_bin_is_refused(tmp_path, ncnn_param):
+    """ncnn loads this pair and computes zeros."""
+    target = _bundled_copy(tmp_path, "lw_irstnet_int8.param", "lw_irstnet_fp32.bin")
+    with pytest.raises(ModelFileError, match="another model or precision") as error:
+        load_backend(target)
+    _assert_names_the_pair(error, target, "exactly")
+
+
+def test_ncnn_fp32_param_with_the_int8_bin_is_refused_not_crashed(tmp_path, ncnn_param):
+    """ncnn 1.0.20261020 segfaults in load_model on this pair, so it is loaded in a child process: a crash then
+    fails this test instead of ending the test run."""
+    target = _bundled_copy(tmp_path, "lw_irstnet_fp32.param", "lw_irstnet_int8.bin")
+    child = ("import sys\nfrom edge_irst.backends import load_backend\nfrom edge_irst.errors import ModelFileError\n"
+             "try:\n    load_backend(sys.argv[1])\nexcept ModelFileError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", child, str(target)], capture_output=True, text=True)
+    assert done.returncode == 0, f"the child process died ({done.returncode}): {done.stderr[-500:]}"
+    assert "another model or precision" in done.stdout and str(target.with_suffix(".bin")) in done.stdout
+
+
+# The ModelBin tags of export/ncnn_int8.py, and how many bytes each stores per weight (before padding to 4).
+_STORAGE = {"fp32": (0, 4), "fp16": (0x01306B47, 2), "int8": (0x000D4B38, 1)}
+
+
+def _one_convolution_pair(folder, storage: str, extra_layer: str = ""):
+    """Input -> a 3x3 Convolution (3 channels -> 1, bias: 27 weights, an odd count that fp16 and int8 pad) ->
+    `extra_layer` -> out, its weights written as ncnn's ModelBin stores them in `storage` (int8: with the
+    per-output weight scale and the input scale behind the bias, int8_scale_term 2)."""
+    tag, width = _STORAGE[storage]
+    weights = np.random.default_rng(0).normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32)
+    blocks = {"fp32": weights.tobytes(), "fp16": weights.astype(np.float16).tobytes(),
+              "int8": np.clip(np.round(weights * 300), -127, 127).astype(np.int8).tobytes()}[storage]
+    blob = struct.pack("<I", tag) + blocks + b"\0" * (-len(blocks) % 4) + np.float32(0.1).tobytes()
+    int8 = " 8=2" if storage == "int8" else ""
+    if int8:
+        blob += np.float32(300).tobytes() + np.float32(50).tobytes()
+    conv_top = "conv" if extra_layer else "out"
+    layers = ["Input in0 0 1 in0", f"Convolution conv0 1 1 in0 {conv_top} 0=1 1=3 4=1 5=1 6=27{int8}"]
+    layers += [extra_layer] if extra_layer else []
+    param = folder / f"one_{storage}.param"
+    param.write_text(f"7767517\n{len(layers)} {len(layers) + 1}\n" + "\n".join(layers) + "\n")
+    param.with_suffix(".bin").write_bytes(blob)
+    assert len(blob) == 4 + -(-27 * width // 4) * 4 + 4 + (8 if int8 else 0)
+    return param
+
+
+@pytest.mark.parametrize("storage", list(_STORAGE))
+def test_ncnn_bin_size_follows_each_blocks_storage_tag(tmp_path, ncnn_param, batch, storage):
+    param = _one_convolution_pair(tmp_path, storage)
+    data = param.with_suffix(".bin").read_bytes()
+    with load_backend(param, threads=1) as backend:
+        assert np.isfinite(backend.run(batch[:1])).all()
+    param.with_suffix(".bin").write_bytes(data + b"\0" * 4)
+    with pytest.raises(ModelFileError) as error:
+        load_backend(param)
+    _assert_names_the_pair(error, param, f"exactly {len(data)}")
+
+
+def test_ncnn_layer_the_size_table_lacks_is_loaded_and_only_bounds_the_size(tmp_path, ncnn_param, batch):
+    """Exp (a real ncnn layer with no weights) is not in the table: the model still loads, and a .bin too small for
+    the layers the table knows is still refused."""
+    param = _one_convolution_pair(tmp_path, "fp32", extra_layer="Exp exp0 1 1 conv out")
+    data = param.with_suffix(".bin").read_bytes()
+    with load_backend(param, threads=1) as backend:
+        assert np.isfinite(backend.run(batch[:1])).all()
+    param.with_suffix(".bin").write_bytes(data[:-4])
+    with pytest.raises(ModelFileError, match=r"needs at least .* \(layers of type Exp not counted\)") as error:
+        load_backend(param)
+    _assert_names_the_pair(error, param, f"at least {len(data)}")
 
 
 def test_format_mismatch_names_file_and_backend(authors_dir):
@@ -634,6 +748,134 @@ def test_torch_garbage_file(torch_backend, tmp_path):
     bad.write_bytes(b"not a checkpoint" * 4)
     with pytest.raises(ModelFileError, match=r"bad\.pt"):
         load_backend(bad)
+
+
+def test_torch_device_strings_are_checked():
+    pytest.importorskip("torch", reason="the torch backend needs the [torch] extra")
+    for device in ("cuda:x", "cuda:-1", "cuda:", "gpu"):
+        with pytest.raises(InputError, match=r"torch device .* accepted cpu, cuda, cuda:N \(N = 0, 1"):
+            load_backend(default_model() / "lw_irstnet.pt", device=device)
+
+
+# ---- the contract: checked field by field, and against what the artifact declares ------------------------------
+# The bundled fp32 artifact of each backend (all 256x256, 3 channels, NCHW or NHWC).
+BUNDLED = {"onnxruntime": "lw_irstnet_fp32.onnx", "opencv": "lw_irstnet_fp32.onnx", "ncnn": "lw_irstnet_fp32.param",
+           "mnn": "lw_irstnet_fp32.mnn", "tflite": "lw_irstnet_fp32.tflite", "torch": "lw_irstnet.pt"}
+
+
+def _bundled_backend_copy(tmp_path, name: str):
+    """The bundled fp32 artifact for backend `name` copied to tmp_path without its sidecar (skips without the
+    runtime)."""
+    pytest.importorskip(backend_class(name).runtime, reason=f"the {name} backend's runtime is not installed")
+    artifact = BUNDLED[name]
+    return _bundled_copy(tmp_path, artifact, "lw_irstnet_fp32.bin" if name == "ncnn" else None)
+
+
+def _sidecar_with(artifact, **changes) -> None:
+    """A sidecar beside `artifact` holding the bundled fp32 contract with `changes` (raw JSON values)."""
+    contract = json.loads((default_model() / "lw_irstnet_fp32.onnx.json").read_text())["contract"]
+    (artifact.parent / f"{artifact.name}.json").write_text(json.dumps({"contract": {**contract, **changes}}))
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"contract": None}, "the contract must be a JSON object, got null"),
+    ({"contract": [1, 2]}, "the contract must be a JSON object, got an array"),
+    ([1, 2], "expected a JSON object with a 'contract' object"),
+])
+def test_sidecar_that_is_not_an_object_is_named(tmp_path, document, message):
+    artifact = _bundled_backend_copy(tmp_path, "onnxruntime")
+    (tmp_path / f"{artifact.name}.json").write_text(json.dumps(document))
+    with pytest.raises(ModelFileError, match=rf"sidecar {tmp_path / artifact.name}\.json: {message}"):
+        load_backend(artifact)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input_size": "256"}, r"field 'input_size' must be null \(dynamic\) or \[height, width\]"),
+    ({"input_size": [256]}, r"field 'input_size' must be null"),
+    ({"input_size": [256, 0]}, r"field 'input_size'\[1\] must be a positive integer, got a number \(0\)"),
+    ({"mean": 0.5}, r"field 'mean' must be an array of numbers"),
+    ({"mean": [0.5, 0.5]}, r"field 'mean' has 2 value\(s\), but channel_order 'RGB' has 3 channel\(s\)"),
+    ({"std": [0.2, 0.0, 0.2]}, r"field 'std'\[1\] must be > 0"),
+    ({"mean": [0.5, "x", 0.5]}, r"field 'mean'\[1\] must be a finite number, got a string"),
+    ({"stride": 0}, r"field 'stride' must be a positive integer"),
+    ({"stride": True}, r"field 'stride' must be a positive integer, got a boolean"),
+    ({"scale": -1}, r"field 'scale' must be > 0"),
+    ({"threshold": "0"}, r"field 'threshold' must be a finite number"),
+    ({"layout": "CHW"}, r"field 'layout' must be one of NCHW, NHWC"),
+    ({"channel_order": "GRAY"}, r"field 'mean' has 3 value\(s\), but channel_order 'GRAY' has 1 channel"),
+    ({"extra": []}, r"field 'extra' must be an object"),
+])
+def test_sidecar_contract_fields_are_checked_by_name(tmp_path, changes, message):
+    artifact = _bundled_backend_copy(tmp_path, "onnxruntime")
+    _sidecar_with(artifact, **changes)
+    with pytest.raises(ModelFileError, match=rf"sidecar {tmp_path / artifact.name}\.json: {message}"):
+        load_backend(artifact)
+
+
+def test_contract_embedded_in_an_onnx_is_checked_by_name(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="writing ONNX metadata needs the onnx package ([export] extra)")
+    model = onnx.load(str(default_model() / "lw_irstnet_fp32.onnx"))
+    entry = next(prop for prop in model.metadata_props if prop.key == CONTRACT_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), "stride": 0})
+    onnx.save(model, str(tmp_path / "embedded.onnx"))
+    for name in ("onnxruntime", "opencv"):
+        with pytest.raises(ModelFileError, match=r"embedded metadata 'edge_irst.contract': field 'stride' must be"):
+            load_backend(tmp_path / "embedded.onnx", backend=name)
+
+
+def test_opencv_reads_the_contract_embedded_in_the_onnx(tmp_path):
+    """OpenCV DNN cannot read ONNX metadata itself: without a sidecar it must still get the file's contract, not
+    the authors' default."""
+    artifact = _bundled_backend_copy(tmp_path, "opencv")
+    with load_backend(artifact, backend="opencv") as opencv, load_backend(artifact) as onnxruntime:
+        assert opencv.contract == onnxruntime.contract != AUTHORS_CONTRACT
+        assert opencv.contract.provenance == "edge-irst export"
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "opencv", "mnn", "tflite"])
+def test_sidecar_size_that_contradicts_the_artifact_is_refused(tmp_path, name):
+    artifact = _bundled_backend_copy(tmp_path, name)
+    _sidecar_with(artifact, input_size=[320, 320])
+    with pytest.raises(ModelFileError, match=r"declares a 256x256 \(HxW\) input where the contract says 320x320") \
+            as error:
+        load_backend(artifact, backend=name)
+    assert str(artifact) in str(error.value) and f"sidecar {artifact}.json contradicts" in str(error.value)
+
+
+def test_opencv_reads_the_graph_input_through_onnxruntime_without_the_onnx_package(tmp_path, monkeypatch):
+    """onnx is an [export] extra; onnxruntime, a core dependency, reads the graph input where it is missing."""
+    artifact = _bundled_backend_copy(tmp_path, "opencv")
+    _sidecar_with(artifact, input_size=[320, 320])
+    monkeypatch.setitem(sys.modules, "onnx", None)  # blocks the import the way Python documents
+    with pytest.raises(ModelFileError, match=r"declares a 256x256 \(HxW\) input where the contract says 320x320"):
+        load_backend(artifact, backend="opencv")
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_grey_sidecar_beside_a_three_channel_artifact_is_refused(tmp_path, name):
+    """A contract that is well formed on its own (one mean, one std) but says GRAY for a 3-channel model."""
+    artifact = _bundled_backend_copy(tmp_path, name)
+    _sidecar_with(artifact, channel_order="GRAY", mean=[0.45], std=[0.226])
+    with pytest.raises(ModelFileError, match=r"(3 input channel\(s\) where the contract says 1|no axis of 1 "
+                                             r"channels)") as error:
+        load_backend(artifact, backend=name)
+    assert str(artifact) in str(error.value) and f"sidecar {artifact}.json" in str(error.value)
+
+
+# ---- close -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_close_is_idempotent_and_a_closed_backend_refuses_to_run(tmp_path, batch, name):
+    """options_in_effect() keeps answering with what was in effect (a run's summary may be written after it)."""
+    backend = load_backend(_bundled_backend_copy(tmp_path, name), backend=name, threads=1)
+    backend.run(batch[:1])
+    in_effect = backend.options_in_effect()
+    backend.close()
+    backend.close()
+    with pytest.raises(BackendClosedError, match=rf"{name}: {BUNDLED[name]} was closed"):
+        backend.run(batch[:1])
+    with pytest.raises(BackendClosedError):
+        backend.run_preprocessed(batch[:1])
+    assert backend.options_in_effect() == {**in_effect, "closed": True}
 
 
 # ---- a runtime that is not installed ---------------------------------------------------------------------------

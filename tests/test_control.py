@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import threading
 
 import pytest
 
@@ -32,6 +34,9 @@ def test_parse_command(line, changes):
     ("size_min=five", r"size_min='five': expected a number or 'none'"),
     ("inclusive=maybe", r"expected true or false"),
     ("threshold=none", r"threshold='none': expected a number"),
+    ("threshold=1 threshold=2", r"'threshold=2': threshold is given twice on one line"),
+    ("size_min=1 size-min=2", r"size_min is given twice"),
+    ("filter=none filter=authors", r"filter is given twice"),
 ])
 def test_parse_command_names_the_bad_word(line, message):
     with pytest.raises(InputError, match=message):
@@ -78,3 +83,40 @@ def test_channel_logs_a_missing_path_and_changes_nothing(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="edge_irst.control"):
         channel.start()._thread.join(10)
     assert "absent" in caplog.text and holder.settings.snapshot() == PostprocessSettings()
+
+
+def _refused(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+
+def test_a_line_that_is_not_utf8_is_refused_alone_in_a_file(tmp_path, caplog):
+    """The good lines around it, in the same read, still apply, and the end of the file still quits."""
+    path = tmp_path / "commands.txt"
+    path.write_bytes(b"threshold=1\nthreshold=\xff\nsize_min=3\n")
+    holder = _Holder()
+    with caplog.at_level(logging.ERROR, logger="edge_irst.control"):
+        channel = ControlChannel(holder, str(path), quit_on_eof=True).start()
+        channel._thread.join(10)
+    settings = holder.settings.snapshot()
+    assert channel.applied == 2 and settings.threshold == 1.0 and settings.target_filter.size_min == 3
+    assert channel.quit_requested.is_set() and not channel._thread.is_alive()
+    assert len(_refused(caplog)) == 1 and "not UTF-8" in _refused(caplog)[0]
+
+
+def test_a_line_that_is_not_utf8_leaves_a_fifo_channel_reading(tmp_path, caplog):
+    """The writer stays open throughout, so the channel is never between two opens of the FIFO: no race."""
+    fifo = tmp_path / "ctl"
+    os.mkfifo(fifo)
+    holder = _Holder()
+    applied = threading.Event()
+    holder.update = lambda **changes: (holder.settings.update(**changes), applied.set())[0]
+    channel = ControlChannel(holder, str(fifo)).start()
+    with caplog.at_level(logging.ERROR, logger="edge_irst.control"):
+        with open(fifo, "wb", buffering=0) as writer:  # blocks until the channel has opened its end
+            writer.write(b"threshold=\xfe\nthreshold=3\n")  # one write: both lines arrive in one read
+            assert applied.wait(10), "the line after the bad one was not applied"
+            assert channel._thread.is_alive()
+            channel.quit_requested.set()  # the end of this writer then ends the channel instead of reopening
+    channel._thread.join(10)
+    assert holder.settings.snapshot().threshold == 3.0 and not channel._thread.is_alive()
+    assert len(_refused(caplog)) == 1 and "not UTF-8" in _refused(caplog)[0]

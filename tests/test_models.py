@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import struct
+import sys
+import types
 import zipfile
 
 import numpy as np
@@ -131,3 +134,79 @@ def test_state_dict_of_another_architecture_is_named(tmp_path):
     with pytest.raises(ModelFileError, match="junk.pt: not a PyTorch checkpoint") as err:
         load_checkpoint(junk)
     assert not isinstance(err.value, UnsafePickleError)
+
+
+def _flip_a_byte_of(source, entry_suffix: str, target):
+    """A copy of the zip `source` with one byte flipped in the middle of its first entry named *entry_suffix."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(entry_suffix) and i.file_size > 1)
+    assert info.compress_type == zipfile.ZIP_STORED  # torch stores entries uncompressed: the payload is in place
+    # The payload follows the local header: 30 bytes, then the name and the extra field whose lengths it holds at
+    # offsets 26 and 28 (torch pads that extra field to align tensors, unlike the central directory's copy).
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_length + extra_length + info.file_size // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("entry", ["/data.pkl", "a tensor"])
+def test_corrupt_authors_pickle_is_named(authors_dir, tmp_path, entry):
+    """One flipped byte: in the pickle, or in a tensor (which torch.load would read as a wrong weight)."""
+    if entry == "a tensor":
+        with zipfile.ZipFile(authors_dir / "LW_IRST.pkl") as zf:
+            entry = next(n for n in zf.namelist() if "/data/" in n and zf.getinfo(n).file_size > 1)
+    bad = _flip_a_byte_of(authors_dir / "LW_IRST.pkl", entry, tmp_path / "c.pkl")
+    with pytest.raises(ModelFileError, match=r"c\.pkl: a corrupt PyTorch \(zip\) archive.*CRC"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("shape, message", [("cyclic", r"module block is one of its own ancestors"),
+                                            ("deep", r"modules nested deeper than 32 levels at block(\.block)+")])
+def test_authors_style_pickle_with_a_cyclic_or_too_deep_module_tree_is_refused(tmp_path, monkeypatch, shape, message):
+    """A module that lists itself among its _modules, or a chain of 40, pickled under the authors' class path
+    (stand-in modules make pickle write that path; nothing of them is imported when loading)."""
+    module_path, class_name = "models.LW_IRST_Net.LW_IRST_ablation", "LW_IRST_ablation"
+    for name in ("models", "models.LW_IRST_Net", module_path):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    stand_in = type(class_name, (), {"__module__": module_path})
+    setattr(sys.modules[module_path], class_name, stand_in)
+
+    def module(children: dict):
+        record = stand_in()
+        record.__dict__.update(_parameters={}, _buffers={}, _modules=children)
+        return record
+
+    root = module({})
+    if shape == "cyclic":
+        root.__dict__["_modules"]["block"] = root
+    else:
+        for _ in range(40):
+            root = module({"block": root})
+    path = tmp_path / f"{shape}.pkl"
+    torch.save(root, path)
+    with pytest.raises(UnsafePickleError, match=rf"{shape}\.pkl: {message}"):
+        load_checkpoint(path)
+
+
+def _our_document(**changes) -> dict:
+    doc = {"format": "edge-irst/checkpoint", "format_version": 1, "architecture": "lw_irstnet", "model_config": {},
+           "contract": AUTHORS_CONTRACT.to_dict(), "state_dict": create_model("lw_irstnet").state_dict(), "meta": {}}
+    return {**doc, **changes}
+
+
+@pytest.mark.parametrize("doc, message", [
+    (_our_document(format_version="2"), r"format_version '2' is not a version"),
+    (_our_document(format_version=0), r"format_version 0 is not a version"),
+    (_our_document(model_config={"bogus": 1}), r"model_config \{'bogus': 1\} does not fit architecture"),
+    (_our_document(architecture="lw_irstnett"), r"an architecture this edge-irst does not have.*lw_irstnet"),
+    (_our_document(state_dict=[1, 2]), r"entry 'state_dict' must be a dict, found list"),
+    (_our_document(contract={**AUTHORS_CONTRACT.to_dict(), "stride": 0}), r"contract: field 'stride' must be"),
+    ({"model": {"state_dict": {}}}, r"the checkpoint has no 'architecture' entry"),
+    ({"model": {**_our_document(), "state_dict": {"stem.conv.weight": 1.0}}}, r"not tensors: stem\.conv\.weight"),
+])
+def test_malformed_checkpoint_documents_are_named(tmp_path, doc, message):
+    path = tmp_path / "malformed.pt"
+    torch.save(doc, path)
+    with pytest.raises(ModelFileError, match=rf"malformed\.pt: .*{message}"):
+        load_checkpoint(path)

@@ -18,7 +18,7 @@ from typing import Optional
 from edge_irst.contract import ModelContract
 from edge_irst.errors import ModelFileError, UnknownNameError
 
-from .base import Backend, BackendOptions, TensorSpec, physical_cores
+from .base import Backend, BackendClosedError, BackendOptions, TensorSpec, physical_cores
 
 # name -> (module, class), in preference order (the first installed one wins where nothing is asked for).
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -188,5 +188,5 @@ def load_backend(artifact, backend: Optional[str] = None, options: Optional[Back
         return load_fastest(open_backend)
     return open_backend(None)
 
-__all__ = ["AUTO_THREADS", "Backend", "BackendOptions", "TensorSpec", "BACKENDS", "backend_class",
-           "backend_status", "list_backends", "load_backend", "physical_cores", "resolve_artifact"]
+__all__ = ["AUTO_THREADS", "Backend", "BackendClosedError", "BackendOptions", "TensorSpec", "BACKENDS",
+           "backend_class", "backend_status", "list_backends", "load_backend", "physical_cores", "resolve_artifact"]

@@ -11,7 +11,9 @@ the least common denominator and the pipeline gives each worker its own instance
 A runtime module subclasses `Backend`, loads the artifact in `__init__` (raising ModelFileError /
 MissingDependencyError / DeviceUnavailableError, never crashing), sets `inputs` / `outputs` and implements
 `_forward` on a batch that `run` (or `run_preprocessed`, the pipeline's call, which skips only the NaN/Inf scan
-of tensors that preprocess made) has already validated and cut to the artifact's batch size.
+of tensors that preprocess made) has already validated and cut to the artifact's batch size, `_read_effect` (what
+`options_in_effect` reports) and `_release` (what `close` frees). `close` is the base class's: idempotent, and
+after it `run` raises BackendClosedError while `options_in_effect` returns what was in effect at closing.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from edge_irst.contract import ModelContract, contract_for
-from edge_irst.errors import DeviceUnavailableError, InputError, MissingDependencyError, ModelFileError
+from edge_irst.contract import AUTHORS_CONTRACT, ModelContract, resolve_contract
+from edge_irst.errors import (DeviceUnavailableError, EdgeIrstError, InputError, MissingDependencyError,
+                              ModelFileError)
 
 log = logging.getLogger("edge_irst.backends")
 
@@ -54,6 +57,10 @@ def physical_cores() -> int:
         except OSError:
             cores.add(("cpu", cpu))
     return max(1, len(cores))
+
+
+class BackendClosedError(EdgeIrstError, RuntimeError):
+    """run() on a backend after its close(): the runtime's resources are gone; load the artifact again."""
 
 
 class NativeOutput:
@@ -206,6 +213,9 @@ class Backend(ABC):
         self.path = Path(path)
         self.options = options
         self.contract = contract  # a subclass resolves None once it can read the artifact's own metadata
+        # Where the contract came from, for messages about one that contradicts the artifact.
+        self.contract_origin = "the contract passed to load_backend" if contract is not None else None
+        self._effect_at_close: Optional[dict] = None  # options_in_effect() as close() found it; None while open
         self.fallback_reason: Optional[str] = None
         self.warmup_runs = 0
         self.thread_choice: Optional[dict] = None  # what threads="auto" measured (thread_choice.py)
@@ -254,7 +264,26 @@ class Backend(ABC):
 
     def _resolve_contract(self, metadata: Optional[dict] = None) -> None:
         if self.contract is None:
-            self.contract = contract_for(self.path, metadata)
+            self.contract, self.contract_origin = resolve_contract(self.path, metadata)
+
+    def _check_contract_agrees(self, channels: Optional[int], hw: tuple, declared_by: str) -> None:
+        """Refuse a contract (sidecar, embedded or passed) that contradicts what the artifact itself declares:
+        its input channels (`channels`, None when it cannot tell), or its input size where both fix one (`hw`:
+        (H, W), None per dynamic dimension). A contradiction is never resolved by believing one side: whichever
+        is wrong, frames would be prepared for one model and run through another."""
+        contract, problems = self.contract, []
+        if channels and channels != contract.channels:
+            problems.append(f"{channels} input channel(s) where the contract says {contract.channels} "
+                            f"(channel_order {contract.channel_order!r})")
+        # The authors' default is no claim about a size, only the fallback for an artifact that carries none.
+        claims_size = contract.input_size and contract is not AUTHORS_CONTRACT
+        if hw[0] and hw[1] and claims_size and tuple(hw) != tuple(contract.input_size):
+            problems.append(f"a {hw[0]}x{hw[1]} (HxW) input where the contract says "
+                            f"{contract.input_size[0]}x{contract.input_size[1]}")
+        if problems:
+            raise ModelFileError(f"{self.name}: {self.path} ({declared_by}) declares {'; '.join(problems)}: "
+                                 f"{self.contract_origin} contradicts the artifact; fix or remove that contract, "
+                                 f"or re-export the model")
 
     def _device_unavailable(self, what: str, fix: str) -> None:
         """Raise DeviceUnavailableError, or under fallback='cpu' warn, remember why, and return to run on CPU."""
@@ -299,13 +328,32 @@ class Backend(ABC):
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Validated C-contiguous float32 NCHW batch the artifact accepts -> float32 [N, 1, H, W] logits."""
 
-    @abstractmethod
     def options_in_effect(self) -> dict:
         """Threads, precision, device/delegate as the runtime reports them (read back where it can tell; a key
-        `<option>_source` says where a value came from or that the runtime could not tell)."""
+        `<option>_source` says where a value came from or that the runtime could not tell). After close(): what
+        was in effect when it closed, with "closed": True."""
+        if self._effect_at_close is not None:
+            return dict(self._effect_at_close)
+        return self._read_effect()
+
+    @abstractmethod
+    def _read_effect(self) -> dict:
+        """options_in_effect() of an open backend, read back from its runtime."""
+
+    @property
+    def closed(self) -> bool:
+        return self._effect_at_close is not None
 
     def close(self) -> None:
-        """Release the runtime's resources. Idempotent."""
+        """Release the runtime's resources. Idempotent. What was in effect is read first and kept, so reports made
+        after closing (a run's summary) still have it; run() afterwards raises BackendClosedError."""
+        if self.closed:
+            return
+        self._effect_at_close = {**self._read_effect(), "closed": True}
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the runtime objects (net, session, interpreter); called once, by close()."""
 
     def __enter__(self):
         return self
@@ -338,6 +386,9 @@ class Backend(ABC):
         return tuple(self.contract.input_size or (256, 256))
 
     def _validate(self, batch: np.ndarray, scan_values: bool) -> np.ndarray:
+        if self.closed:  # checked here, once for every backend: their runtime objects are gone
+            raise BackendClosedError(f"{self.name}: {self.path.name} was closed (close() or the end of a with "
+                                     f"block); load it again to run it")
         spec = self.inputs[0]
         if not isinstance(batch, np.ndarray):
             raise InputError(f"{self.name}: batch must be a numpy array, got {type(batch).__name__}")
@@ -365,15 +416,17 @@ class Backend(ABC):
         return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def layout_from_shape(shape: tuple, channels: int, declared: str, where: str) -> str:
+def layout_from_shape(shape: tuple, channels: int, declared: str, where: str,
+                      contract_origin: str = "its contract") -> str:
     """The layout of a 4-D input shape: the one axis (1 or 3) that holds `channels`; `declared` breaks a tie."""
     if len(shape) != 4:
         raise ModelFileError(f"{where}: input shape {list(shape)} is not 4-D; LW-IRSTNet artifacts take NCHW or "
                              f"NHWC images")
     candidates = [layout for layout, axis in (("NCHW", 1), ("NHWC", 3)) if shape[axis] == channels]
     if not candidates:
-        raise ModelFileError(f"{where}: input shape {list(shape)} has no axis of {channels} channels (the "
-                             f"contract's channel count); the artifact does not match its contract")
+        raise ModelFileError(f"{where}: input shape {list(shape)} has no axis of {channels} channels, the channel "
+                             f"count of {contract_origin}: that contract contradicts the artifact; fix or remove "
+                             f"it, or re-export the model")
     if len(candidates) == 1 and declared != candidates[0]:
         log.debug("%s: shape %s is %s although the contract says %s; going by the shape",
                   where, list(shape), candidates[0], declared)

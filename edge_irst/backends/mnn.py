@@ -83,6 +83,7 @@ class MnnBackend(Backend):
         in_name = next(iter(self.interpreter.getSessionInputAll(self.session)))
         out_name = next(iter(self.interpreter.getSessionOutputAll(self.session)))
         self.inputs = [self._spec(in_name, self._input, self.contract.channels)]
+        self._check_contract_agrees(self.inputs[0].channels, self.inputs[0].hw, "its input tensor")
         self._shape = tuple(self._input.getShape())
         self._host_output = None
         # A dynamic model's output reads (0, 0, 0, 0) until the session is resized to a concrete input (MNN 3.6),
@@ -97,7 +98,8 @@ class MnnBackend(Backend):
     def _spec(self, name: str, tensor, channels: int) -> TensorSpec:
         shape = tuple(d if d > 0 else None for d in tensor.getShape())
         declared = _DIMENSION_TYPES.get(tensor.getDimensionType(), "NCHW")
-        return TensorSpec(name, shape, "float32", layout_from_shape(shape, channels, declared, str(self.path)))
+        layout = layout_from_shape(shape, channels, declared, str(self.path), self.contract_origin)
+        return TensorSpec(name, shape, "float32", layout)
 
     def _concrete_shape(self) -> tuple:
         """The input shape to plan the session at first: batch 1 and H/W from `input_size()` where dynamic."""
@@ -148,7 +150,7 @@ class MnnBackend(Backend):
         # MNN 3.6's binding returns the int it got as a float of the same bits (2 -> 2.8e-45): reinterpret them.
         return struct.unpack("<i", struct.pack("<f", value))[0]
 
-    def options_in_effect(self) -> dict:
+    def _read_effect(self) -> dict:
         said = _SAID_PRECISION.search(self.said)
         return {
             **self._base_effect(),
@@ -161,6 +163,5 @@ class MnnBackend(Backend):
             "big_cores": "not offered by MNN's Python API" if self.options.big_cores else False,
         }
 
-    def close(self) -> None:
-        if getattr(self, "interpreter", None) is not None:
-            self.interpreter = self.session = self._input = self._output = self._host_output = None
+    def _release(self) -> None:
+        self.interpreter = self.session = self._input = self._output = self._host_output = None

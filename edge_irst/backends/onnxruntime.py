@@ -55,6 +55,7 @@ class OnnxRuntimeBackend(Backend):
         self._resolve_contract(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = [self._spec(i) for i in self.session.get_inputs()]
         self.outputs = [self._spec(o) for o in self.session.get_outputs()]
+        self._check_contract_agrees(self.inputs[0].channels, self.inputs[0].hw, "its graph input")
         self._input_dtype = np.dtype(self.inputs[0].dtype)
 
     def _accelerator(self, ort):
@@ -84,7 +85,7 @@ class OnnxRuntimeBackend(Backend):
         (logits,) = self.session.run([self.outputs[0].name], feed)
         return logits.astype(np.float32, copy=False)
 
-    def options_in_effect(self) -> dict:
+    def _read_effect(self) -> dict:
         applied = self.session.get_session_options()
         try:
             spin = applied.get_session_config_entry(_SPIN_KEY) == "1"
@@ -104,5 +105,5 @@ class OnnxRuntimeBackend(Backend):
             "big_cores": "not offered by onnxruntime's Python API" if self.options.big_cores else False,
         }
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None

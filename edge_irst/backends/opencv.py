@@ -2,16 +2,20 @@
 
 OpenCV's thread pool is process-wide: `cv2.setNumThreads(threads)` here also changes the threads of every other
 OpenCV call in the process (resizes in preprocessing included) and of every other OpenCV backend instance; the
-last instance loaded wins. OpenCV DNN does not expose an ONNX file's input shape, so the spec comes from the
-contract, and the artifact is fed one frame at a time (graphs exported for batch 1 often pin it in constants).
+last instance loaded wins. OpenCV DNN exposes neither an ONNX file's input shape nor its metadata, so both are read
+from the file itself (with the onnx package where installed, else an onnxruntime session): the embedded contract
+is used where there is no sidecar, a contract that contradicts the graph input is refused, and the input size is
+the graph's where it fixes one, else the contract's. The artifact is fed one frame at a time (graphs exported for
+batch 1 often pin it in constants).
 """
 from __future__ import annotations
 
+from pathlib import Path
 import numpy as np
 
 from edge_irst.errors import InputError, ModelFileError
 
-from .base import Backend, TensorSpec
+from .base import Backend, TensorSpec, log
 
 # options.device -> (cv2.dnn backend, target) attribute names.
 DEVICES = {
@@ -31,6 +35,39 @@ def _cpu_only_engine(cv2) -> bool:
     """OpenCV >= 5.1: the classic engine, the only one that honours DNN targets, is gone (5.0 had ENGINE_CLASSIC
     beside ENGINE_AUTO; 4.x has neither), and the engine left runs on the CPU whatever target is set."""
     return hasattr(cv2.dnn, "ENGINE_AUTO") and not hasattr(cv2.dnn, "ENGINE_CLASSIC")
+
+
+def _onnx_declarations(path: Path) -> tuple[tuple, dict]:
+    """(the graph input's shape, None per dynamic dimension; its metadata_props) as the ONNX file declares them,
+    read with the onnx package where installed, else an onnxruntime session (a core dependency). Read after OpenCV
+    accepted the file, so a file they cannot parse only leaves both unknown: ((), {})."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    try:
+        return _read_with_onnx(onnx, path) if onnx is not None else _read_with_onnxruntime(path)
+    except Exception as exc:  # onnx's DecodeError, onnxruntime's Fail, no graph input...: nothing to check against
+        log.debug("%s: graph input and metadata unreadable (%s: %s)", path, type(exc).__name__, exc)
+        return (), {}
+
+
+def _read_with_onnx(onnx, path: Path) -> tuple[tuple, dict]:
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {tensor.name for tensor in model.graph.initializer}  # old exporters list weights as inputs too
+    graph_input = next(value for value in model.graph.input if value.name not in weights)
+    dims = graph_input.type.tensor_type.shape.dim
+    return (tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims),
+            {prop.key: prop.value for prop in model.metadata_props})
+
+
+def _read_with_onnxruntime(path: Path) -> tuple[tuple, dict]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dims = session.get_inputs()[0].shape
+    return (tuple(d if isinstance(d, int) and d > 0 else None for d in dims),
+            dict(session.get_modelmeta().custom_metadata_map))
 
 
 def _available(cv2, device: str) -> bool:
@@ -85,9 +122,12 @@ class OpenCVBackend(Backend):
             self.net.setPreferableBackend(backend)
             self.net.setPreferableTarget(target)
         self.claim_threads()
-        self._resolve_contract()
+        shape, metadata = _onnx_declarations(self.path)
+        self._resolve_contract(metadata)
+        declared = TensorSpec("declared", shape, "float32")  # NCHW, as OpenCV DNN feeds it; (None, None) if unknown
+        self._check_contract_agrees(declared.channels, declared.hw, "its graph input")
         (out_name,) = self.net.getUnconnectedOutLayersNames()[:1]
-        hw = tuple(self.contract.input_size) if self.contract.input_size else (None, None)
+        hw = declared.hw if all(declared.hw) else tuple(self.contract.input_size or (None, None))
         self.inputs = [TensorSpec(self.contract.input_name, (1, self.contract.channels, *hw), "float32")]
         self.outputs = [TensorSpec(out_name, (1, 1, *hw), "float32")]
 
@@ -103,7 +143,7 @@ class OpenCVBackend(Backend):
     def claim_threads(self) -> None:
         self._cv2.setNumThreads(self.options.resolved_threads())
 
-    def options_in_effect(self) -> dict:
+    def _read_effect(self) -> dict:
         return {
             **self._base_effect(),
             "threads": self._cv2.getNumThreads(),
@@ -115,5 +155,5 @@ class OpenCVBackend(Backend):
             "big_cores": "not offered by OpenCV" if self.options.big_cores else False,
         }
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.net = None

@@ -51,6 +51,8 @@ class TFLiteBackend(Backend):
                     else runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         try:
             self.interpreter = self._interpreter(runtime, resolver)
+        except ModelFileError:  # a ValueError too, but raised by this module about the file: keep its words
+            raise
         except ValueError as exc:
             if self.delegate is None:
                 raise ModelFileError(f"{self.path}: TFLite cannot load it ({exc})") from exc
@@ -58,6 +60,7 @@ class TFLiteBackend(Backend):
                                      f"({exc})", "Check that the accelerator is attached and its driver runs")
             self.delegate = None
             self.interpreter = self._interpreter(runtime, resolver)
+        self._check_contract_agrees(self.inputs[0].channels, self.inputs[0].hw, "its input tensor")
         self.outputs = [self._spec(d, 1) for d in self.interpreter.get_output_details()]
         self._output_index = self.interpreter.get_output_details()[0]["index"]
 
@@ -152,7 +155,7 @@ class TFLiteBackend(Backend):
     def _spec(self, detail: dict, channels: int) -> TensorSpec:
         signature = detail.get("shape_signature", detail["shape"])
         shape = tuple(int(d) if d > 0 else None for d in signature)
-        layout = layout_from_shape(shape, channels, self.contract.layout, str(self.path))
+        layout = layout_from_shape(shape, channels, self.contract.layout, str(self.path), self.contract_origin)
         dtype = np.dtype(detail["dtype"]).name
         scale, zero_point = detail["quantization"]
         quantised = dtype in ("int8", "uint8", "int16")
@@ -190,7 +193,7 @@ class TFLiteBackend(Backend):
         except AttributeError:
             return None
 
-    def options_in_effect(self) -> dict:
+    def _read_effect(self) -> dict:
         delegated = self._delegated_nodes()
         external = self.delegate is not None
         return {
@@ -208,7 +211,7 @@ class TFLiteBackend(Backend):
             "big_cores": "not offered by TFLite's Python API" if self.options.big_cores else False,
         }
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.interpreter = None
         self.delegate = None
 

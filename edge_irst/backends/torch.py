@@ -6,12 +6,16 @@ process-wide: it also sets the threads of any other torch work in the process (t
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from edge_irst.contract import ModelContract, read_sidecar
+from edge_irst.contract import sidecar_contract, sidecar_path
 from edge_irst.errors import InputError
 
 from .base import Backend, TensorSpec
+
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")  # the device strings _select_device takes (N: a CUDA index >= 0)
 
 
 class TorchBackend(Backend):
@@ -34,10 +38,14 @@ class TorchBackend(Backend):
         from edge_irst.models import load_checkpoint
 
         loaded = load_checkpoint(self.path)
-        sidecar = read_sidecar(self.path)
+        found = sidecar_contract(self.path)
         if self.contract is None:
-            self.contract = (ModelContract.from_dict(sidecar["contract"]) if sidecar and "contract" in sidecar
-                             else loaded.contract)
+            self.contract = found or loaded.contract
+            self.contract_origin = (f"sidecar {sidecar_path(self.path)}" if found
+                                    else f"the contract stored in {self.path.name}")
+        first_convolution = next((m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        self._check_contract_agrees(getattr(first_convolution, "in_channels", None), (None, None),
+                                    "its first convolution")
         self.device = self._select_device(torch)
         self.claim_threads()
         self.model = loaded.model.to(self.device).eval()
@@ -48,6 +56,9 @@ class TorchBackend(Backend):
 
     def _select_device(self, torch) -> str:
         device = self.options.device
+        if not _DEVICE.fullmatch(device):
+            raise InputError(f"torch device {device!r} not understood: accepted cpu, cuda, cuda:N (N = 0, 1, ...: "
+                             f"the CUDA device index), mps")
         if device == "cpu":
             return "cpu"
         kind, _, index = device.partition(":")
@@ -59,12 +70,10 @@ class TorchBackend(Backend):
                                      f"{count} CUDA device(s)", "Install a CUDA build of torch on a machine with "
                                                                "an NVIDIA GPU")
             return "cpu"
-        if kind == "mps":
-            if torch.backends.mps.is_available():
-                return "mps"
-            self._device_unavailable("MPS requested but not available", "MPS needs Apple silicon")
-            return "cpu"
-        raise InputError(f"torch device {device!r} not understood: accepted cpu, cuda, cuda:N, mps")
+        if torch.backends.mps.is_available():
+            return "mps"
+        self._device_unavailable("MPS requested but not available", "MPS needs Apple silicon")
+        return "cpu"
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -75,7 +84,7 @@ class TorchBackend(Backend):
     def claim_threads(self) -> None:
         self._torch.set_num_threads(self.options.resolved_threads())
 
-    def options_in_effect(self) -> dict:
+    def _read_effect(self) -> dict:
         parameter = next(self.model.parameters())
         return {
             **self._base_effect(),
@@ -90,5 +99,5 @@ class TorchBackend(Backend):
             "big_cores": "not offered by torch" if self.options.big_cores else False,
         }
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.model = None
