@@ -314,22 +314,26 @@ def test_stream_delivers_the_latest_frame_and_counts_the_dropped_ones(fast_recon
     assert all(f.timestamp is not None and f.image.shape == (48, 64, 3) for f in taken)
 
 
+def _read_until_lost(source, server, connections: int) -> tuple:
+    """(frames, SourceError) of a stream whose server stops for good once it has had `connections` connections."""
+    frames = []
+    try:
+        for frame in source:
+            frames.append(frame)
+            if server.connections >= connections and not server.stopping.is_set():
+                server.stop()  # the camera goes away for good
+    except SourceError as exc:
+        return frames, exc
+    finally:
+        source.close()
+    pytest.fail("a stream that never comes back must end with a SourceError")
+
+
 def test_stream_that_drops_is_reopened_with_back_off_then_given_up(fast_reconnect, caplog):
     server = MjpegServer(per_connection=5, fps=100.0)
     source = open_source(server.url, fast_reconnect)
-    frames = []
     with caplog.at_level(logging.INFO, logger="edge_irst.sources"):
-        try:
-            for frame in source:
-                frames.append(frame)
-                if server.connections >= 3 and not server.stopping.is_set():
-                    server.stop()  # the camera goes away for good
-        except SourceError as exc:
-            error = exc
-        else:
-            pytest.fail("a stream that never comes back must end with a SourceError")
-        finally:
-            source.close()
+        frames, error = _read_until_lost(source, server, connections=3)
     assert source.reconnects >= 2 and len(source.gaps_s) == source.reconnects + 1
     assert "reconnected on attempt" in caplog.text
     attempts = [r for r in caplog.records if r.levelno == logging.INFO and "reconnection attempt" in r.getMessage()]
@@ -342,19 +346,8 @@ def test_outages_name_the_last_frame_delivered_and_are_timed_from_it(caplog):
     reconnect = Reconnect(retries=2, backoff_s=0.05, backoff_max_s=0.2, open_timeout_s=2.0, read_timeout_s=1.0)
     server = MjpegServer(per_connection=5, fps=100.0, hang=True)  # 5 frames, then silence on an open connection
     source = open_source(server.url, reconnect)
-    frames = []
     with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
-        try:
-            for frame in source:
-                frames.append(frame)
-                if server.connections >= 2 and not server.stopping.is_set():
-                    server.stop()  # reconnected once; now the camera goes away for good
-        except SourceError as exc:
-            error = exc
-        else:
-            pytest.fail("a stream that never comes back must end with a SourceError")
-        finally:
-            source.close()
+        frames, error = _read_until_lost(source, server, connections=2)  # reconnected once, then gone for good
     # The newest frame is always taken before an outage is noticed, so the last frame the first connection
     # delivered (grey levels 0..20 are its 5 frames) and the last of all are among those seen here.
     last_of_first = max(f.index for f in frames if f.image.mean() < 22.5)
