@@ -32,6 +32,7 @@ from .registry import create_model
 
 FORMAT = "edge-irst/checkpoint"
 FORMAT_VERSION = 1
+TRAIN_STATE_FORMAT = "edge-irst/train-state"  # models/train.py's RESUME_FORMAT: last.pt, a state to resume
 
 AUTHORS_MODULE = "models.LW_IRST_Net.LW_IRST_ablation"
 AUTHORS_CLASSES = ("LW_IRST_ablation", "InitialBlock", "DownsamplingBottleneck", "RegularBottleneck", "dw_conv")
@@ -300,18 +301,16 @@ def load_checkpoint(path: str | Path, architecture: str | None = None, eval_mode
             return _from_document(doc, path, architecture, eval_mode)
         elif isinstance(doc, dict) and doc and all(isinstance(v, torch.Tensor) for v in doc.values()):
             state_dict, arch, contract = doc, architecture or "lw_irstnet", AUTHORS_CONTRACT
-        elif isinstance(doc, dict) and isinstance(doc.get("model"), dict):  # a training (resume) checkpoint
-            return load_checkpoint_from_dict(doc["model"], path, eval_mode)
+        elif isinstance(doc, dict) and doc.get("format") == TRAIN_STATE_FORMAT:
+            # last.pt holds the optimiser and RNG states for --resume, but no contract (input size, mean/std)
+            raise ModelFileError(f"{path}: a training state (for edge-irst train --resume), not a model "
+                                 f"checkpoint: use the run's best.pt ({path.parent / 'best.pt'}), which holds the "
+                                 f"weights with their contract")
         else:
             keys = list(doc)[:5] if isinstance(doc, dict) else "-"
             raise ModelFileError(f"{path}: not an edge-irst checkpoint nor a state dict "
                                  f"(top-level {type(doc).__name__} with keys {keys})")
     return _built(arch, architecture, model_config, state_dict, contract, path, meta, eval_mode)
-
-
-def load_checkpoint_from_dict(doc: dict, path: Path, eval_mode: bool = True) -> LoadedCheckpoint:
-    """A model from the document our checkpoint format (or a training checkpoint's "model" entry) holds."""
-    return _from_document(doc, Path(path), None, eval_mode)
 
 
 def _from_document(doc: dict, path: Path, architecture: str | None, eval_mode: bool) -> LoadedCheckpoint:

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch", reason="the PyTorch side needs the [export]
 from edge_irst.contract import AUTHORS_CONTRACT  # noqa: E402
 from edge_irst.errors import ModelFileError, UnknownNameError, UnsafePickleError  # noqa: E402
 from edge_irst.models import create_model, list_models, load_checkpoint, register_model, save_checkpoint  # noqa
-from edge_irst.models.checkpoint import load_authors_pickle  # noqa: E402
+from edge_irst.models.checkpoint import TRAIN_STATE_FORMAT, load_authors_pickle  # noqa: E402
+from edge_irst.models.train import RESUME_FORMAT  # noqa: E402
 from edge_irst.models.flops import count_complexity  # noqa: E402
 from edge_irst.preprocess import preprocess, read_image  # noqa: E402
 
@@ -202,10 +203,14 @@ def _our_document(**changes) -> dict:
     (_our_document(architecture="lw_irstnett"), r"an architecture this edge-irst does not have.*lw_irstnet"),
     (_our_document(state_dict=[1, 2]), r"entry 'state_dict' must be a dict, found list"),
     (_our_document(contract={**AUTHORS_CONTRACT.to_dict(), "stride": 0}), r"contract: field 'stride' must be"),
-    ({"model": {"state_dict": {}}}, r"the checkpoint has no 'architecture' entry"),
-    ({"model": {**_our_document(), "state_dict": {"stem.conv.weight": 1.0}}}, r"not tensors: stem\.conv\.weight"),
+    ({k: v for k, v in _our_document().items() if k != "architecture"}, r"the checkpoint has no 'architecture' entry"),
+    (_our_document(state_dict={"stem.conv.weight": 1.0}), r"not tensors: stem\.conv\.weight"),
+    # a run's last.pt (the state --resume reads) has no contract: pointed at the run's best.pt
+    ({"format": TRAIN_STATE_FORMAT, "model_state": create_model("lw_irstnet").state_dict()},
+     r"a training state \(for edge-irst train --resume\).*best\.pt"),
 ])
 def test_malformed_checkpoint_documents_are_named(tmp_path, doc, message):
+    assert TRAIN_STATE_FORMAT == RESUME_FORMAT  # the name the trainer writes into last.pt
     path = tmp_path / "malformed.pt"
     torch.save(doc, path)
     with pytest.raises(ModelFileError, match=rf"malformed\.pt: .*{message}"):
