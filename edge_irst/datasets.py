@@ -2,6 +2,7 @@
 
 Layouts read: the SIRST / NUDT-SIRST layout of ../shared/data (images/, masks/, split files of stems, one per
 line) and any plain pair of folders (`images=` and `masks=` given explicitly). Any non-zero mask pixel is target.
+A mask may also carry the official NUAA-SIRST release's suffix, `masks/<stem>_pixels0.png`.
 
 Mask/image size mismatch rule (SIRST's Misc_111 ships a 592x400 mask for a 325x220 image): when the aspect ratios
 agree within 2 % the mask is resized to the image with nearest-neighbour and the stem is reported; otherwise the
@@ -23,6 +24,7 @@ from .preprocess import read_image
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+MASK_SUFFIX = "_pixels0"  # the official NUAA-SIRST release names the mask of <stem>.png <stem>_pixels0.png
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,59 @@ class SizeMismatch:
 
 
 def read_split(path: str | Path) -> list[str]:
-    """Stems listed one per line (blank lines ignored; the last line may lack its newline)."""
+    """Stems listed one per line (blank lines ignored; the last line may lack its newline; a UTF-8 byte order mark,
+    as Windows editors write one, is not part of the first stem)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"split file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+def resolve_split(split: str | Path, root: Path | None) -> Path:
+    """The split file `split` names: an absolute path, or one starting with ./ or ../, as given; any other
+    relative path under `root` first (where both exist, root's), then as given (relative to the working
+    directory). InputError naming every place looked in when none holds it."""
+    path = Path(split)
+    explicit = str(split).startswith(("./", "../", ".\\", "..\\"))
+    if path.is_absolute() or explicit or root is None:
+        candidates = [path]
+    else:
+        candidates = [root / path, path]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise InputError(f"split file not found: {' nor '.join(str(c) for c in candidates)} (a relative split is "
+                         f"looked up under the dataset root first, then in the working directory)")
+    return found
 
 
 def _index(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
 
 
+def _mask_index(folder: Path) -> dict[str, Path]:
+    """stem -> mask file, <stem>.<ext> or NUAA-SIRST's <stem>_pixels0.<ext> (the plain name wins where both exist)."""
+    masks = _index(folder)
+    suffixed = {stem[:-len(MASK_SUFFIX)]: p for stem, p in masks.items() if stem.endswith(MASK_SUFFIX)}
+    return {**suffixed, **masks}
+
+
+def _mask_naming_hint(stems: list[str], masks: dict[str, Path]) -> str:
+    """'; masks here are named like ...' when a mask's name is a stem that lacks a mask plus a suffix (f00_mask.png
+    for f00, not f10.png for f1), else ''."""
+    for stem in stems:
+        named = next((p.name for mask_stem, p in masks.items() if len(mask_stem) > len(stem)
+                      and mask_stem.startswith(stem) and not mask_stem[len(stem)].isalnum()), None)
+        if named is not None:
+            return (f"; the masks here are named like {named} (for {stem}): a mask must be <stem>.<ext> or "
+                    f"NUAA-SIRST's <stem>{MASK_SUFFIX}.<ext>")
+    return ""
+
+
 class IrstdDataset:
-    """A list of (image, mask) samples. `load(i)` -> (image as stored: uint8 HxW/HxWx3 or uint16, mask bool HxW)."""
+    """A list of (image, mask) samples. `load(i)` -> (image as stored: uint8 HxW/HxWx3 or uint16, mask bool HxW).
+
+    split: a file of stems, relative to `root` unless absolute or ./-prefixed (see resolve_split); None: every image.
+    """
 
     def __init__(self, root: str | Path | None = None, split: str | Path | None = None, *,
                  images: str | Path | None = None, masks: str | Path | None = None, require_masks: bool = True):
@@ -65,13 +107,11 @@ class IrstdDataset:
         if not image_dir.is_dir():
             raise InputError(f"image folder not found: {image_dir}")
         image_index = _index(image_dir)
-        mask_index = _index(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
+        mask_index = _mask_index(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
         if require_masks and not mask_index:
             raise InputError(f"mask folder not found or empty: {mask_dir}")
         if split is not None:
-            split_path = Path(split)
-            if not split_path.is_absolute() and not split_path.is_file() and self.root is not None:
-                split_path = self.root / split_path
+            split_path = resolve_split(split, self.root)
             stems = read_split(split_path)
             self.split_name = split_path.name
         else:
@@ -84,7 +124,8 @@ class IrstdDataset:
         if require_masks:
             no_mask = [s for s in stems if s not in mask_index]
             if no_mask:
-                raise InputError(f"{len(no_mask)} images have no mask in {mask_dir} (e.g. {', '.join(no_mask[:3])})")
+                raise InputError(f"{len(no_mask)} images have no mask in {mask_dir} (e.g. {', '.join(no_mask[:3])})"
+                                 f"{_mask_naming_hint(no_mask, _index(mask_dir))}")
         self.samples = [Sample(s, image_index[s], mask_index.get(s)) for s in stems]
         self.size_mismatches: list[SizeMismatch] = []
 

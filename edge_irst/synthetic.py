@@ -113,18 +113,46 @@ class _TargetStamps:
         return sizes
 
 
+# Half-maximum radius of a Gaussian target per unit sigma: exp(-d^2 / (2 sigma^2)) > 0.5 <=> d < sigma * this.
+_HALF_MAX_RADIUS = math.sqrt(2.0 * math.log(2.0))
+# Least distance between the half-maximum discs of two targets: pixels of the two masks then lie more than
+# sqrt(2) apart, so at least one pixel apart in every direction and never 8-connected (the 0.09 above sqrt(2)
+# absorbs float32 rounding at a disc's edge).
+_TARGET_GAP = 1.5
+_PLACEMENT_TRIES = 100  # redraws of one target's centre before its frame is declared too crowded
+
+
+def _separate(rng: np.random.Generator, centers: np.ndarray, sigmas: list, h: int, w: int) -> None:
+    """Redraws, in place, each centre whose half-maximum disc comes within _TARGET_GAP of an earlier target's, so
+    that every target is its own 8-connected component of the mask. Frames without such a pair keep their draws."""
+    radii = [_HALF_MAX_RADIUS * s for s in sigmas]
+    for k in range(1, len(centers)):
+        for _ in range(_PLACEMENT_TRIES):
+            distances = np.hypot(*(centers[:k] - centers[k]).T)
+            if np.all(distances >= np.asarray(radii[:k]) + radii[k] + _TARGET_GAP):
+                break
+            centers[k] = rng.uniform(_MARGIN, w - _MARGIN), rng.uniform(_MARGIN, h - _MARGIN)
+        else:
+            raise InputError(f"synthetic_frame: {len(centers)} targets do not fit apart in a {h}x{w} frame "
+                             f"(HxW); use fewer targets or a larger size")
+
+
 def synthetic_frame(rng: np.random.Generator, size: tuple[int, int] = (256, 256),
                     targets: int = 3) -> SyntheticFrame:
-    """One frame of `size` (H, W) with `targets` point-like targets (Gaussian sigma 0.6 .. 1.8 px)."""
+    """One frame of `size` (H, W) with `targets` point-like targets (Gaussian sigma 0.6 .. 1.8 px), placed so that
+    no two touch: each is one 8-connected component of the mask."""
     h, w = size
     image = _clutter(rng, h, w) + rng.normal(0.0, 2.5, (h, w)).astype(np.float32)  # + sensor noise
     mask = np.zeros((h, w), bool)
     centers = np.stack([rng.uniform(_MARGIN, w - _MARGIN, targets), rng.uniform(_MARGIN, h - _MARGIN, targets)],
                        axis=1).astype(np.float32) if targets else np.zeros((0, 2), np.float32)
-    sigmas, sizes = [], []
-    for cx, cy in centers:
+    sigmas, amplitudes = [], []
+    for _ in range(len(centers)):  # drawn in this order (sigma, amplitude per target) since the first release
         sigmas.append(rng.uniform(0.6, 1.8))
-        sizes.append(add_target(image, mask, cx, cy, sigmas[-1], rng.uniform(70.0, 160.0)))
+        amplitudes.append(rng.uniform(70.0, 160.0))
+    _separate(rng, centers, sigmas, h, w)
+    sizes = [add_target(image, mask, cx, cy, sigma, amplitude)
+             for (cx, cy), sigma, amplitude in zip(centers, sigmas, amplitudes)]
     return SyntheticFrame(np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, centers,
                           np.asarray(sigmas, np.float32), np.asarray(sizes, np.int64))
 

@@ -42,11 +42,19 @@ def _calibration_files(calib: str) -> tuple[list[Path], str]:
     return files, str(folder)
 
 
+def check_limit(limit) -> int:
+    """`limit` when it is a whole number >= 1, else InputError (0 would keep no frame to calibrate or verify on)."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise InputError(f"calib_limit {limit!r}: expected a whole number >= 1 (the most calibration images used)")
+    return int(limit)
+
+
 def calibration_frames(calib: Optional[Path], limit: int = 64) -> tuple[list[np.ndarray], str]:
     """(frames as read: uint8 grey HxW or BGR HxWx3, or uint16 raw; a description of where they came from).
 
-    More than `limit` images in `calib` are thinned to `limit`, evenly spaced in name order (deterministic).
+    More than `limit` (>= 1) images in `calib` are thinned to `limit`, evenly spaced in name order (deterministic).
     """
+    limit = check_limit(limit)
     if calib is not None:
         files, folder = _calibration_files(str(calib))
         if len(files) > limit:

@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Union
 from edge_irst.contract import ModelContract, write_sidecar
 from edge_irst.errors import EdgeIrstError, InputError, VerificationError
 
-from .calibration import calibration_frames
+from .calibration import calibration_frames, check_limit
 from .formats import FORMATS, ONNX_HUB_REQUIRES, PRECISIONS, TORCH_REQUIRES, Format, check_requirements, parse_names
 from .verify import Reference, Verification, verify_artifact
 
@@ -176,13 +176,16 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     formats / precisions: names or comma-separated strings (FORMATS; fp32, fp16, int8); a precision a format
     cannot write is recorded as skipped with the reason. calib: folder of calibration/verification images
     (default: the authors' sample frames when ../shared exists, else synthetic IR frames); at most `calib_limit`
-    are used. imgsz: export size, an int or (H, W), multiples of the model stride. dynamic: symbolic H/W where the
-    format allows (ONNX, ncnn, MNN, TFLite), verified at imgsz and at 320x480. out / name: the model folder is
-    out/name (name defaults to the architecture). threads: CPU threads for torch (tracing, the reference logits)
-    and for the runtimes during verification (None: each library's default).
+    (>= 1) are used. imgsz: export size, an int or (H, W), multiples of the model stride. dynamic: symbolic H/W
+    where the format allows (ONNX, ncnn, MNN, TFLite), verified at imgsz and at 320x480. out / name: the model
+    folder is out/name (name defaults to the architecture). threads: CPU threads (>= 1) for torch (tracing, the
+    reference logits) and for the runtimes during verification (None: each library's default).
     """
     fmt_names = parse_names(formats, FORMATS, "export format")
     precision_names = parse_names(precisions, PRECISIONS, "precision")
+    check_limit(calib_limit)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads {threads!r}: expected a whole number >= 1, or None for each library's default")
     check_requirements(fmt_names)
     out = _writable_folder(Path(out))
     with _torch_threads(threads):

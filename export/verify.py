@@ -6,12 +6,18 @@ it), run on the verification frames and compared with the PyTorch model on the s
 - fp32: every |logit diff| <= 1e-3 + 1e-4 * (the frame's largest |PyTorch logit|) and >= 99.9 % identical
   `logit > threshold` pixels, else the export fails;
 - fp16 / int8: the figures are reported; the artifact is marked verified only when the IoU of its target mask
-  with PyTorch's fp32 mask reaches 0.98 (fp16) / 0.90 (int8).
+  with PyTorch's fp32 mask reaches 0.98 (fp16) / 0.90 (int8), and only when PyTorch's masks hold at least
+  MIN_REFERENCE_TARGET_PIXELS target pixels over the frames: on frames without targets both masks are empty, the
+  IoU reads 1.0 whatever the artifact computes (an int8 calibrated on blank frames that misses every real target
+  passed that way), so such frames verify nothing. No logit bound for them: far from the threshold their logits
+  differ from PyTorch's by whole units that change no pixel (an int8 ONNX with IoU 0.96 on the sample frames
+  at 256x256: max |diff| 38.5), so a bound loose enough to pass good artifacts would catch no collapse that
+  the IoU on frames with targets misses.
 Logits of LW-IRSTNet span about [-200, 60]: on most frames 1e-3 absolute is float32 reordering noise (3e-4
 measured for ONNX, MNN and ncnn at 256x256), but a frame whose logits reach |150| carries activations large enough
 for the same noise to reach a few 1e-3 anywhere in it (5.5e-3 at a logit of 15 on a SIRST frame whose largest
-|logit| is 127, at 320x480, on ONNX, ncnn and MNN alike, masks identical); hence the term scaled by the frame. The bugs seen so far
-(fp16 weights, a mis-folded pad) are 0.1 and more at every magnitude.
+|logit| is 127, at 320x480, on ONNX, ncnn and MNN alike, masks identical); hence the term scaled by the frame.
+The bugs seen so far (fp16 weights, a mis-folded pad) are 0.1 and more at every magnitude.
 """
 from __future__ import annotations
 
@@ -40,6 +46,9 @@ TOLERANCES = {
     "fp16": Tolerance(min_mask_iou=0.98),
     "int8": Tolerance(min_mask_iou=0.90),
 }
+# Fewest target pixels (logit > threshold) PyTorch's masks must hold over the verification frames for a mask IoU to
+# judge an artifact: a few small targets' worth; with fewer, a handful of pixels decides the IoU (none: always 1).
+MIN_REFERENCE_TARGET_PIXELS = 20
 # A dynamic-H/W artifact is also checked at this non-square size (multiples of 8), besides the export size.
 DYNAMIC_CHECK_SIZE = (320, 480)
 
@@ -105,10 +114,18 @@ def _tolerance_used(precision: str, got: np.ndarray, expected: np.ndarray) -> Op
     return float((np.abs(got.astype(np.float64) - expected) / bound).max())
 
 
-def _judge(precision: str, diff: float, used: Optional[float], agreement: float, iou: float) -> Optional[str]:
-    """None when the figures pass `precision`'s tolerance, else the reason they do not."""
+def _judge(precision: str, diff: float, used: Optional[float], agreement: float, iou: float,
+           reference_pixels: int) -> Optional[str]:
+    """None when the figures pass `precision`'s tolerance, else the reason they do not. reference_pixels: target
+    pixels in PyTorch's masks over every frame and size."""
     tol = TOLERANCES[precision]
     problems = []
+    if tol.min_mask_iou is not None and reference_pixels < MIN_REFERENCE_TARGET_PIXELS:
+        problems.append(f"the verification frames hold too few targets to judge it: PyTorch's fp32 masks have "
+                        f"{reference_pixels} target pixels in all, the mask IoU needs at least "
+                        f"{MIN_REFERENCE_TARGET_PIXELS}; verify on frames with targets: --calib a folder or ROOT:SPLIT "
+                        f"of real IR frames (e.g. a training list), or no --calib (the authors' sample frames, else "
+                        f"synthetic frames with targets), at a larger --imgsz if need be")
     if used is not None and not used <= 1.0:
         problems.append(f"logit diff beyond {tol.max_abs_diff:g} + {tol.rel_diff:g}*max|logit| ({used:.3g}x the bound; "
                         f"max |logit diff| {diff:.3g})")
@@ -134,7 +151,7 @@ def verify_artifact(path: Path, backend: str, precision: str, contract: ModelCon
         return Verification(ran=False, verified=False, reason=f"not run: {exc}")
     except EdgeIrstError as exc:  # the runtime refused the artifact: that is a broken artifact
         return Verification(ran=True, verified=False, reason=f"{backend} cannot load it: {exc}")
-    diff, used, same, pixels, inter, union = 0.0, None, 0, 0, 0, 0
+    diff, used, same, pixels, inter, union, reference_pixels = 0.0, None, 0, 0, 0, 0, 0
     with runtime:
         for hw in sizes:
             expected = reference.logits(hw)
@@ -155,11 +172,12 @@ def verify_artifact(path: Path, backend: str, precision: str, contract: ModelCon
             pixels += mine.size
             inter += int(np.count_nonzero(mine & theirs))
             union += int(np.count_nonzero(mine | theirs))
+            reference_pixels += int(np.count_nonzero(theirs))
         io = {"inputs": [s.to_dict() for s in runtime.inputs], "outputs": [s.to_dict() for s in runtime.outputs]}
         effect = runtime.options_in_effect()
     agreement = same / pixels
     iou = 1.0 if union == 0 else inter / union  # pooled over every frame and size; both masks empty -> 1
-    reason = _judge(precision, diff, used, agreement, iou)
+    reason = _judge(precision, diff, used, agreement, iou, reference_pixels)
     return Verification(ran=True, verified=reason is None, reason=reason, max_abs_diff=diff, tolerance_used=used,
                         mask_agreement=agreement, mask_iou_vs_fp32=iou, frames=len(reference.frames),
                         sizes=[list(s) for s in sizes], io=io, options_in_effect=effect)

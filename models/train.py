@@ -3,7 +3,9 @@
 Deterministic for a seed on one device: the sample order and every augmentation draw come from a numpy Generator
 seeded by (seed, epoch); torch's RNG (dropout) is saved with the resume state. Resumable: `last.pt` (model,
 optimizer, epoch, iteration, RNG, history) is written atomically after every epoch, `--resume` continues exactly
-there. The best epoch by validation IoU is saved as `best.pt` in the edge-irst checkpoint format (loadable with
+there, with the configuration the run started with (a change of anything but threads or device is refused, the
+epochs included: the lr schedule spans them; `--init` may be repeated, it is the run's origin). The best epoch by
+validation IoU is saved as `best.pt` in the edge-irst checkpoint format (loadable with
 `torch.load(weights_only=True)`, exportable as is). Inputs go through `edge_irst.preprocess` — the same code the
 runtime uses — so a trained model needs no glue to deploy.
 """
@@ -35,6 +37,10 @@ from .registry import create_model, model_entry
 
 log = logging.getLogger(__name__)
 RESUME_FORMAT = "edge-irst/train-state"
+# TrainConfig fields a resumed session may change: how fast it runs (threads) and on what (device; bit-exactness
+# holds on one device only). Every other field but `out` (the folder last.pt was found in, however it is spelled)
+# changes what the run computes (the epochs too: the poly lr schedule spans all of them): `--resume` refuses it.
+RESUME_MAY_CHANGE = ("threads", "device")
 
 
 @dataclass
@@ -65,6 +71,58 @@ class TrainConfig:
     # With it on, validation, best.pt and the best-epoch choice use the averaged weights.
     ema_decay: float = 0.0
     max_iters_per_epoch: Optional[int] = None  # for smoke tests
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """InputError for a setting no run can use, before any data is read (torch would fail later, and less clearly)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"{name} {getattr(cfg, name)!r}: expected a whole number >= 1")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise InputError(f"threads {cfg.threads!r}: expected a whole number >= 1, or None for torch's choice")
+    stride = model_entry(cfg.model).meta.get("stride", 1)
+    if cfg.size < stride or cfg.size % stride:
+        below = cfg.size // stride * stride
+        nearest = " or ".join(str(v) for v in (below, below + stride) if v >= stride)
+        raise InputError(f"imgsz {cfg.size}: {cfg.model} takes multiples of its stride {stride}; nearest: {nearest}")
+
+
+def _config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """'field: saved X, requested Y' for each field of `cfg` but RESUME_MAY_CHANGE and out that differs from `saved`
+    (a state's config; a field it predates counts as that field's default)."""
+    differences = []
+    for item in dataclasses.fields(TrainConfig):
+        if item.name in RESUME_MAY_CHANGE or item.name == "out":
+            continue
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        before, now = saved.get(item.name, default), getattr(cfg, item.name)
+        if before != now:
+            differences.append(f"{item.name}: saved {before!r}, requested {now!r}")
+    return differences
+
+
+def check_resumable(path: Path, state: dict, cfg: TrainConfig) -> None:
+    """InputError unless `state` (read from `path`) is a training state that `cfg` continues exactly: same model
+    and same configuration but for RESUME_MAY_CHANGE, and not fewer epochs than it has done."""
+    if state.get("format") != RESUME_FORMAT:
+        raise InputError(f"{path} is not an edge-irst training state (format {state.get('format')!r})")
+    saved = state["config"]
+    if saved["model"] != cfg.model:
+        raise InputError(f"{path} trains {saved['model']!r}, not {cfg.model!r}")
+    differences = _config_differences(saved, cfg)
+    if not differences:
+        return
+    if cfg.epochs < state["epoch"]:
+        differences.append(f"--epochs {cfg.epochs} is below the {state['epoch']} epochs this run has already done")
+    schedule = ""
+    if cfg.epochs != saved["epochs"]:
+        schedule = (f" The lr schedule decays over the {saved['epochs']} epochs the run started with, so --epochs "
+                    f"cannot change mid-run (--epochs-this-run N ends a session early).")
+    raise InputError(f"{path}: this run was started with another configuration: {'; '.join(differences)}.{schedule} "
+                     f"--resume continues a run exactly: pass the settings it was started with (in "
+                     f"{path.parent / 'log.json'}), or start a new run in another --out (with --init "
+                     f"{path.parent / 'best.pt'} to start from its weights); only {' and '.join(RESUME_MAY_CHANGE)} "
+                     f"may change between sessions")
 
 
 def _parse_spec(spec: str) -> tuple[str, Optional[str]]:
@@ -154,7 +212,10 @@ def validate(model, samples, contract: ModelContract, device, batch: int = 16) -
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, resuming: bool = False):
+        """resuming: `load_state` follows, so the weights come from there: no warm start from cfg.init (it is the
+        run's origin, already in the state) nor output-prior draw."""
+        _check_config(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +238,13 @@ class Trainer:
                             else _load_images(cfg.train, self.contract, cfg.holdout, True))
         if not self.train_samples:
             raise InputError(f"no training samples in {cfg.train}")
+        if not self.val_samples:
+            raise InputError(f"no validation samples in {cfg.val} (no stem with a mask); pass --val sets that have "
+                             f"masks" if cfg.val else
+                             f"no validation samples: without --val every --holdout-th training stem validates, and "
+                             f"--holdout {cfg.holdout} holds out none of the {len(self.train_samples)} training stems "
+                             f"of {cfg.train}; pass --val ROOT[:SPLIT] (never a test list) or a --holdout from 1 to "
+                             f"the number of training stems")
         self.aug = AugmentConfig(size=cfg.size, blur_prob=cfg.blur_prob,
                                  synthetic_targets_prob=cfg.synthetic_targets_prob)
         per_epoch = len(self.train_samples) // cfg.batch_size
@@ -186,9 +254,9 @@ class Trainer:
         self.total_iters = self.iters_per_epoch * cfg.epochs
         self.epoch, self.iteration, self.best_iou, self.history = 0, 0, -1.0, []
         prior = getattr(self.model, "init_background_prior", None)  # a model may define its own output prior
-        if cfg.init:
+        if cfg.init and not resuming:
             self._warm_start(Path(cfg.init))
-        elif prior is not None:
+        elif prior is not None and not resuming:
             x, _ = next(self._batches(self._PRIOR_STREAM))  # its own stream: the epochs' draws stay unchanged
             prior(x.to(self.device))
         self.ema = self._make_ema()
@@ -234,11 +302,11 @@ class Trainer:
         return path
 
     def load_state(self, path: Path) -> None:
+        """Continue the run saved in `path` (its last.pt); InputError when this Trainer's config does not continue it
+        exactly (check_resumable)."""
+        path = Path(path)
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("format") != RESUME_FORMAT:
-            raise InputError(f"{path} is not an edge-irst training state (format {state.get('format')!r})")
-        if state["config"]["model"] != self.cfg.model:
-            raise InputError(f"{path} trains {state['config']['model']!r}, not {self.cfg.model!r}")
+        check_resumable(path, state, self.cfg)
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         if (self.ema is None) != ("ema_state" not in state):
@@ -291,6 +359,8 @@ class Trainer:
     def fit(self, epochs_this_run: Optional[int] = None) -> dict:
         """Train to the end of the schedule, or only `epochs_this_run` more epochs of it (a time-boxed session;
         `--resume` continues the same schedule later)."""
+        if epochs_this_run is not None and epochs_this_run < 1:
+            raise InputError(f"epochs_this_run {epochs_this_run!r}: expected a whole number >= 1, or None for all")
         stop = self.cfg.epochs if epochs_this_run is None else min(self.cfg.epochs, self.epoch + epochs_this_run)
         while self.epoch < stop:
             stats = self.train_epoch()
@@ -350,8 +420,16 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False, epochs_this_run: Optional[int] = None) -> dict:
+    """Run `cfg` (resume: continue it from out/last.pt where there is one, see check_resumable) to the end of its
+    schedule, or for `epochs_this_run` more epochs of it."""
     model_entry(cfg.model)  # unknown names fail before any data is read
-    trainer = Trainer(cfg)
-    if resume and (trainer.out / "last.pt").is_file():
-        trainer.load_state(trainer.out / "last.pt")
+    last = Path(cfg.out) / "last.pt"
+    resuming = resume and last.is_file()
+    if resuming:  # a configuration that does not continue the run fails here, before the data is read
+        check_resumable(last, torch.load(last, map_location="cpu", weights_only=True), cfg)
+    trainer = Trainer(cfg, resuming=resuming)
+    if resuming:
+        trainer.load_state(last)
+        if trainer.epoch >= cfg.epochs:
+            log.warning("%s: this run already did all its %d epochs; nothing to train", last, cfg.epochs)
     return trainer.fit(epochs_this_run)

@@ -306,10 +306,35 @@ def test_fp32_tolerance_scales_with_the_frames_logit_range_not_beyond():
     loud = calm.copy()
     loud[0, 0, 0, 0] = -150.0
     noise = np.full_like(calm, 5e-3)
-    assert _judge("fp32", 5e-3, _tolerance_used("fp32", loud + noise, loud), 1.0, 1.0) is None
-    assert "bound" in _judge("fp32", 5e-3, _tolerance_used("fp32", calm + noise, calm), 1.0, 1.0)
-    assert "bound" in _judge("fp32", 0.1, _tolerance_used("fp32", loud + 0.1, loud), 1.0, 1.0)
+    assert _judge("fp32", 5e-3, _tolerance_used("fp32", loud + noise, loud), 1.0, 1.0, 100) is None
+    assert "bound" in _judge("fp32", 5e-3, _tolerance_used("fp32", calm + noise, calm), 1.0, 1.0, 100)
+    assert "bound" in _judge("fp32", 0.1, _tolerance_used("fp32", loud + 0.1, loud), 1.0, 1.0, 100)
     assert _tolerance_used("int8", loud, loud) is None  # int8 / fp16 are judged by mask IoU only
+
+
+def test_frames_without_targets_verify_no_reduced_precision_artifact(authors_dir, tmp_path):
+    """On blank frames PyTorch's masks are empty, so the mask IoU reads 1.0 whatever the artifact computes: fp16 and
+    int8 must not be marked verified there (fp32 still is: its logits are compared). On the sample frames, which
+    hold targets at this size too, the same export is judged by its IoU."""
+    import cv2
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # dark noisy frames: sensor noise, no target
+        cv2.imwrite(str(blank / f"b{i}.png"), rng.normal(40, 3, (96, 128)).clip(0, 255).astype(np.uint8))
+    on_blank = export(authors_dir / "LW_IRST.pkl", formats="onnx", precisions="fp32,fp16,int8", calib=blank,
+                      imgsz="64,96", out=tmp_path / "blank_out", threads=1)
+    assert on_blank.artifact("onnx", "fp32").status == "verified"
+    for precision in ("fp16", "int8"):
+        row = on_blank.artifact("onnx", precision)
+        assert row.mask_iou_vs_fp32 == 1.0  # the IoU alone would pass it
+        assert not row.verified and row.status == "UNVERIFIED"
+        assert "too few targets" in row.reason and "0 target pixels" in row.reason and "--calib" in row.reason
+    on_samples = export(authors_dir / "LW_IRST.pkl", formats="onnx", precisions="fp16", imgsz="64,96",
+                        calib=authors_dir / "samples" / "images", out=tmp_path / "samples_out", threads=1)
+    row = on_samples.artifact("onnx", "fp16")
+    assert row.verified == (row.mask_iou_vs_fp32 >= IOU_FLOOR["fp16"]) and "too few targets" not in (row.reason or "")
 
 
 def test_onnx_has_leaky_relu_where_the_slope_is_shared(report, model):

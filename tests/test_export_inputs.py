@@ -84,6 +84,26 @@ def test_size_must_be_a_multiple_of_the_stride(capsys, tmp_path, checkpoint):
         export(checkpoint, formats="ncnn", imgsz="big", out=tmp_path)
 
 
+@pytest.mark.parametrize("option, value", [("--calib-limit", "0"), ("--calib-limit", "-1"), ("--threads", "-2"),
+                                           ("--threads", "0"), ("--threads", "two")])
+def test_counts_below_one_are_usage_errors(capsys, tmp_path, checkpoint, option, value):
+    code, line = cli_error(capsys, "--weights", str(checkpoint), "--format", "onnx", "--out", str(tmp_path),
+                           option, value)
+    assert code == 2 and f"argument {option}: {value!r}: expected a whole number >= 1" in line
+    assert not (tmp_path / "lw_irstnet").exists()
+
+
+def test_the_api_refuses_counts_below_one_before_any_work(tmp_path, checkpoint):
+    for limit in (0, -1):
+        with pytest.raises(InputError, match=f"calib_limit {limit}: expected a whole number >= 1"):
+            export(checkpoint, formats="onnx", calib_limit=limit, out=tmp_path)
+        with pytest.raises(InputError, match=f"calib_limit {limit}: expected"):
+            calibration.calibration_frames(None, limit)
+    with pytest.raises(InputError, match="threads -2: expected a whole number >= 1"):
+        export(checkpoint, formats="onnx", threads=-2, out=tmp_path)
+    assert not (tmp_path / "lw_irstnet").exists()
+
+
 def test_missing_converter_names_the_extra(tmp_path, checkpoint):
     """pnnx made unimportable in a fresh interpreter: the CLI and the API both refuse before converting."""
     script = (
@@ -175,3 +195,22 @@ def test_synthetic_frames_are_deterministic_ir_like_scenes():
         assert background < 100  # dark
         for x, y in frame.centers:  # every target is a local bright spot well above the background
             assert frame.image[int(round(y)), int(round(x))] > background + 40
+
+
+@pytest.mark.parametrize("size, targets, seeds", [((256, 256), (1, 4), range(100)), ((48, 64), (4, 6), range(40))])
+def test_every_synthetic_target_is_its_own_8_connected_component(size, targets, seeds):
+    """The truth lists as many targets as the mask has 8-connected components, each of its recorded size: no two
+    targets touch (seed 14, frame 4 of the default frames once held two touching ones)."""
+    import cv2
+
+    for seed in seeds:
+        for index, frame in enumerate(synthetic_frames(8, size=size, seed=seed, targets=targets)):
+            count, labels = cv2.connectedComponents(frame.mask.astype(np.uint8), connectivity=8)
+            assert count - 1 == len(frame.centers), (seed, index)
+            for (x, y), pixels in zip(frame.centers, frame.sizes):  # the component under a centre is its target
+                assert np.count_nonzero(labels == labels[int(round(y)), int(round(x))]) == pixels, (seed, index)
+
+
+def test_synthetic_targets_that_cannot_be_kept_apart_are_refused():
+    with pytest.raises(InputError, match="40 targets do not fit apart in a 24x24 frame"):
+        synthetic_frames(1, size=(24, 24), targets=(40, 40))

@@ -9,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the [export] extra (torch==2.13.0)")
 
+from edge_irst.cli import main  # noqa: E402
+from edge_irst.errors import InputError  # noqa: E402
 from edge_irst.models import load_checkpoint  # noqa: E402
 from edge_irst.models.train import TrainConfig, Trainer, soft_iou_loss, train  # noqa: E402
 
@@ -78,7 +80,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_dataset, tmp_path):
     straight.fit()
     first = Trainer(_config(tiny_dataset, tmp_path / "split"))
     first.fit(epochs_this_run=1)  # the session "ends" after one epoch of the two-epoch schedule
-    resumed = Trainer(_config(tiny_dataset, tmp_path / "split"))
+    resumed = Trainer(_config(tiny_dataset, tmp_path / "split"), resuming=True)  # as train(resume=True) does
     resumed.load_state(tmp_path / "split" / "last.pt")
     assert resumed.iteration == first.iteration == 3
     assert resumed.optimizer.state_dict()["state"], "optimizer state (moments) must come back"
@@ -88,6 +90,71 @@ def test_resume_continues_exactly_where_it_stopped(tiny_dataset, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     lr_straight = straight.optimizer.param_groups[0]["lr"]
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr_straight)
+
+
+def test_resume_refuses_a_changed_configuration_and_names_each_change(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(_config(tiny_dataset, run), epochs_this_run=1)  # one epoch of the two-epoch schedule
+    with pytest.raises(InputError, match=r"started with another configuration: batch_size: saved 3, requested 2; "
+                                         r"lr: saved 0\.003, requested 0\.01; seed: saved 3, requested 4\..*"
+                                         r"only threads and device may change"):
+        train(_config(tiny_dataset, run, lr=1e-2, batch_size=2, seed=4), resume=True)
+    with pytest.raises(InputError, match=r"init: saved None, requested '.*best\.pt'"):
+        train(_config(tiny_dataset, run, init=str(run / "best.pt")), resume=True)
+    with pytest.raises(InputError, match=r"epochs: saved 2, requested 3\. The lr schedule decays over the 2 epochs"):
+        train(_config(tiny_dataset, run, epochs=3), resume=True)
+    # What may change between sessions does not stop it: another device spelling continues the same run.
+    resumed = Trainer(_config(tiny_dataset, run, device="cpu"), resuming=True)
+    resumed.load_state(run / "last.pt")
+    assert resumed.epoch == 1 and resumed.iteration == 3
+
+
+def test_resume_with_fewer_epochs_than_done_is_an_error_not_a_no_op(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(_config(tiny_dataset, run))  # both epochs done
+    with pytest.raises(InputError, match="--epochs 1 is below the 2 epochs this run has already done"):
+        train(_config(tiny_dataset, run, epochs=1), resume=True)
+    assert train(_config(tiny_dataset, run), resume=True)["epochs"] == 2  # the finished run, as it was
+
+
+def test_the_readme_recipe_resumes_with_the_same_command_init_included(tiny_dataset, tmp_path, capsys):
+    """README, "Training and the bundled model": one command, `--init INTERIM.pt ... --resume`, run session after
+    session: the first warm-starts from --init, the next continue from last.pt."""
+    first = tmp_path / "first"
+    train(_config(tiny_dataset, first, epochs=1, max_iters_per_epoch=2))
+    command = ["train", "--data", f"{tiny_dataset}:train.txt", "--val", f"{tiny_dataset}:val.txt", "--epochs", "2",
+               "--batch", "3", "--optimizer", "adamw", "--lr", "0.002", "--imgsz", "64", "--threads", "1",
+               "--init", str(first / "best.pt"), "--out", str(tmp_path / "bundled"), "--resume",
+               "--max-iters-per-epoch", "2"]
+    assert main(command + ["--epochs-this-run", "1"]) == 0  # a session that ends after one epoch
+    assert main(command) == 0
+    with open(tmp_path / "bundled" / "log.csv") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["1", "2"]
+    assert '"epochs": 2' in capsys.readouterr().out
+
+
+def test_bad_settings_fail_before_any_data_is_read_or_epoch_trained(tiny_dataset, tmp_path, capsys):
+    with pytest.raises(InputError, match="imgsz 60: lw_irstnet takes multiples of its stride 8; nearest: 56 or 64"):
+        Trainer(_config(tiny_dataset, tmp_path / "a", size=60))
+    with pytest.raises(InputError, match="imgsz 5: .*nearest: 8$"):
+        Trainer(_config(tiny_dataset, tmp_path / "a", size=5))
+    with pytest.raises(InputError, match="threads -2: expected a whole number >= 1"):
+        Trainer(_config(tiny_dataset, tmp_path / "a", threads=-2))
+    assert not (tmp_path / "a").exists()
+    for option, value in (("--threads", "-2"), ("--epochs", "0"), ("--epochs-this-run", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--data", str(tiny_dataset), option, value])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: {value!r}: expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_an_empty_validation_set_is_named_before_training(tiny_dataset, tmp_path):
+    # --holdout 0 and no --val; then 9 training stems, too few for every 10th to be held out.
+    for holdout in (0, 10):
+        with pytest.raises(InputError, match=f"no validation samples: without --val .*--holdout {holdout} holds out "
+                                             f"none of the 9 training stems.*pass --val"):
+            Trainer(_config(tiny_dataset, tmp_path / "run", val=[], holdout=holdout))
+    assert Trainer(_config(tiny_dataset, tmp_path / "run", val=[], holdout=3)).val_samples  # 3 of the 9
 
 
 def test_warm_start_takes_the_weights_but_a_fresh_schedule(tiny_dataset, tmp_path):

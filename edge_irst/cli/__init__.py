@@ -40,6 +40,17 @@ def runtime_threads(text: str):
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (e.g. torch's --threads, which has no "auto" nor 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
 def _available_commands() -> dict:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
 

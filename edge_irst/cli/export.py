@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from edge_irst.cli import positive_int
 from edge_irst.errors import EdgeIrstError
 
 
@@ -43,18 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images to calibrate int8 on and verify every artifact on: a folder, or a dataset split "
                         "(ROOT with images/, SPLIT a stem list; use a training list) (default: the authors' sample "
                         "frames when ../shared exists, else synthetic IR frames)")
-    p.add_argument("--calib-limit", type=int, default=64, metavar="N",
+    p.add_argument("--calib-limit", type=positive_int, default=64, metavar="N",
                    help="use at most N calibration images, evenly spaced in name order (default: %(default)s)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--imgsz", default=None, metavar="N|H,W",
                       help="fixed input size, multiples of 8 (default: 256)")
     size.add_argument("--dynamic", action="store_true",
-                      help="symbolic H/W (multiples of 8) for ONNX, ncnn, MNN and TFLite, so full-resolution frames run; "
-                           "traced and verified at 256x256 and 320x480")
+                      help="symbolic H/W (multiples of 8) for ONNX, ncnn, MNN and TFLite, so full-resolution frames "
+                           "run; traced and verified at 256x256 and 320x480")
     p.add_argument("--out", default="runs/export", metavar="DIR",
                    help="parent folder; artifacts go to DIR/<name>/ (default: %(default)s)")
     p.add_argument("--name", default=None, help="model folder name (default: the architecture, e.g. lw_irstnet)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads during verification")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch threads (tracing, reference logits) and runtime threads during verification "
+                        "(default: each library's own)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
