@@ -68,6 +68,13 @@ def test_installed_wheel_imports_both_names_without_torch_on_import(wheel, tmp_p
     result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+    # The `edge-irst` console script as pip writes it: a fresh interpreter that imports only the entry point (an
+    # editable install's .pth and `python -m` both import importlib.util first, and so hid a missing import).
+    script = tmp_path / "edge-irst"
+    script.write_text("import sys\nfrom edge_irst.cli import main\nsys.exit(main())\n")
+    for command in (["--help"], ["info"]):
+        result = subprocess.run([str(python), str(script), *command], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
 
 
 def test_cli_help_is_torch_free():

@@ -6,7 +6,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import logging
 import sys
 
