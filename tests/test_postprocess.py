@@ -759,10 +759,10 @@ def test_ab_benchmark_builds_two_revisions_of_the_core_into_one_driver(tmp_path)
 
 # -- the build ----------------------------------------------------------------------------------------------------
 def test_build_without_a_compiler_warns_and_installs_the_fallback_unless_required(tmp_path):
-    source = tmp_path / "source"  # what build_ext needs, without this checkout's built extension
-    shutil.copytree(POSTPROCESS, source / "edge_irst" / "postprocess",
-                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    for name in ("setup.py", "setup.cfg", "pyproject.toml", "edge_irst/__init__.py"):
+    source = tmp_path / "source"  # the package and its build files, without this checkout's built extension
+    shutil.copytree(REPO / "edge_irst", source / "edge_irst",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "assets"))
+    for name in ("setup.py", "setup.cfg", "pyproject.toml"):
         shutil.copy2(REPO / name, source / name)
     command = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
     env = {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false", "EDGE_IRST_REQUIRE_EXT": "0"}
@@ -770,6 +770,13 @@ def test_build_without_a_compiler_warns_and_installs_the_fallback_unless_require
     assert built.returncode == 0, built.stderr[-3000:]
     assert "WARNING: edge-irst: the C labeller was not built" in built.stderr
     assert not list((source / "edge_irst" / "postprocess").glob("_labeller*.so"))
+    # that installation's import says plainly what is missing (Python's own words speak of a circular import)
+    probe = subprocess.run([sys.executable, "-W", "always", "-c", "import edge_irst.postprocess as p; "
+                            "print(p.IMPLEMENTATION)"], cwd=source, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(source)})
+    assert probe.stdout.strip() == "opencv", probe.stderr[-2000:]
+    assert "the C extension edge_irst.postprocess._labeller is not in this installation" in probe.stderr
+    assert "circular" not in probe.stderr and "slower OpenCV fallback" in probe.stderr
     env["EDGE_IRST_REQUIRE_EXT"] = "1"
     required = subprocess.run(command, cwd=source, capture_output=True, text=True, env=env)
     assert required.returncode != 0

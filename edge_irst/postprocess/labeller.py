@@ -15,6 +15,8 @@ import numbers
 import os
 import threading
 import warnings
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -55,7 +57,11 @@ def _load_c_labeller() -> tuple:
     try:
         from . import _labeller
     except ImportError as exc:
-        return None, f"the C extension is not built ({exc})"
+        # Python words a missing extension as "cannot import name ... partially initialized module (most likely
+        # due to a circular import)", which misleads: say which it is.
+        if not any((Path(__file__).parent / f"_labeller{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+            return None, "the C extension edge_irst.postprocess._labeller is not in this installation"
+        return None, f"the C extension edge_irst.postprocess._labeller does not load ({exc})"
     if tuple(map(tuple, _labeller.TARGET_FIELDS)) != TARGET_FIELDS or _labeller.RECORD_SIZE != BYTES_PER_TARGET:
         return None, "the C extension is stale (its target fields differ from records.py)"
     if not hasattr(_labeller, "last_run_count"):
@@ -102,7 +108,8 @@ def _select() -> tuple:
         return "opencv", "forced by " + ENVIRONMENT_VARIABLE, available
     if c_labeller:
         return "c", f"C extension built with {c_labeller.compiler}, {c_labeller.scan} scan", available
-    fix = "rebuild it with a C compiler: pip install -e . (EDGE_IRST_REQUIRE_EXT=1 turns a failed build into an error)"
+    fix = ("reinstall edge-irst from source with a C compiler and the Python headers present, e.g. pip install "
+           "--force-reinstall . in a checkout (EDGE_IRST_REQUIRE_EXT=1 turns a failed build into an error)")
     if requested == "c":
         raise EdgeIrstError(f"{ENVIRONMENT_VARIABLE}=c but {why_not}; {fix}, or set {ENVIRONMENT_VARIABLE}=opencv")
     warnings.warn(f"edge_irst.postprocess: {why_not}; using the slower OpenCV fallback ({fix})", RuntimeWarning,
