@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_irst.benchmarking import machine_info
+from edge_irst.benchmarking import machine_info, script_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postprocess import benchmark_maps  # noqa: E402  (the maps of the postprocess benchmark)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     if different:
         print(f"\nthe two builds returned different records on: {', '.join(different)}")
     document = {"benchmark": "labeller_ab", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": f"python benchmarks/labeller_ab.py --base {args.base}" + (" --quick" if args.quick else ""),
+                "command": script_command("benchmarks/labeller_ab.py", argv),
                 "base": revision, "rounds": rounds, "flags": FLAGS,
                 "machine": machine_info(),
                 "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,

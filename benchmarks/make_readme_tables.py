@@ -15,10 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from backends import headline_sentence, target_sentence  # benchmarks/backends.py, beside this script
+from backends import headline_sentence, matchup, target_sentence  # benchmarks/backends.py, beside this script
 from postprocess import reach_note, thread_gain_note
 from scaling import speedup_cell, summary
-from edge_irst.benchmarking import machine_line, quartiles, within_spread
+from edge_irst.benchmarking import BUSY_SHARE, machine_line, quartiles, threads_cell, within_spread
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -44,11 +44,36 @@ def provenance(doc: dict) -> str:
             f"Command: `{doc.get('command', '?')}`.*")
 
 
+def echoes_threads(row: dict) -> bool:
+    """Whether a row's thread count in effect is only the request echoed back: its backend cannot read it from the
+    runtime (TFLite), and says so in threads_source."""
+    return (row.get("threads_source") or "").startswith("requested")
+
+
+def backends_threads_cell(row: dict) -> str:
+    """The table's threads cell, as benchmarking.render writes it ('2>2 b3': requested > in effect, threads busy),
+    with a '?' after a count in effect that is only the request echoed."""
+    cell = threads_cell(row)
+    if not echoes_threads(row):
+        return cell
+    counts, _, busy = cell.partition(" ")
+    return f"{counts}?" + (f" {busy}" if busy else "")
+
+
+def backends_threads_note(rows: list[dict]) -> str:
+    """The footnote to the table's threads column."""
+    echoed = sorted({r.get("backend") or "?" for r in rows if echoes_threads(r)})
+    return ("threads req>eff busy: the threads requested > those in effect as the runtime reports them"
+            + (f" (? = {', '.join(echoed)} cannot report them: the request echoed back)" if echoed else "")
+            + f"; bN = N of the process's threads were busy (>= {BUSY_SHARE:.0%} of the timed window's wall time), "
+              "whichever threads they are, so N can exceed the threads in effect.")
+
+
 def backends_section(doc: dict) -> str:
     rows = [r for r in doc["rows"] if r.get("status") == "ok"]
     torch_ms = {r["threads_requested"]: r["inference"]["median_ms"] for r in rows if r.get("group") == "pytorch"}
     rows.sort(key=lambda r: (r["threads_requested"], r["inference"]["median_ms"]))
-    body = [[r["name"], r.get("group") or "-", f"{r['threads_requested']}>{r.get('threads_in_effect') or '?'}",
+    body = [[r["name"], r.get("group") or "-", backends_threads_cell(r),
              r.get("precision_in_effect") or "-", number(r["inference"]["median_ms"]),
              number(r["inference"]["p90_ms"]), number(r["inference"]["fps"], 1),
              number(r["inference"]["cpu_ms_per_frame"]), number(r.get("peak_rss_mb"), 0),
@@ -56,8 +81,8 @@ def backends_section(doc: dict) -> str:
              if r["threads_requested"] in torch_ms else "-"]
             for r in rows]
     lines = ["### Backends: LW-IRSTNet 256x256, raw inference (`benchmarks/backends.py`)", "", provenance(doc), "",
-             table(["row", "group", "threads req>eff", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
-                    "peak RSS MB", "x vs PyTorch eager"], body), ""]
+             table(["row", "group", "threads req>eff busy", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
+                    "peak RSS MB", "x vs PyTorch eager"], body), "", backends_threads_note(rows), ""]
     lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
     lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
     lines.append("\nTargets (the sweep's medians [min..max of its round medians]; the verdict from the head-to-head: "
@@ -214,7 +239,7 @@ def glance_rows(results: Path) -> list[list]:
     else:
         for t in backends.get("targets", []):
             measured = ("-" if t["met"] is None else
-                        f"{t['speedup_wall']:.2f}x ({t['ours']} vs {t['authors']}{head_to_head_note(t)})")
+                        f"{t['speedup_wall']:.2f}x ({matchup(t)}{head_to_head_note(t)})")
             rows.append([f"t{t['threads']} {t['target']}", f">= {t['required']:g}x", measured, verdict(t["met"]),
                          _when(backends, "backends")])
         for h in backends.get("headline", []):

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from edge_irst.benchmarking import interleaved, machine_info, machine_line, quartiles, within_spread
+    from edge_irst.benchmarking import interleaved, machine_info, machine_line, quartiles, script_command, within_spread
 
     machine = {**machine_info(), "opencv": cv2.__version__}
     model, backend = (Path(args.model), args.backend) if args.model else _authors_model(args.backend)
