@@ -220,6 +220,9 @@ class Detections:
         x' = (x + 0.5) * sx - 0.5 + ox, which is cv2.resize's pixel-area geometry and reduces to x + ox when
         sx = 1 (native tiles). The inclusive box maps to the source pixels it covers:
         x_min' = x_min * sx + ox, x_max' = (x_max + 1) * sx - 1 + ox (fractional when sx is not an integer).
+        The box keeps its meaning, covering [x_min' - 0.5, x_max' + 0.5], so where a target spans less than one
+        source pixel (sx < 1, a frame smaller than the grid) x_max' < x_min': its width x_max' - x_min' + 1 is
+        below 1. Drawing code should take the covered edges, not the two values as corners.
         frame_shape: the source frame's shape, stored as the new metadata (default: unchanged).
         size and aspect_ratio remain in labelled-grid pixels (the target filter's units).
         """
