@@ -3,9 +3,11 @@ cases, statistics computed by hand, the target filter and its live settings, and
 AddressSanitizer."""
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -220,6 +222,67 @@ def test_the_binding_checks_its_arguments_one_by_one():
         assert _labeller.label(logits, 0.0, None, workspace, None, threads) == one_band, threads
     assert _labeller.label(logits, 0.5, None, workspace, None, 1) == one_band  # same map at 1.0 / -1.0
     assert _labeller.label(logits, 1.0, None, workspace, None, 1) == b""  # nothing above 1.0
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
+def test_the_workspace_is_free_again_only_once_the_records_are_copied_out():
+    """Releasing the map's buffer at the end of label() can run Python code: here the last reference to the
+    exporter goes, and its __del__ labels a map of more targets with the same workspace, which moves its slots.
+    The records must be copied out before that; before, the result was read from the moved slots."""
+    from edge_irst.postprocess import _labeller
+
+    workspace = _labeller.new_workspace()
+    isolated = np.full((1200, 1200), -1.0, np.float32)
+    isolated[::2, ::2] = 1.0  # 360,000 one-pixel targets: more slots than the outer call's map needs
+    inner = []
+
+    class Exporter(np.ndarray):
+        def __del__(self):
+            inner.append(len(_labeller.label(isolated, 0.0, None, workspace, None, 1)))
+
+    logits = np.where(np.random.default_rng(3).random((2500, 2500)) < 0.5, 1.0, -1.0).astype(np.float32)
+    expected = _labeller.label(logits, 0.0, None, workspace, None, 1)
+    buffer = pickle.PickleBuffer(logits.view(Exporter))  # the view's exporter: an Exporter only this holds
+    # Released while label() runs without the GIL (it takes a few hundred ms on this map): from then on only the
+    # binding's Py_buffer keeps the Exporter alive, and it goes when the binding releases that buffer.
+    releaser = threading.Timer(0.02, buffer.release)
+    releaser.start()
+    try:
+        got = _labeller.label(buffer, 0.0, None, workspace, None, 1)
+    finally:
+        releaser.join()
+    assert inner, "the exporter outlived the call: the test did not exercise the release"
+    assert got == expected
+
+
+@pytest.mark.skipif(not C_BUILT or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+                    reason="needs the C extension and glibc's mallinfo2 (to see the heap in use)")
+def test_buffers_of_bands_a_call_does_not_use_are_given_back():
+    from edge_irst.postprocess import _labeller
+
+    libc = ctypes.CDLL(None)
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def heap_mib() -> float:
+        info = libc.mallinfo2()
+        return (info.uordblks + info.hblkhd) / 2**20
+
+    workspace = _labeller.new_workspace()
+    checkerboard = np.where(np.indices((2048, 2048)).sum(axis=0) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    wide_row = np.full((1, 1 << 24), -1.0, np.float32)  # its row bits alone take 2 MiB
+    small = np.zeros((8, 8), np.float32)
+    for many, bands, grows_by in ((checkerboard, 4, 20.0), (wide_row, 1, 1.5)):  # 2M runs in 4 bands; row bits
+        before = heap_mib()
+        _labeller.label(many, 0.0, None, workspace, None, bands)
+        grown = heap_mib() - before
+        _labeller.label(small, 0.0, None, workspace, None, 1)  # one band, a few bytes: the rest goes back
+        kept = heap_mib() - before
+        assert grown > grows_by and kept < 0.5, (many.shape, grown, kept)
 
 
 @pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")

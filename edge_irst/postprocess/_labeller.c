@@ -148,10 +148,6 @@ static PyObject *label(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     workspace_handle *handle = PyCapsule_GetPointer(capsule, WORKSPACE_CAPSULE);
     if (!handle)
         return NULL;
-    if (handle->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "this labeller workspace is in use by another thread; use one per thread");
-        return NULL;
-    }
 
     Py_buffer map_view, labels_view;
     if (PyObject_GetBuffer(logits_obj, &map_view, PyBUF_STRIDES | PyBUF_FORMAT) != 0)
@@ -178,23 +174,33 @@ static PyObject *label(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         (const float *)map_view.buf, map_view.shape[0], map_view.shape[1],
         map_view.strides[0] / (Py_ssize_t)sizeof(float), map_view.strides[1] / (Py_ssize_t)sizeof(float),
     };
-    irst_result result;
-    int status;
-    handle->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    status = irst_label(&map, threshold, labels, filter_obj != Py_None ? &filter : NULL, threads, handle->ws,
-                        &result);
-    Py_END_ALLOW_THREADS
-    handle->busy = 0;
-
+    /* The workspace is claimed only now, with no Python code left to run before the call (getting a buffer can
+     * run some, e.g. a warning, and let another thread in), and freed only after the records are copied out of
+     * it: releasing the buffers can run Python code too (the exporter's last reference going), which may label
+     * with this workspace again. */
+    PyObject *blocks = NULL;
+    if (handle->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this labeller workspace is in use by another thread; use one per thread");
+    } else {
+        irst_result result;
+        int status;
+        handle->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        status = irst_label(&map, threshold, labels, filter_obj != Py_None ? &filter : NULL, threads, handle->ws,
+                            &result);
+        Py_END_ALLOW_THREADS
+        if (status == IRST_TOO_LARGE)
+            PyErr_Format(PyExc_ValueError, "logits has more than %zd pixels", (Py_ssize_t)IRST_MAX_PIXELS);
+        else if (status != IRST_OK)
+            PyErr_NoMemory();
+        else
+            blocks = column_blocks(&result);
+        handle->busy = 0;
+    }
     if (labels)
         PyBuffer_Release(&labels_view);
     PyBuffer_Release(&map_view);
-    if (status == IRST_TOO_LARGE)
-        return PyErr_Format(PyExc_ValueError, "logits has more than %zd pixels", (Py_ssize_t)IRST_MAX_PIXELS);
-    if (status != IRST_OK)
-        return PyErr_NoMemory();
-    return column_blocks(&result);
+    return blocks;
 }
 
 static PyObject *last_run_count(PyObject *module, PyObject *capsule)

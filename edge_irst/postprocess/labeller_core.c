@@ -410,13 +410,21 @@ static scan_t fastest_scan(void)
  * per-pixel branch on dense maps. The words worth a look (those with foreground, and the one after a word whose
  * last pixel is foreground, where that run ends) are taken from a bit set: an empty word costs no branch, which
  * on a sparse row would mispredict wherever a target comes or goes. */
+/* 64-bit words a band's `words` buffer holds for rows of `width` pixels: one before the row, the row's bits (one
+ * word more than whole words: where the last run ends), then one bit per row word (which are worth a look). */
+static ptrdiff_t band_words(ptrdiff_t width)
+{
+    const ptrdiff_t word_count = width / 64 + 1;
+    return 1 + word_count + (word_count + 63) / 64;
+}
+
 static void collect_runs(band_t *band)
 {
     const irst_map *map = band->map;
-    const ptrdiff_t width = map->width, word_count = width / 64 + 1, worth_count = (word_count + 63) / 64;
+    const ptrdiff_t width = map->width, word_count = width / 64 + 1;
     band->count = band->first_row_end = band->last_row_begin = 0;
     band->status = IRST_NO_MEMORY;
-    if (reserve((void **)&band->words, &band->word_capacity, 1 + word_count + worth_count, sizeof(uint64_t), 32))
+    if (reserve((void **)&band->words, &band->word_capacity, band_words(width), sizeof(uint64_t), 32))
         return;
     band->words[0] = 0; /* before the row's first word: no foreground carried into it */
     uint64_t *const words = band->words + 1, *const worth_words = words + word_count;
@@ -830,9 +838,17 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
     const ptrdiff_t kept = filter ? apply_filter(filter, ws->slots, count) : count;
-    for (int b = 0; b < band_count; b++) /* band 0 held every run; the others only their own */
-        shrink_excess((void **)&ws->bands[b].runs, &ws->bands[b].run_capacity, b ? ws->bands[b].count : run_count,
+    /* Every band's buffers, used this call or not: after a dense frame on many bands, the frames that follow on
+     * fewer (threads="auto" gives small maps one) would otherwise keep the others' for the thread's life. */
+    for (int b = 0; b < IRST_MAX_THREADS; b++) {
+        band_t *band = &ws->bands[b];
+        const int used = b < band_count;
+        /* band 0 held every run; the others only their own */
+        shrink_excess((void **)&band->runs, &band->run_capacity, b ? (used ? band->count : 0) : run_count,
                       sizeof(run_t));
+        shrink_excess((void **)&band->words, &band->word_capacity, used ? band_words(map->width) : 0,
+                      sizeof(uint64_t));
+    }
     shrink_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t));
     result->targets = kept ? &ws->slots[0].target : NULL;
     result->count = kept;
