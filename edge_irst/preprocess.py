@@ -3,7 +3,8 @@
 Accepted frames (numpy, HxW or HxWxC, row-major image coordinates):
 - uint8 grey (HxW or HxWx1), uint8 BGR (HxWx3, OpenCV's order), uint8 BGRA (alpha dropped);
 - uint16 single-channel raw IR (14- or 16-bit, as thermal cores deliver): mapped to the 8-bit range by a
-  `RawMapping` (default: percentile stretch 0.5 .. 99.99 %), never by a silent bit shift.
+  `RawMapping` (default: percentile stretch from 0.5 % to 99.99 %, or higher where that would leave more
+  than 7 pixels above it), never by a silent bit shift.
 Anything else raises InputError naming the dtype/shape and what is accepted.
 """
 from __future__ import annotations
@@ -20,35 +21,55 @@ from .contract import ModelContract
 from .errors import InputError, ModelFileError
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
+# RawMapping's default top: the 99.99th percentile, but never more than HOT_PIXELS of a frame's brightest pixels
+# (hot pixels) above it, whatever the frame's size.
+DEFAULT_TOP_PERCENTILE = 99.99
+HOT_PIXELS = 7
 
 
 @dataclass(frozen=True)
 class RawMapping:
     """How a >8-bit single-channel frame becomes 0..255 intensities.
 
-    mode "percentile": the `low`..`high` percentiles of the frame map to 0..255 (robust to dead/hot pixels);
-    mode "fixed": the raw values `low`..`high` map to 0..255 (stable across frames; use the core's known range);
-    values outside are clipped.
+    mode "percentile": the `low`..`high` percentiles of the frame map to 0..255 (robust to dead/hot pixels); `high`
+    None (the default) is the 99.99th percentile or, higher, the value all but the HOT_PIXELS brightest pixels lie
+    at or below (the higher one from 70,000 pixels on); mode "fixed": the raw values `low`..`high` map to 0..255
+    (stable across frames; use the core's known range); values outside are clipped.
 
-    The default top, 99.99 %, lies above the few pixels small targets cover: a 99.5 % top clipped them, and with
-    the authors' checkpoint lost 39 of 64 synthetic targets and 18 of 108 SIRST test targets (as 14-bit raw),
-    where 99.99 % found all of both, as many as the exact fixed mapping (tests/test_pipeline.py, edge-irst runs).
+    Why a pixel count at the top and not a percentile: small targets cover a few pixels, and the top must lie above
+    them whatever the frame. A 99.5 % top clipped them at 256x256 (with the authors' checkpoint, 39 of 64 synthetic
+    targets and 18 of 108 SIRST test targets lost as 14-bit raw); 99.99 % worked there (6.6 pixels above it), but
+    at 1920x1080 it leaves 207 pixels above, more than six targets cover together: the top fell into the
+    background, which was then stretched over 0..255, and 3 of 6 synthetic targets were lost (tile policy, fp32
+    ONNX; with this default all 6 were found; tests/test_preprocess.py holds the stretch to it).
     """
 
     mode: str = "percentile"
     low: float = 0.5
-    high: float = 99.99
+    high: Optional[float] = None
 
     def __post_init__(self):
         if self.mode not in ("percentile", "fixed"):
             raise InputError(f"RawMapping.mode must be 'percentile' or 'fixed', got {self.mode!r}")
-        if not all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
-                   for v in (self.low, self.high)):
+        bounds = (self.low,) if self.high is None and self.mode == "percentile" else (self.low, self.high)
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   and math.isfinite(v) for v in bounds):
             raise InputError(f"RawMapping low={self.low!r}, high={self.high!r}: expected finite numbers")
+        top = 100.0 if self.high is None else self.high
+        if self.mode == "percentile" and not 0.0 <= self.low < top <= 100.0:
+            raise InputError(f"RawMapping percentiles low={self.low!r}, high={self.high!r}: expected 0 <= low < high "
+                             f"<= 100 (high None: all but the {HOT_PIXELS} brightest pixels)")
+        if self.mode == "fixed" and not self.low < self.high:
+            raise InputError(f"RawMapping fixed range low={self.low!r}, high={self.high!r}: expected low < high (the "
+                             f"raw values that become 0 and 255)")
 
     def apply(self, frame: np.ndarray) -> np.ndarray:
         if self.mode == "percentile":
-            lo, hi = np.percentile(frame, (self.low, self.high))
+            top = self.high
+            if top is None:  # past 99.99 %, the (n - 1 - HOT_PIXELS)-th smallest value (linear interpolation
+                last = frame.size - 1  # lands on it exactly): 99.99 % up to 70,000 pixels, as before
+                top = max(DEFAULT_TOP_PERCENTILE, 100.0 * (last - HOT_PIXELS) / last) if last > 0 else 100.0
+            lo, hi = np.percentile(frame, (self.low, top))
         else:
             lo, hi = self.low, self.high
         span = max(float(hi) - float(lo), 1e-6)

@@ -11,7 +11,7 @@ import pytest
 
 from edge_irst.contract import ModelContract
 from edge_irst.errors import InputError, ModelFileError
-from edge_irst.preprocess import RawMapping, normalize, preprocess, read_image, to_channels
+from edge_irst.preprocess import HOT_PIXELS, RawMapping, normalize, preprocess, read_image, to_channels
 from edge_irst.synthetic import SyntheticScene, add_target, random_bytes
 
 _CONVERSIONS = {("RGB", 2): cv2.COLOR_GRAY2RGB, ("RGB", 3): cv2.COLOR_BGR2RGB, ("BGR", 2): cv2.COLOR_GRAY2BGR,
@@ -162,17 +162,37 @@ def test_a_contract_whose_tensors_would_not_be_finite_is_refused(changes):
 
 @pytest.mark.parametrize("raw, message", [(("fixed", float("nan"), 100.0), "finite"),
                                           (("percentile", 0.5, float("inf")), "finite"),
-                                          (("stretch", 0.0, 1.0), "'percentile' or 'fixed'")])
+                                          (("stretch", 0.0, 1.0), "'percentile' or 'fixed'"),
+                                          (("fixed", 16383.0, 0.0), "expected low < high"),
+                                          (("fixed", 100.0, 100.0), "expected low < high"),
+                                          (("fixed", 0.0, None), "finite"),
+                                          (("percentile", 0.5, 150.0), r"0 <= low < high <= 100"),
+                                          (("percentile", -1.0, None), r"0 <= low < high <= 100"),
+                                          (("percentile", 60.0, 40.0), r"0 <= low < high <= 100")])
 def test_raw_mappings_are_checked_when_made(raw, message):
     with pytest.raises(InputError, match=message):
         RawMapping(*raw)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (513, 641), (1080, 1920)])
+def test_the_default_raw_stretch_clips_a_few_pixels_at_any_frame_size(shape):
+    """A 99.99 % top leaves 207 pixels above it at 1920x1080, more than small targets cover: it fell into the
+    background. The default top leaves at most HOT_PIXELS above it (about the 99.99 % of 256x256) at any size."""
+    frame = SyntheticScene(shape, targets=6, seed=7, bits=14).frame(0)
+    mapped = RawMapping().apply(frame.image)
+    above_top = int((frame.image > np.sort(frame.image, axis=None)[-1 - HOT_PIXELS]).sum())
+    assert int((mapped >= 255.0).sum()) <= HOT_PIXELS + 1 and above_top <= HOT_PIXELS
+    exact = RawMapping("fixed", *SyntheticScene(shape, targets=6, seed=7, bits=14).raw_range).apply(frame.image)
+    background = ~frame.mask
+    # the background keeps about the contrast of the exact mapping instead of being stretched over 0..255
+    assert np.percentile(mapped[background], 99) < 2.0 * np.percentile(exact[background], 99)
 
 
 def test_preprocessed_raw_frames_are_finite_at_the_extremes():
     frames = [np.zeros((64, 64), np.uint16), np.full((64, 64), 65535, np.uint16),
               np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)]
     for frame in frames:
-        for raw in (RawMapping(), RawMapping("fixed", 100.0, 100.0), RawMapping("fixed", 0.0, 65535.0)):
+        for raw in (RawMapping(), RawMapping("fixed", 100.0, 101.0), RawMapping("fixed", 0.0, 65535.0)):
             assert np.isfinite(preprocess(frame, ModelContract(), raw=raw)).all()
 
 

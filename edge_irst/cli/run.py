@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="fixed mapping of 14/16-bit raw frames: raw LO..HI -> 0..255 (default: percentiles)")
     src.add_argument("--raw-percentiles", type=_pair, default=None, metavar="LO,HI",
                      help="per-frame percentile stretch of raw frames when --raw-range is not given "
-                          "(default: RawMapping's, 0.5,99.99)")
+                          "(default: RawMapping's, 0.5 to 99.99 or higher: at most 7 pixels above the top)")
     src.add_argument("--reconnect-retries", type=int, default=5, metavar="N",
                      help="reopening attempts when a camera/stream stops delivering (default: 5)")
     src.add_argument("--reconnect-backoff", type=float, default=0.5, metavar="S",
