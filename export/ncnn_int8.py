@@ -27,82 +27,29 @@ deconvolutions of any other geometry, and every other layer.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edge_irst.backends.ncnn import PARAM_MAGIC
+from edge_irst.backends.ncnn_format import FP16_TAG, FP32_TAG, INT8_TAG, ParamLayer, read_param, weight_blocks
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
-INT8_TAG = 0x000D4B38  # ncnn ModelBin: the block that follows holds int8 values
-FP32_TAG = 0  # ... raw float32 values
-FP16_TAG = 0x01306B47  # ... float16 values, padded to 4 bytes (pnnx's fp16=1)
 REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
-# Layers that read nothing from the .bin. A layer outside this set and _weight_blocks() stops the quantiser:
-# misreading one block would shift every weight after it.
-_WEIGHTLESS = {"Input", "Split", "ReLU", "LeakyReLU", "Sigmoid", "TanH", "Clip", "HardSigmoid", "HardSwish",
-               "Swish", "Mish", "ELU", "BinaryOp", "UnaryOp", "Eltwise", "Pooling", "Concat", "Slice", "Crop",
-               "Interp", "PixelShuffle", "Reorg", "Reshape", "Permute", "Flatten", "Softmax", "Noop", "Dropout"}
+_INT8_WEIGHTS = ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "InnerProduct")
 
 
-@dataclass
-class ParamLayer:
-    """One layer line of a text .param."""
-
-    type: str
-    name: str
-    bottoms: list
-    tops: list
-    params: dict  # param id (as written, e.g. "0" or "-23310") -> value text
-    line: str
-
-
-def read_param(path: Path) -> tuple[list[str], list[ParamLayer]]:
-    """(the magic and count lines, the layers) of an ncnn text .param."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0].strip() != PARAM_MAGIC or len(lines) < 2:
-        raise ModelFileError(f"{path}: not an ncnn text .param (no magic number {PARAM_MAGIC})")
-    layers = []
-    for line in lines[2:]:
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            n_in, n_out = int(fields[2]), int(fields[3])
-            params = dict(token.split("=", 1) for token in fields[4 + n_in + n_out:])
-        except (IndexError, ValueError):
-            raise ModelFileError(f"{path}: malformed layer line {line.strip()[:80]!r}") from None
-        layers.append(ParamLayer(fields[0], fields[1], fields[4:4 + n_in], fields[4 + n_in:4 + n_in + n_out],
-                             params, line))
-    return lines[:2], layers
-
-
-def _weight_blocks(layer: ParamLayer) -> list[tuple[str, int, bool]]:
-    """(name, float32 count, whether a 4-byte tag precedes it) of each block the layer reads, in .bin order."""
-    p = layer.params
-    if layer.type in ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise"):
-        if int(p.get("8", 0)):
-            raise ModelFileError(f"layer {layer.name} ({layer.type}) is already int8: quantise the fp32 model")
-        blocks = [("weight", int(p.get("6", 0)), True)]
-        return blocks + ([("bias", int(p.get("0", 0)), False)] if int(p.get("5", 0)) else [])
-    if layer.type == "BatchNorm":
-        return [(name, int(p.get("0", 0)), False) for name in ("slope", "mean", "variance", "bias")]
-    if layer.type == "PReLU":
-        return [("slope", int(p.get("0", 0)), False)]
-    if layer.type == "InnerProduct":
-        if int(p.get("8", 0)):
-            raise ModelFileError(f"layer {layer.name} (InnerProduct) is already int8: quantise the fp32 model")
-        blocks = [("weight", int(p.get("2", 0)), True)]
-        return blocks + ([("bias", int(p.get("0", 0)), False)] if int(p.get("1", 0)) else [])
-    if layer.type == "Padding":
-        count = int(p.get("6", 0))  # per-channel pad values
-        return [("pad values", count, False)] if count else []
-    if layer.type in _WEIGHTLESS:
-        return []
-    raise ModelFileError(f"layer {layer.name}: the int8 quantiser does not know how a {layer.type} layer's "
-                         f"weights are stored, so it cannot rewrite the .bin safely")
+def _weight_blocks(layer: ParamLayer, where: Path = Path("the ncnn model")) -> list[tuple[str, int, bool]]:
+    """(name, float32 count, whether a 4-byte tag precedes it) of each block the layer reads, in .bin order
+    (edge_irst.backends.ncnn_format). A layer whose layout that table does not know stops the rewriters:
+    misreading one block would shift every weight after it. `where` names the model in messages."""
+    if layer.type in _INT8_WEIGHTS and layer.int_param(8, 0, where):
+        raise ModelFileError(f"layer {layer.name} ({layer.type}) is already int8: quantise the fp32 model")
+    blocks = weight_blocks(layer, where)
+    if blocks is None:
+        raise ModelFileError(f"layer {layer.name}: the int8 quantiser does not know how a {layer.type} layer's "
+                             f"weights are stored, so it cannot rewrite the .bin safely")
+    return blocks
 
 
 def stored_blocks(layer: ParamLayer, blocks: dict) -> bytes:
@@ -124,7 +71,7 @@ def _split_weights(layers: list[ParamLayer], blob: bytes, path: Path, half: bool
     offset, out = 0, []
     for layer in layers:
         arrays = {}
-        for name, count, tagged in _weight_blocks(layer):
+        for name, count, tagged in _weight_blocks(layer, path):
             dtype = np.dtype(np.float32)
             if tagged:
                 (tag,) = struct.unpack_from("<I", blob, offset) if offset + 4 <= len(blob) else (None,)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .ncnn_int8 import ParamLayer, _split_weights, read_param, stored_blocks
+from edge_irst.backends.ncnn_format import ParamLayer, read_param
+
+from .ncnn_int8 import _split_weights, stored_blocks
 
 NARROW_OUTPUTS = range(5, 8)
 WIDTH = 8

@@ -22,11 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
+from edge_irst.backends.ncnn_format import read_param
 from edge_irst.contract import ModelContract
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
 from .formats import PRECISIONS
-from .ncnn_int8 import quantize_ncnn, read_param
+from .ncnn_int8 import quantize_ncnn
 from .ncnn_widen import NARROW_OUTPUTS, WIDTH, widen_narrow_convolutions
 
 # The second shape pnnx sees when the contract is dynamic, so it keeps H/W symbolic instead of folding the first

@@ -165,7 +165,7 @@ def test_ncnn_fp32_artifact_stores_fp32_weights(report, model):
 def test_ncnn_fp32_and_fp16_compute_the_5_output_stem_on_8_and_crop_it_back(report):
     """export/ncnn_widen.py on LW-IRSTNet: the stem convolution (3 -> 5) is the one Convolution with 5-7 outputs;
     it computes 8 and a Crop keeps 5, the sidecar says so, and the artifact still matches PyTorch (verified)."""
-    from edge_irst.export.ncnn_int8 import read_param
+    from edge_irst.backends.ncnn_format import read_param
 
     _, layers = read_param(report.path("ncnn", "fp32"))
     widened = [layer for layer in layers if layer.type == "Convolution" and layer.tops[0].endswith("_wide")]

@@ -10,7 +10,8 @@ import pytest
 ncnn = pytest.importorskip("ncnn", reason="the ncnn int8 quantiser calibrates with the [ncnn] extra")
 
 from edge_irst.errors import InputError, ModelFileError  # noqa: E402
-from edge_irst.export.ncnn_int8 import INT8_TAG, quantize_ncnn  # noqa: E402
+from edge_irst.backends.ncnn_format import INT8_TAG  # noqa: E402
+from edge_irst.export.ncnn_int8 import quantize_ncnn  # noqa: E402
 
 SLOPE = 0.1
 CHANNELS, HIDDEN, OUTPUTS, SIZE = 3, 8, 4, 16

@@ -10,7 +10,7 @@ import pytest
 ncnn = pytest.importorskip("ncnn", reason="the widened model is checked with the [ncnn] extra")
 
 from edge_irst.errors import ModelFileError  # noqa: E402
-from edge_irst.export.ncnn_int8 import FP16_TAG, INT8_TAG, read_param  # noqa: E402
+from edge_irst.backends.ncnn_format import FP16_TAG, INT8_TAG, read_param  # noqa: E402
 from edge_irst.export.ncnn_widen import WIDTH, widen_narrow_convolutions  # noqa: E402
 
 SLOPE = 0.1

@@ -7,7 +7,7 @@ pair is checked before ncnn sees it:
   from them;
 - the .bin: its size must be exactly what the .param's layers read, computed per layer as ncnn's load_model reads
   (Convolution / ConvolutionDepthWise / Deconvolution / DeconvolutionDepthWise, InnerProduct, BatchNorm, PReLU,
-  Scale, Bias, Padding, MemoryData; the layers in _WEIGHTLESS read nothing). A weight block is preceded by a
+  Scale, Bias, Padding, MemoryData; the layers in ncnn_format.WEIGHTLESS read nothing). A weight block is preceded by a
   4-byte storage tag (ModelBin: raw float32, float16 or int8, each padded to 4 bytes, or a quantisation table)
   that decides its size, so the walk reads each tag from the .bin; biases and int8 scales are raw float32. A
   .bin of another model or precision, truncated, or with bytes appended is refused naming both files and the
@@ -23,7 +23,6 @@ and "bf16" switch the reduced-precision paths on.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,8 +31,8 @@ import numpy as np
 from edge_irst.errors import InputError, ModelFileError
 
 from .base import Backend, TensorSpec, capture_native_output, log
+from .ncnn_format import ParamLayer, check_weights_size, read_param
 
-PARAM_MAGIC = "7767517"
 _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, bf16 storage, bf16 packed)
     "auto": (False, False, False, False, False),
     "fp32": (False, False, False, False, False),
@@ -44,40 +43,6 @@ _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, b
 _INT8_CAPABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Convolution1D", "Gemm")
 _FLAG_NAMES = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed")
 
-_ARRAY_PARAM = -23300  # a param id <= -23300 holds an array ("-23310=2,0.5,1.0"), never a size read here
-# ModelBin storage tags of a tagged weight block (src/modelbin.cpp); 0 = raw float32.
-_FP16_TAG, _INT8_TAG, _SCALED_FP32_TAG = 0x01306B47, 0x000D4B38, 0x0002C056
-_QUANTISATION_TABLE = 256 * 4  # any other non-zero tag: 256 float32 values, then one uint8 index per weight
-# Layers that read nothing from the .bin.
-_WEIGHTLESS = {"Input", "Split", "ReLU", "LeakyReLU", "Sigmoid", "TanH", "Clip", "HardSigmoid", "HardSwish",
-               "Swish", "Mish", "ELU", "AbsVal", "BinaryOp", "UnaryOp", "Eltwise", "Pooling", "Concat", "Slice",
-               "Crop", "Interp", "PixelShuffle", "Reorg", "Reshape", "Permute", "Flatten", "Softmax", "Noop",
-               "Dropout", "ShuffleChannel"}
-# Convolution-like layers -> the param id of their dynamic_weight flag (weights from a second input, none stored).
-_CONVOLUTIONS = {"Convolution": 19, "ConvolutionDepthWise": 19, "Deconvolution": 28, "DeconvolutionDepthWise": 28}
-
-
-@dataclass(frozen=True)
-class _Layer:
-    """One layer line of a text .param: its type, name, input and output blobs, scalar params by id as text."""
-
-    type: str
-    name: str
-    bottoms: tuple
-    tops: tuple
-    params: dict
-
-    def int_param(self, key: int, default: int, path: Path) -> int:
-        text = self.params.get(key)
-        if text is None:
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            raise ModelFileError(f"{path}: layer {self.name!r} ({self.type}) has {key}={text!r} where ncnn reads "
-                                 f"an integer") from None
-
-
 @functools.lru_cache(maxsize=None)
 def _gpu_count(ncnn) -> int:
     """Vulkan GPUs ncnn sees. Cached: without a driver ncnn 1.0.2026x retries dlopen (about a second) and prints
@@ -86,53 +51,18 @@ def _gpu_count(ncnn) -> int:
         return ncnn.get_gpu_count()
 
 
-def _read_param(path: Path) -> list[_Layer]:
-    """The layers of a text .param, after checking its magic number, header and layer lines."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: not a readable ncnn text .param ({exc})") from exc
-    if not lines or lines[0].strip() != PARAM_MAGIC:
-        raise ModelFileError(f"{path}: not an ncnn .param (first line {lines[0][:20]!r} if any, expected the magic "
-                             f"number {PARAM_MAGIC})" if lines else f"{path}: empty ncnn .param")
-    try:
-        layer_count, _blob_count = (int(v) for v in lines[1].split())
-    except (IndexError, ValueError):
-        raise ModelFileError(f"{path}: ncnn .param header line 2 must be '<layer count> <blob count>'") from None
-    lines = [ln for ln in lines[2:] if ln.strip()]
-    if len(lines) < layer_count:
-        raise ModelFileError(f"{path}: declares {layer_count} layers but holds {len(lines)}: truncated .param")
-    return [_parse_layer(line, path) for line in lines]
-
-
-def _parse_layer(line: str, path: Path) -> _Layer:
-    """'<type> <name> <n in> <n out> <in blobs> <out blobs> <id>=<value> ...' -> _Layer."""
-    fields = line.split()
-    try:
-        n_in, n_out = int(fields[2]), int(fields[3])
-        blobs = fields[4:4 + n_in + n_out]
-        pairs = [word.split("=", 1) for word in fields[4 + n_in + n_out:]]
-        params = {int(key): value for key, value in pairs if int(key) > _ARRAY_PARAM}
-    except (IndexError, ValueError):
-        raise ModelFileError(f"{path}: malformed layer line {line.strip()[:80]!r} (expected '<type> <name> <inputs> "
-                             f"<outputs> <blob names> <id>=<value>...')") from None
-    if n_in < 0 or n_out < 0 or len(blobs) != n_in + n_out:
-        raise ModelFileError(f"{path}: layer line {line.strip()[:80]!r} names fewer blobs than it counts")
-    return _Layer(fields[0], fields[1], tuple(blobs[:n_in]), tuple(blobs[n_in:]), params)
-
-
-def _input_shapes(layers: list[_Layer], path: Path) -> dict:
+def _input_shapes(layers: list[ParamLayer], path: Path) -> dict:
     """{blob: (c, h, w)} the Input layers declare, 0 where unset."""
     return {layer.tops[0]: tuple(layer.int_param(key, 0, path) for key in (2, 1, 0))
             for layer in layers if layer.type == "Input" and layer.tops}
 
 
-def _int8_layer_count(layers: list[_Layer], path: Path) -> int:
+def _int8_layer_count(layers: list[ParamLayer], path: Path) -> int:
     """Layers holding int8 weights: int8_scale_term (param 8 of _INT8_CAPABLE) set."""
     return sum(layer.type in _INT8_CAPABLE and layer.int_param(8, 0, path) != 0 for layer in layers)
 
 
-def _input_channels(layers: list[_Layer], blob: str, path: Path) -> Optional[int]:
+def _input_channels(layers: list[ParamLayer], blob: str, path: Path) -> Optional[int]:
     """Channels the first convolution reading `blob` (directly or through Split) takes, as its weight count says;
     None when no convolution reads it first or the count does not divide."""
     reaching = {blob}
@@ -148,102 +78,6 @@ def _input_channels(layers: list[_Layer], blob: str, path: Path) -> Optional[int
             weights = layer.int_param(6, 0, path) * group
             return weights // per_input if per_input > 0 and weights % per_input == 0 else None
     return None
-
-
-def _weight_blocks(layer: _Layer, path: Path) -> Optional[list[tuple[int, bool]]]:
-    """(value count, tagged) of each block the layer's load_model reads, in .bin order (ncnn's src/layer/*.cpp);
-    tagged blocks (ModelBin type 0) start with a storage tag, untagged ones (type 1) are raw float32. None for a
-    layer type this table does not know."""
-    def param(key: int, default: int = 0) -> int:
-        return layer.int_param(key, default, path)
-
-    kind = layer.type
-    if kind in _WEIGHTLESS:
-        return []
-    if kind in _CONVOLUTIONS:
-        if param(_CONVOLUTIONS[kind]):  # dynamic_weight: the weights arrive as a second input blob
-            return []
-        num_output = param(0)
-        blocks = [(param(6), True)] + ([(num_output, False)] if param(5) else [])
-        return blocks + _int8_scale_blocks(kind, param(8), num_output, param(7, 1))
-    if kind == "InnerProduct":
-        num_output = param(0)
-        blocks = [(param(2), True)] + ([(num_output, False)] if param(1) else [])
-        return blocks + ([(num_output, False), (1, False)] if param(8) else [])
-    if kind == "BatchNorm":
-        return [(param(0), False)] * 4  # slope, mean, variance, bias
-    if kind in ("PReLU", "Bias"):
-        return [(param(0), False)]
-    if kind == "Scale":
-        size = param(0)
-        return [] if size == -233 else [(size, False)] * (2 if param(1) else 1)  # -233: the scale is an input
-    if kind == "Padding":
-        return [(param(6), False)] if param(6) else []  # per-channel pad values
-    if kind == "MemoryData":
-        w, h, d, c = param(0), param(1), param(11), param(2)
-        count = w * h * d * c if d else w * h * c if c else w * h if h else w
-        return [(count, param(21, 1) == 0)] if count else []  # param 21: load type, 1 = raw float32
-    return None
-
-
-def _int8_scale_blocks(kind: str, int8_scale_term: int, num_output: int, group: int) -> list[tuple[int, bool]]:
-    """The raw float32 int8 scales behind a convolution's weights and bias: weight scale(s), input scale, and
-    with int8_scale_term > 100 (requantised output) the next layer's input scale."""
-    if not int8_scale_term or kind not in ("Convolution", "ConvolutionDepthWise"):
-        return []
-    if kind == "Convolution":
-        blocks = [(num_output, False), (1, False)]
-    elif int8_scale_term in (1, 101):
-        blocks = [(group, False), (1, False)]
-    elif int8_scale_term in (2, 102):
-        blocks = [(1, False), (1, False)]
-    else:
-        blocks = []
-    return blocks + ([(1, False)] if int8_scale_term > 100 else [])
-
-
-def _align4(size: int) -> int:
-    return (size + 3) // 4 * 4
-
-
-def _tagged_size(tag: int, count: int) -> int:
-    """Bytes after a tagged block's 4-byte tag (ModelBinFromDataReader::load)."""
-    if tag == _FP16_TAG:
-        return _align4(2 * count)
-    if tag == _INT8_TAG:
-        return _align4(count)
-    if tag in (0, _SCALED_FP32_TAG):
-        return 4 * count
-    return _QUANTISATION_TABLE + _align4(count)
-
-
-def _check_weights_size(param: Path, weights: Path, layers: list[_Layer]) -> None:
-    """Refuse a .bin whose size is not what the .param's layers read from it (see the module docstring)."""
-    size = weights.stat().st_size
-    offset, unknown = 0, []
-    with open(weights, "rb") as fh:
-        for layer in layers:
-            blocks = _weight_blocks(layer, param)
-            if blocks is None:
-                unknown.append(layer.type)
-                continue
-            for count, tagged in blocks:
-                if count < 0:
-                    raise ModelFileError(f"{param}: layer {layer.name!r} ({layer.type}) declares {count} weights")
-                if tagged and not unknown:
-                    fh.seek(offset)
-                    tag = int.from_bytes(fh.read(4).ljust(4, b"\0"), "little")  # past the end: sized as raw
-                    offset += 4 + _tagged_size(tag, count)
-                elif tagged:  # where it starts is unknown, so is its tag: the smallest storage, int8
-                    offset += 4 + _align4(count)
-                else:
-                    offset += 4 * count
-    if offset > size or (offset != size and not unknown):
-        needs = (f"at least {offset} (layers of type {', '.join(sorted(set(unknown)))} not counted)" if unknown
-                 else f"exactly {offset}")
-        raise ModelFileError(f"{weights}: {size} bytes, but {param} needs {needs} bytes of weights (its layers "
-                             f"sized by the storage tags found in the .bin): not this .param's weights (another "
-                             f"model or precision), truncated, or with bytes appended")
 
 
 class NcnnBackend(Backend):
@@ -264,14 +98,14 @@ class NcnnBackend(Backend):
         super().__init__(path, options, contract)
         self._ncnn = ncnn = self.import_runtime()
         self.weights = self.path.with_suffix(".bin")
-        layers = _read_param(self.path)
+        _, layers = read_param(self.path)
         declared, self.int8_layers = _input_shapes(layers, self.path), _int8_layer_count(layers, self.path)
         if not self.weights.is_file():
             raise ModelFileError(f"{self.path}: its weights {self.weights.name} are missing (an ncnn model is a "
                                  f".param + .bin pair in one folder)")
         if self.weights.stat().st_size == 0:
             raise ModelFileError(f"{self.weights}: empty ncnn .bin")
-        _check_weights_size(self.path, self.weights, layers)
+        check_weights_size(self.path, self.weights, layers)
         self.net = ncnn.Net()
         opt = self.net.opt
         opt.num_threads = options.resolved_threads()  # must be set before load_param to size the layers' pools
