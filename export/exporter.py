@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from edge_irst.contract import ModelContract, write_sidecar
+from edge_irst.contract import ModelContract, sidecar_path, write_sidecar
 from edge_irst.errors import EdgeIrstError, InputError, VerificationError
 
 from .calibration import calibration_frames, check_limit
@@ -303,6 +303,11 @@ class _Run:
         if self.dynamic and not fmt.dynamic:
             log.warning("%s: %s artifacts take a fixed size; exported at %dx%d", prefix, fmt.name, *self.size)
         calib_batches = self.reference.batches(self.size)
+        target = self.folder / f"{self.name}_{precision}{fmt.suffix}"
+        # An earlier run's artifact under this name goes first: if this conversion fails, it must not stay behind
+        # with its sidecar still saying "verified" for other weights (the loader would open it).
+        for stale in [target, *(target.with_suffix(c) for c in fmt.companions), sidecar_path(target)]:
+            stale.unlink(missing_ok=True)
         log.info("%s: converting ...", prefix)
         start = time.perf_counter()
         hub_seconds = 0.0
@@ -311,8 +316,7 @@ class _Run:
                 source, hub_seconds = self.hubs.get(contract)
             else:
                 source = self.model
-            path, contract = fmt.load_converter()(source, contract, self.folder / f"{self.name}_{precision}"
-                                                  f"{fmt.suffix}", precision, calib_batches)
+            path, contract = fmt.load_converter()(source, contract, target, precision, calib_batches)
         except Exception as exc:  # recorded (a missing dependency keeps its install hint); the others go on
             result.status, result.reason = "FAILED", f"conversion failed: {type(exc).__name__}: {exc}"
             result.convert_seconds = time.perf_counter() - start

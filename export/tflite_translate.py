@@ -262,8 +262,12 @@ class TorchToTF:
         torch: out[o] = sum over i, kk with o = s*i - p + kk of x[i] * W[kk]. Writing o = s*m + a (0 <= a < s)
         and i = m + dy gives kk = a + p - s*dy, so phase a of output row m reads input rows m + dy with kernel
         row a + p - s*dy wherever that index lies in [0, k). The output is exactly s*L long iff
-        k + output_padding - 2p == s; only then is the phase decomposition a plain stride-1 convolution.
+        k + output_padding - 2p == s; only then is the phase decomposition a plain stride-1 convolution. Unequal
+        strides and stride 1 (where k + op - 2p == s can hold too) return None as well: depth_to_space cannot
+        take them, and the cropped TRANSPOSE_CONV is exact for them.
         """
+        if s[0] != s[1] or s[0] < 2:  # depth_to_space takes one square block of at least 2: the cropped path
+            return None
         taps = []
         for kd, sd, pd, opd in zip(k, s, p, op):
             if kd + opd - 2 * pd != sd:
@@ -276,9 +280,8 @@ class TorchToTF:
 
     @staticmethod
     def _conv_transpose_subpixel(tf, x, w, s, taps):
-        """ConvTranspose2d as a stride-1 conv to s_h*s_w*C_out channels + depth_to_space (block s)."""
-        if s[0] != s[1]:
-            raise UnsupportedLayerError(f"sub-pixel ConvTranspose2d needs equal strides, got {s}")
+        """ConvTranspose2d as a stride-1 conv to s*s*C_out channels + depth_to_space (block s, equal strides of
+        at least 2: _subpixel_taps sends the others the cropped way)."""
         c_in, c_out = w.shape[:2]
         offs = [[dy for phase in dim for dy, _ in phase] for dim in taps]
         lo = [min(o) for o in offs]

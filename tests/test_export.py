@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch", reason="the exporter needs the [export] ext
 
 from edge_irst.backends import load_backend  # noqa: E402
 from edge_irst.contract import AUTHORS_CONTRACT, CONTRACT_KEY, ModelContract, contract_for, read_sidecar  # noqa: E402
-from edge_irst.errors import VerificationError  # noqa: E402
-from edge_irst.export import FORMATS, export  # noqa: E402
+from edge_irst.errors import ModelFileError, VerificationError  # noqa: E402
+from edge_irst.export import FORMATS, ConversionError, export  # noqa: E402
 from edge_irst.export.exporter import ArtifactResult, ExportReport, _raise_for_failures  # noqa: E402
 from edge_irst.export.verify import Reference, _tolerance_used, verify_artifact  # noqa: E402
 from edge_irst.models import load_checkpoint  # noqa: E402
@@ -375,3 +375,24 @@ def test_a_per_channel_prelu_stays_a_prelu():
     z = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     y = np.where(x > 0, x, 0.25 * x)
     assert np.array_equal(z, np.where(y > 0, y, np.array([0.1, 0.2], np.float32)[None, :, None, None] * y))
+
+
+def test_a_failed_conversion_leaves_no_earlier_artifact_under_its_name(tmp_path):
+    """An earlier run's artifact and its sidecar ("verified", for other weights) at the job's path must not survive
+    a conversion that fails: the loader would open them. The failure here is real: TFLite's converter writes to
+    <artifact>.partial, which is a folder."""
+    from edge_irst.models import create_model, save_checkpoint
+
+    weights = save_checkpoint(tmp_path / "random.pt", create_model("lw_irstnet"), "lw_irstnet")
+    folder = tmp_path / "out" / "lw_irstnet"
+    folder.mkdir(parents=True)
+    stale = folder / "lw_irstnet_fp32.tflite"
+    stale.write_bytes(b"an earlier run's model")
+    (folder / "lw_irstnet_fp32.tflite.json").write_text(json.dumps({"verified": True}))
+    (folder / "lw_irstnet_fp32.tflite.partial").mkdir()
+    with pytest.raises(ConversionError, match="tflite/fp32: conversion failed") as failure:
+        export(weights, "tflite", "fp32", imgsz=64, out=tmp_path / "out", calib_limit=2)
+    assert failure.value.report.artifact("tflite", "fp32").status == "FAILED"
+    assert not stale.exists() and not (folder / "lw_irstnet_fp32.tflite.json").exists()
+    with pytest.raises(ModelFileError, match="no verified fp32 artifact"):
+        load_backend(folder, backend="tflite")

@@ -217,12 +217,15 @@ class _Layers(torch.nn.Module):
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.up_k4 = nn.ConvTranspose2d(16, 4, 4, stride=2, padding=1, bias=True)  # sub-pixel, 2 taps per phase
         self.up_k3p0 = nn.ConvTranspose2d(4, 3, 3, stride=2)  # output 2L+1: not sub-pixel, the cropped path
+        # stride 1 and unequal strides meet the sub-pixel size rule but not depth_to_space: the cropped path too
+        self.up_s1 = nn.ConvTranspose2d(3, 3, 3, stride=1, padding=1)
+        self.up_s21 = nn.ConvTranspose2d(3, 3, (4, 3), stride=(2, 1), padding=(1, 1))
         self.conv_s2 = nn.Conv2d(3, 5, 3, stride=2, padding=1)
         self.bn_conv = nn.BatchNorm2d(5)  # folded into conv_s2
 
     def forward(self, x):
         y = self.prelu(self.bn_cat(torch.cat((self.dw_dilated(x), x, x), 1)))
-        y = torch.nn.functional.relu(self.up_k3p0(self.up_k4(self.pool(y))))
+        y = torch.nn.functional.relu(self.up_s21(self.up_s1(self.up_k3p0(self.up_k4(self.pool(y))))))
         y = self.bn_conv(self.conv_s2(y))
         return torch.nn.functional.pad(y, (0, 0, 0, 0, 0, 2)) - 1.0
 
