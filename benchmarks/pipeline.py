@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                if "stages" in chosen else {}),
         }
     report["load_average_at_end"] = list(os.getloadavg())
-    report["command"] = " ".join(["python", "benchmarks/pipeline.py", *(argv if argv is not None else sys.argv[1:])])
+    report["command"] = script_command("benchmarks/pipeline.py", argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")

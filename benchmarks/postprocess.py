@@ -357,7 +357,7 @@ def main(argv=None) -> int:
           f"{stress['worst_map']}" + (" (slower than OpenCV)" if stress["worst"] < 1 else ""))
 
     document = {"benchmark": "postprocess", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": script_command("benchmarks/postprocess.py"),
+                "command": script_command("benchmarks/postprocess.py", argv),
                 "rounds": rounds, "speedup": "median over the rounds of the per-round ratio of the two samples",
                 "speedup_quartiles": "first and third quartiles of the same per-round ratios (inclusive method)",
                 "timing": "wall-clock per call (perf_counter_ns, timer overhead taken off), each call on the next "
