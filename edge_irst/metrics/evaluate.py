@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..progress import Progress
 from .base import Metric, jsonable
-from .inputs import KINDS, Frame, make_frame, read_map, single_map
+from .inputs import Frame, make_frame, read_map, single_map
 from .irstd import IrstdMetrics, IrstdResult
 
 PREDICTION_SUFFIXES = (".npy", ".png", ".bmp", ".tif", ".tiff")
@@ -177,8 +177,14 @@ def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> Predi
     if maps == "auto":
         # Decided for the folder, not map by map: an 8-bit probability map whose highest level is 1 (a frame with
         # nothing in it but faint noise) would read as a mask, its level-1 pixels as targets.
-        highest = max((_integer_maximum(path) for path in index.values()), default=-1)
-        reading = "mask" if 0 <= highest <= 1 else "probabilities"
+        reading = "probabilities"
+        for path in index.values():
+            highest = _integer_maximum(path)
+            if highest > 1:  # one probability image settles it for the folder
+                reading = "probabilities"
+                break
+            if highest >= 0:
+                reading = "mask"
 
     def predict(sample, image) -> tuple:
         path = index.get(sample.stem)
@@ -194,22 +200,13 @@ def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> Predi
 
 def _integer_maximum(path: Path) -> int:
     """The largest value of an integer map file, or -1 for a float (or bool) map."""
-    if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path} as a numpy array (.npy without pickles): {exc}") from exc
-    else:
-        array = read_map(path)
+    array = read_map(path, mmap=True)
     if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
         return -1
     return int(array.max())
 
 
 def _frame(item: EvalItem, resize_labels: bool, resized: list) -> Frame:
-    if item.kind is not None and item.kind not in KINDS:
-        raise InputError(f"{item.stem}: prediction kind {item.kind!r} not supported; expected None or one of "
-                         f"{', '.join(KINDS)}")
     label, image = item.label, item.image
     prediction = single_map(item.prediction, f"{item.stem}: prediction")
     pred_hw = prediction.shape[:2]

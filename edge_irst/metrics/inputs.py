@@ -114,9 +114,9 @@ def _rank(thresholds: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
     step = (thresholds[-1] - thresholds[0]) / (n - 1)
     with np.errstate(invalid="ignore", over="ignore"):
         offset = np.floor((values - thresholds[0]) * (1.0 / step))
-    # Clipped before the cast: a logit map may hold +-inf, and casting inf to int64 wraps round to its minimum.
-    guess = np.clip(offset, -1, n, out=offset).astype(np.int64) + 1
-    np.clip(guess, 0, n, out=guess)
+    # Clipped before the cast, so that the guess lands in 0..n: a logit map may hold +-inf, and casting inf to int64
+    # wraps round to its minimum.
+    guess = np.clip(offset, -1, n - 1, out=offset).astype(np.int64) + 1
     below, at = thresholds[np.maximum(guess - 1, 0)], thresholds[np.minimum(guess, n - 1)]
     if side == "left":  # rank = #(thresholds < value)
         guess -= (guess > 0) & (below >= values)
@@ -150,7 +150,8 @@ def make_frame(label: np.ndarray, pred: np.ndarray, kind: Optional[str] = None,
     """One HxW (or HxWxC) label and prediction -> Frame. kind: "logits", "probabilities" or "mask" as declared by
     the caller, or None: read from the map (module docstring)."""
     if kind is not None and kind not in KINDS:
-        raise InputError(f"prediction kind {kind!r} not supported: expected one of {', '.join(KINDS)}")
+        raise InputError(f"prediction kind {kind!r} not supported: expected None (read from the map) or one of "
+                         f"{', '.join(KINDS)}")
     label = single_map(label, "label")
     pred = single_map(pred, "prediction")
     label = _reduce_channels(label, "label")
@@ -316,14 +317,15 @@ def _grey_image(image, shape: tuple) -> np.ndarray:
     return image.astype(np.float64)
 
 
-def read_map(path) -> np.ndarray:
-    """An image file as stored (8/16-bit, grey or colour) or a .npy array; InputError if missing or unreadable."""
+def read_map(path, mmap: bool = False) -> np.ndarray:
+    """An image file as stored (8/16-bit, grey or colour) or a .npy array (memory-mapped read-only with `mmap`);
+    InputError if missing or unreadable."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         if not path.is_file():
             raise InputError(f"prediction file not found: {path}")
         try:
-            return np.load(path, allow_pickle=False)
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read {path} as a numpy array (.npy without pickles): {exc}") from exc
     return read_image(path)
