@@ -89,6 +89,7 @@ struct irst_workspace {
     slot_t *slots;
     ptrdiff_t slot_capacity;
     ptrdiff_t last_run_count; /* irst_last_run_count() */
+    int bands_held; /* bands 0..bands_held-1 may hold buffers worth shrinking; the others have not grown since */
     scan_t scan; /* the fastest this CPU runs, chosen in irst_workspace_new() */
 };
 
@@ -828,6 +829,8 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     int band_count = threads < 1 ? 1 : threads > IRST_MAX_THREADS ? IRST_MAX_THREADS : threads;
     if (band_count > map->height)
         band_count = (int)map->height;
+    if (band_count > ws->bands_held) /* before the work, so a call that fails part-way is still covered */
+        ws->bands_held = band_count;
     const ptrdiff_t run_count = collect_all_runs(map, threshold, band_count, ws);
     if (run_count < 0)
         return IRST_NO_MEMORY;
@@ -838,17 +841,19 @@ int irst_label(const irst_map *map, float threshold, int32_t *labels, const irst
     for (ptrdiff_t k = 0; k < count; k++)
         finish(&ws->slots[k], (int64_t)k + 1);
     const ptrdiff_t kept = filter ? apply_filter(filter, ws->slots, count) : count;
-    /* Every band's buffers, used this call or not: after a dense frame on many bands, the frames that follow on
-     * fewer (threads="auto" gives small maps one) would otherwise keep the others' for the thread's life. */
-    for (int b = 0; b < IRST_MAX_THREADS; b++) {
+    /* The buffers of every band that may have grown, used this call or not: after a dense frame on many bands,
+     * the frames that follow on fewer (threads="auto" gives small maps one) would otherwise keep the others' for
+     * the thread's life. */
+    const ptrdiff_t words_used = band_words(map->width);
+    for (int b = 0; b < ws->bands_held; b++) {
         band_t *band = &ws->bands[b];
         const int used = b < band_count;
         /* band 0 held every run; the others only their own */
         shrink_excess((void **)&band->runs, &band->run_capacity, b ? (used ? band->count : 0) : run_count,
                       sizeof(run_t));
-        shrink_excess((void **)&band->words, &band->word_capacity, used ? band_words(map->width) : 0,
-                      sizeof(uint64_t));
+        shrink_excess((void **)&band->words, &band->word_capacity, used ? words_used : 0, sizeof(uint64_t));
     }
+    ws->bands_held = band_count;
     shrink_excess((void **)&ws->slots, &ws->slot_capacity, count, sizeof(slot_t));
     result->targets = kept ? &ws->slots[0].target : NULL;
     result->count = kept;
