@@ -32,11 +32,12 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_irst.backends.ncnn_format import FP16_TAG, FP32_TAG, INT8_TAG, ParamLayer, read_param, weight_blocks
+from edge_irst.backends.ncnn_format import (CONVOLUTIONS, FP16_TAG, FP32_TAG, INT8_TAG, ParamLayer, read_param,
+                                            weight_blocks)
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
 REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
-_INT8_WEIGHTS = ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "InnerProduct")
+_INT8_WEIGHTS = (*CONVOLUTIONS, "InnerProduct")  # layers whose param 8 says their weights are int8
 
 
 def _weight_blocks(layer: ParamLayer, where: Path = Path("the ncnn model")) -> list[tuple[str, int, bool]]:

@@ -32,7 +32,7 @@ from .registry import create_model
 
 FORMAT = "edge-irst/checkpoint"
 FORMAT_VERSION = 1
-TRAIN_STATE_FORMAT = "edge-irst/train-state"  # models/train.py's RESUME_FORMAT: last.pt, a state to resume
+TRAIN_STATE_FORMAT = "edge-irst/train-state"  # last.pt: the state models/train.py resumes from
 
 AUTHORS_MODULE = "models.LW_IRST_Net.LW_IRST_ablation"
 AUTHORS_CLASSES = ("LW_IRST_ablation", "InitialBlock", "DownsamplingBottleneck", "RegularBottleneck", "dw_conv")

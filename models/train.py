@@ -32,11 +32,11 @@ from edge_irst.preprocess import normalize, preprocess, to_channels
 from edge_irst.progress import Progress
 
 from .augment import AugmentConfig, augment
+from .checkpoint import TRAIN_STATE_FORMAT as RESUME_FORMAT
 from .checkpoint import save_checkpoint
 from .registry import create_model, model_entry
 
 log = logging.getLogger(__name__)
-RESUME_FORMAT = "edge-irst/train-state"
 # TrainConfig fields a resumed session may change: how fast it runs (threads) and on what (device; bit-exactness
 # holds on one device only). Every other field but `out` (the folder last.pt was found in, however it is spelled)
 # changes what the run computes (the epochs too: the poly lr schedule spans all of them): `--resume` refuses it.

@@ -31,7 +31,7 @@ import numpy as np
 from edge_irst.errors import InputError, ModelFileError
 
 from .base import Backend, TensorSpec, capture_native_output, log
-from .ncnn_format import ParamLayer, check_weights_size, read_param
+from .ncnn_format import CONVOLUTIONS, ParamLayer, check_weights_size, read_param
 
 _PRECISION_FLAGS = {  # option -> (fp16 storage, fp16 packed, fp16 arithmetic, bf16 storage, bf16 packed)
     "auto": (False, False, False, False, False),
@@ -71,7 +71,8 @@ def _input_channels(layers: list[ParamLayer], blob: str, path: Path) -> Optional
             continue
         if layer.type == "Split":
             reaching.update(layer.tops)
-        elif layer.type in ("Convolution", "ConvolutionDepthWise") and not layer.int_param(19, 0, path):
+        elif layer.type in ("Convolution", "ConvolutionDepthWise") \
+                and not layer.int_param(CONVOLUTIONS[layer.type], 0, path):  # weights stored, not a second input
             num_output, kernel_w = layer.int_param(0, 0, path), layer.int_param(1, 0, path)
             per_input = num_output * kernel_w * layer.int_param(11, kernel_w, path)
             group = layer.int_param(7, 1, path) if layer.type == "ConvolutionDepthWise" else 1
