@@ -61,7 +61,7 @@ from .backends import backend_class, list_backends, load_backend, resolve_artifa
 from .detections import Detections
 from .errors import InputError, ModelFileError
 from .postprocess import LiveSettings, PostprocessSettings, TargetFilter, implementation_info
-from .preprocess import DEFAULT_TOP_PERCENTILE, HOT_PIXELS, RawMapping, preprocess
+from .preprocess import RawMapping, preprocess
 from .sources import Frame, Reconnect, Source, open_source
 
 log = logging.getLogger("edge_irst.pipeline")
@@ -569,10 +569,7 @@ class Detector:
             **self._policy.describe(),
             "threshold": settings.threshold,
             "filter": settings.target_filter.to_dict(),
-            "raw_mapping": {"mode": self.raw.mode, "low": self.raw.low, "high": self.raw.high,
-                            **({"top": f"the {DEFAULT_TOP_PERCENTILE}th percentile, or higher where that leaves more "
-                                       f"than {HOT_PIXELS} pixels above it"}
-                               if self.raw.mode == "percentile" and self.raw.high is None else {})},
+            "raw_mapping": self.raw.describe(),
             "reader_thread": {"prefetch": self.prefetch, "usable_cpus": usable_cpus(),
                               "used_for": "files, folders, video, synthetic" if self.prefetch else "none (in line)"},
             "postprocess": implementation_info(),

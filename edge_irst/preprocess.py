@@ -63,6 +63,14 @@ class RawMapping:
             raise InputError(f"RawMapping fixed range low={self.low!r}, high={self.high!r}: expected low < high (the "
                              f"raw values that become 0 and 255)")
 
+    def describe(self) -> dict:
+        """mode, low, high, and for the default top what it is (summaries, JSON records)."""
+        described = {"mode": self.mode, "low": self.low, "high": self.high}
+        if self.mode == "percentile" and self.high is None:
+            described["top"] = (f"the {DEFAULT_TOP_PERCENTILE}th percentile, or higher where that leaves more than "
+                                f"{HOT_PIXELS} pixels above it")
+        return described
+
     def apply(self, frame: np.ndarray) -> np.ndarray:
         if self.mode == "percentile":
             top = self.high

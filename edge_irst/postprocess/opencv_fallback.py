@@ -73,10 +73,11 @@ def label_blocks(logits: np.ndarray, threshold: float, labels: Optional[np.ndarr
     np.maximum.at(peak, label, values)
     at_peak = values == peak[label]
     _, first_at_peak = np.unique(label[at_peak], return_index=True)
-    peak_pixel = pixels[at_peak][first_at_peak]
+    first = np.flatnonzero(at_peak)[first_at_peak]  # each target's first pixel at its maximum
+    peak_pixel = pixels[first]
     # The peak is the first pixel at the maximum, value included: -0.0 and 0.0 compare equal, and np.maximum keeps
     # whichever came last, where the C labeller (a strict >) keeps the first.
-    peak_value = values[at_peak][first_at_peak]
+    peak_value = values[first]
 
     column["label"][:] = np.arange(1, count)
     column["size"][:] = size
