@@ -173,6 +173,11 @@ class StreamStats:
             self._samples[name].append(getattr(result.timings, name))
         self._last = time.perf_counter()
 
+    def finish(self, source: Source) -> None:
+        """Takes the source's final dropped / skipped counts: frames it passed over after the last result are in no
+        result's counts."""
+        self.dropped, self.skipped = source.dropped, source.skipped
+
     @property
     def wall_s(self) -> float:
         return self._last - self._start

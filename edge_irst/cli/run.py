@@ -187,8 +187,7 @@ def run(args) -> int:
             except EdgeIrstError as exc:  # e.g. the last buffered lines hit a full disk: reported like a write
                 if failure is None:
                     outcome, failure = "failed", exc
-            # files the source passed over after the last result are not in any result's count
-            stats.skipped = source.skipped
+            stats.finish(source)
         summary = _summary(detector, source, stats, truth if truth["targets"] else None, outcome, args)
         if control is not None:
             summary["control"] = {"source": str(args.control), "applied": control.applied}
