@@ -301,11 +301,12 @@ class Trainer:
         os.replace(path.with_suffix(".tmp"), path)
         return path
 
-    def load_state(self, path: Path) -> None:
-        """Continue the run saved in `path` (its last.pt); InputError when this Trainer's config does not continue it
-        exactly (check_resumable)."""
+    def load_state(self, path: Path, state: Optional[dict] = None) -> None:
+        """Continue the run saved in `path` (its last.pt; `state`: its content where the caller has read it already);
+        InputError when this Trainer's config does not continue it exactly (check_resumable)."""
         path = Path(path)
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state is None:
+            state = torch.load(path, map_location=self.device, weights_only=True)
         check_resumable(path, state, self.cfg)
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
@@ -425,11 +426,12 @@ def train(cfg: TrainConfig, resume: bool = False, epochs_this_run: Optional[int]
     model_entry(cfg.model)  # unknown names fail before any data is read
     last = Path(cfg.out) / "last.pt"
     resuming = resume and last.is_file()
+    state = torch.load(last, map_location="cpu", weights_only=True) if resuming else None
     if resuming:  # a configuration that does not continue the run fails here, before the data is read
-        check_resumable(last, torch.load(last, map_location="cpu", weights_only=True), cfg)
+        check_resumable(last, state, cfg)
     trainer = Trainer(cfg, resuming=resuming)
     if resuming:
-        trainer.load_state(last)
+        trainer.load_state(last, state)
         if trainer.epoch >= cfg.epochs:
             log.warning("%s: this run already did all its %d epochs; nothing to train", last, cfg.epochs)
     return trainer.fit(epochs_this_run)
