@@ -6,7 +6,7 @@
 
 Specs `open_source` understands:
 - an image file; a folder of images (non-recursive, natural order); a glob (`frames/*.png`, `**` recursive);
-- a video file (OpenCV's FFmpeg backend);
+- a video file (OpenCV's FFmpeg backend; a grey video of 9..16 bits, e.g. FFV1 gray16le, as uint16 raw frames);
 - a camera: an index (`0`) or a V4L2 device path (`/dev/video0`);
 - a stream URL: rtsp://, rtsps://, rtmp://, http(s):// (e.g. MJPEG), udp://, tcp://, srt://;
 - `synthetic[:WxH][,targets=N][,frames=N][,seed=N][,bits=N][,fps=F]`: moving Gaussian point targets with known
@@ -146,12 +146,42 @@ class ImageFilesSource(Source):
             yield Frame(index, image, None, done, (done - start) * 1e3, str(path))
 
 
+# FFmpeg's codec tag of a grey pixel format deeper than 8 bits, as CAP_PROP_CODEC_PIXEL_FORMAT reports it: the
+# bytes 'Y', '1', 0, bits (gray16le, the Y16 of thermal cores: "Y1\0\x10"; gray12le: "Y1\0\x0c").
+_DEEP_GREY_TAG, _DEEP_GREY_BITS = 0x003159, range(9, 17)
+
+
+def _open_video(path: Path) -> tuple:
+    """(capture, bits): an 8-bit video decoded to BGR as OpenCV does by default (bits 8), or a grey video of 9..16
+    bits opened without that conversion, so that frames come as uint16 (H, W) with their raw values (bits = the
+    format's depth). OpenCV's default would squeeze such a video to 8-bit BGR and lose what RawMapping is for."""
+    capture = cv2.VideoCapture(str(path))
+    tag = int(capture.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT)) if capture.isOpened() else 0
+    if tag & 0xFFFFFF != _DEEP_GREY_TAG or tag >> 24 not in _DEEP_GREY_BITS:
+        return capture, 8
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # its warning that conversion is off: meant
+    try:
+        raw = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_CONVERT_RGB, 0])
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not raw.isOpened():  # keep what opened, as 8-bit BGR
+        raw.release()
+        return capture, 8
+    capture.release()
+    return raw, tag >> 24
+
+
 class VideoFileSource(Source):
     """A video file read in order through OpenCV (FFmpeg). A frame that cannot be decoded (corrupt) is reported,
     counted in `skipped` and passed over; a file that ends before the frame count its header announces (truncated)
     is reported with a warning and the missing frames are counted in `skipped`. Frame.index is the frame's number
     in the file, also when the source is iterated again after an earlier iteration stopped early (it goes on from
-    where that one stopped)."""
+    where that one stopped).
+
+    Frames are BGR uint8 (H, W, 3), except from a grey video of more than 8 bits (FFV1 or raw gray16le, as
+    thermal recordings are stored): uint16 (H, W) with the recorded values, mapped to the model's range by the
+    pipeline's RawMapping (`--raw-range`) like 16-bit images. `bits` says which (8, or the format's depth)."""
 
     kind = "video"
     # Consecutive failed reads after which the file is taken to have ended: a corrupt frame fails one read and
@@ -160,7 +190,7 @@ class VideoFileSource(Source):
 
     def __init__(self, path: Union[str, Path]):
         super().__init__(str(path))
-        self._capture = cv2.VideoCapture(str(path))
+        self._capture, self.bits = _open_video(Path(path))
         if not self._capture.isOpened():
             self._capture.release()
             raise SourceError(f"cannot open video {path}: OpenCV ({cv2.__version__}, FFmpeg backend) cannot read "

@@ -258,6 +258,21 @@ def test_sixteen_bit_raw_frames_detect_the_same_targets_as_eight_bit(fastest):
     assert match_truth(stretched.x, stretched.y, raw.centers).found == 4 and len(stretched) == 4
 
 
+def test_a_sixteen_bit_video_detects_what_its_frames_do(fastest, tmp_path):
+    from test_sources import write_grey_video
+
+    scene = SyntheticScene((256, 256), targets=4, seed=11, bits=14)
+    images = [scene.frame(i).image for i in range(4)]
+    with Detector(*fastest, threads=1, raw=RawMapping("fixed", *scene.raw_range)) as d:
+        expected = [d.detect(image) for image in images]
+        results = list(d.stream(write_grey_video(tmp_path / "raw.mkv", images)))
+    assert len(results) == 4 and all(len(e) == 4 for e in expected)
+    for result, frame_detections in zip(results, expected):  # FFV1 is lossless: the same targets exactly
+        assert result.frame.image.dtype == np.uint16
+        assert np.array_equal(result.detections.x, frame_detections.x)
+        assert np.array_equal(result.detections.size, frame_detections.size)
+
+
 def test_unsupported_frames_name_the_frame_and_what_is_accepted(detector):
     # frames the caller hands over share one format: the first unsupported one is an error, not a skip per frame
     with pytest.raises(InputError, match=r"frames, frame 1: .*frame dtype float32 not supported"):

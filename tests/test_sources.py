@@ -159,6 +159,42 @@ def test_iterable_source_refuses_non_arrays():
 
 
 # ---- video -------------------------------------------------------------------------------------------------------
+def write_grey_video(path, frames, fps=25.0):
+    """A lossless FFV1 .mkv of grey frames, uint8 or uint16 (gray16le) as they are."""
+    h, w = frames[0].shape
+    depth = cv2.CV_16U if frames[0].dtype == np.uint16 else cv2.CV_8U
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h),
+                             [cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0])
+    assert writer.isOpened(), f"OpenCV cannot write {path}"
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_a_sixteen_bit_grey_video_keeps_its_raw_values(tmp_path, capfd):
+    scene = SyntheticScene((48, 64), targets=2, seed=4, bits=14)
+    images = [scene.frame(i).image for i in range(6)]
+    assert images[0].dtype == np.uint16 and images[0].max() > 255
+    level = cv2.utils.logging.getLogLevel()
+    with open_source(write_grey_video(tmp_path / "raw.mkv", images, fps=30.0)) as source:
+        frames = list(source)
+    assert source.bits == 16 and source.length == 6 and [f.index for f in frames] == list(range(6))
+    for frame, original in zip(frames, images):  # lossless: the recorded values, bit for bit
+        assert frame.image.dtype == np.uint16 and np.array_equal(frame.image, original)
+    # OpenCV's warning that BGR conversion is off is silenced for that open only
+    assert "BGR conversion turned OFF" not in capfd.readouterr().err and cv2.utils.logging.getLogLevel() == level
+
+
+def test_an_eight_bit_grey_video_is_still_read_as_bgr(tmp_path):
+    images = [SyntheticScene((48, 64), targets=2, seed=4).frame(i).image for i in range(3)]
+    with open_source(write_grey_video(tmp_path / "grey.mkv", images)) as source:
+        frames = list(source)
+    assert source.bits == 8 and len(frames) == 3
+    for frame, original in zip(frames, images):
+        assert frame.image.shape == (48, 64, 3) and np.array_equal(frame.image[:, :, 1], original)
+
+
 @pytest.mark.parametrize("suffix, fourcc", [(".avi", "MJPG"), (".mp4", "mp4v")])
 def test_video_file_read_back_in_order_with_timestamps(tmp_path, suffix, fourcc):
     scene = SyntheticScene((96, 128), targets=2, seed=5)
