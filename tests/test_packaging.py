@@ -1,9 +1,11 @@
 """The wheel: edge_irst.models / edge_irst.export inside the namespace, nothing top-level, no torch on import."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
@@ -28,6 +30,30 @@ def test_wheel_has_no_top_level_models_or_export(wheel):
     assert not {"models", "export"} & top, sorted(top)
     assert "edge_irst/models/lw_irstnet.py" in names
     assert "edge_irst/export/__init__.py" in names
+
+
+def test_sdist_carries_the_tests_and_the_benchmarks_and_no_build_output(tmp_path):
+    # Built from a copy of the checkout's files: in the checkout itself setuptools would also add every file
+    # listed in an earlier build's edge_irst.egg-info/SOURCES.txt, whatever MANIFEST.in says now.
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"needs a git checkout to copy the sources from ({listed.stderr.strip()})")
+    tree = tmp_path / "tree"
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
+    build = f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"
+    subprocess.run([sys.executable, "-c", build], cwd=tree, check=True, capture_output=True)
+    (path,) = tmp_path.glob("edge_irst-*.tar.gz")
+    with tarfile.open(path) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    for needed in ("Makefile", "LICENSE", "setup.py", "edge_irst/postprocess/labeller_core.c", "models/lw_irstnet.py",
+                   "tests/test_benchmark_scripts.py", "tests/c/labeller_asan.c", "benchmarks/postprocess.py",
+                   "benchmarks/c/labeller_ab.c", "benchmarks/results/postprocess.json"):
+        assert needed in names, needed
+    assert not [name for name in names if name.endswith((".so", ".pyc")) or "__pycache__" in name]
 
 
 def test_installed_wheel_imports_both_names_without_torch_on_import(wheel, tmp_path):
