@@ -69,6 +69,9 @@ LIBRARIES = ("numpy", "opencv-python-headless", "opencv-python", "opencv-contrib
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8",
              "neon", "asimd", "asimdhp", "asimddp", "fphp", "sve", "i8mm", "bf16")
 BUSY_SHARE = 0.10  # a thread counts as busy when it used >= 10 % of the timed window's wall time
+# Backend options that only some runtimes apply (the others would ignore them, yet carry them in the row name);
+# delegate= goes by Backend.delegates.
+OPTION_BACKENDS = {"spin": ("onnxruntime",), "xnnpack": ("tflite",)}
 
 
 # ---- machine --------------------------------------------------------------------------------------------------
@@ -481,10 +484,11 @@ def _pipeline_stage(config: Config, policy: str, frame_hw: tuple, warmup: int, m
     """Detector.stream() on an endless synthetic source: per-frame stage times and end-to-end throughput."""
     from edge_irst.pipeline import Detector
 
-    unsupported = {k: v for k, v in config.options.items() if k not in ("device", "delegate", "fallback")}
-    if config.precision != "auto" or unsupported:
-        return {"skipped": f"Detector takes no precision= / {', '.join(unsupported) or 'option'} argument; the "
-                           f"pipeline stage runs at runtime defaults only"}
+    untaken = (["precision"] if config.precision != "auto" else []) + \
+        [k for k in config.options if k not in ("device", "delegate", "fallback")]
+    if untaken:
+        return {"skipped": f"Detector takes no {' / '.join(f'{k}=' for k in untaken)} argument; the pipeline "
+                           f"stage runs at runtime defaults only"}
     source = f"synthetic:{frame_hw[1]}x{frame_hw[0]},targets=5,frames=0,seed=0"
     not_reset = _reset_peak_rss()
     detector = Detector(config.model, config.backend, threads=config.threads, policy=policy, warmup=0,
@@ -697,9 +701,11 @@ def run_configs(configs: Sequence[Config], method: Method, progress: bool = True
     failed: set = set()
     total = len(configs) * method.rounds
     with tempfile.TemporaryDirectory(prefix="edge-irst-bench-") as scratch, \
-            Progress(total, "bench", enabled=None if progress else False) as bar:
+            Progress(total, "bench", enabled=None if progress else False, min_interval=0) as bar:
         for r in range(method.rounds):
             for config in interleaved(configs, r):
+                # min_interval=0: the bar is drawn as each configuration starts, so it names the one running, not
+                # the one before it (a configuration takes far longer than the default 0.2 s between draws)
                 bar.update(0, postfix=f"round {r + 1}/{method.rounds} {config.name}")
                 if config.name not in failed:
                     loads[config.name].append(load_average())
@@ -775,6 +781,11 @@ def plan(models: Sequence[tuple[Optional[str], str]], backends: Sequence[str], t
                             skipped.append({"model": str(model), "backend": backend,
                                             "artifact_precision": artifact_precision, "reason": reason})
                         continue
+                untaken = _untaken_options(cls, options or {})
+                if untaken:
+                    skipped.append({"model": str(model), "backend": backend, "artifact_precision": artifact_precision,
+                                    "reason": untaken})
+                    continue
                 for precision in precisions:
                     if precision not in cls.precisions:
                         skipped.append({"model": str(model), "backend": backend,
@@ -790,6 +801,20 @@ def plan(models: Sequence[tuple[Optional[str], str]], backends: Sequence[str], t
                                                   stages=tuple(stages), label=_label(label, path, artifact_precision,
                                                                                      is_folder)))
     return configs, skipped
+
+
+def _untaken_options(cls, options: dict) -> Optional[str]:
+    """Why backend class `cls` cannot apply one of `options` (an option only other runtimes take), or None."""
+    from edge_irst.backends import backend_class, list_backends
+
+    for key in options:
+        if key == "delegate":
+            takers = [name for name in list_backends() if backend_class(name).delegates]
+        else:
+            takers = OPTION_BACKENDS.get(key, [cls.name])
+        if cls.name not in takers:
+            return f"{cls.name} takes no {key}= option (only {', '.join(takers)} applies it)"
+    return None
 
 
 def _label(label: Optional[str], path: Path, artifact_precision: Optional[str], is_folder: bool) -> str:
@@ -1024,6 +1049,18 @@ def threads_cell(row: dict, stage: Optional[str] = None) -> str:
     return f"{req}>{'-' if eff is None else eff}" + ("" if busy is None else f" b{busy}")
 
 
+def delegate_cell(row: dict) -> str:
+    """What runs the graph besides the runtime's own CPU kernels, as the runtime reports it: an external delegate
+    library, TFLite's XNNPACK, or a device other than the CPU; '-' for none."""
+    effect = row.get("options_in_effect") or {}
+    if effect.get("delegate"):
+        return Path(str(effect["delegate"])).name
+    if effect.get("xnnpack") is True:
+        return "xnnpack"
+    device = effect.get("device")
+    return device if device and device != "cpu" else "-"
+
+
 def render(doc: dict, comparison: Optional[dict] = None) -> str:
     """The human report of a bench document: method, machine, inference and pipeline tables, skips, failures."""
     rows = doc["rows"]
@@ -1035,13 +1072,13 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     paired = comparison is not None and any("inference_paired" in e for e in comparison["ratios"].values())
     with_inference = [r for r in ok if r.get("inference")]
     if with_inference:
-        header = ("inference (backend.run)", "thr req>eff busy", "prec", "input", "median ms", "p90", "p99", "FPS",
-                  "CPU ms/frame", "load ms", "1st ms", "RSS MB")
+        header = ("inference (backend.run)", "thr req>eff busy", "prec", "delegate", "input", "median ms", "p90", "p99",
+                  "FPS", "CPU ms/frame", "load ms", "1st ms", "RSS MB")
         header += _ratio_header(ratio_name, "x") + (("paired x",) if paired else ())
         table = []
         for r in with_inference:
             s = r["inference"]
-            cells = (r["name"], threads_cell(r), r.get("precision_in_effect") or "-",
+            cells = (r["name"], threads_cell(r), r.get("precision_in_effect") or "-", delegate_cell(r),
                      "x".join(str(v) for v in r["batch_shape"]), _ms(s["median_ms"]), _ms(s["p90_ms"]),
                      _ms(s["p99_ms"]), _ms(s["fps"], 1), _ms(s["cpu_ms_per_frame"]), _ms(r["load_ms"], 1),
                      _ms(r["first_inference_ms"], 1), _ms(r["peak_rss_mb"], 0))
@@ -1057,12 +1094,12 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
                   "preproc", "infer", "postproc", "latency", "FPS e2e", "CPU ms/frame", "RSS MB")
         header += ("load ms", "1st ms") if cold else ()
         header += _ratio_header(ratio_name, "FPS x")
-        table = []
+        table, skips = [], []
         for r in with_pipeline:
             p = r["pipeline"]
-            if "skipped" in p:
-                table.append((r["name"], threads_cell(r, "pipeline"), "skipped: " + p["skipped"])
-                             + ("",) * (len(header) - 3))
+            if "skipped" in p:  # the reason goes below the table: in a cell it would widen that column for all rows
+                table.append((r["name"], threads_cell(r, "pipeline"), "skipped") + ("",) * (len(header) - 3))
+                skips.append(f"  {r['name']}: {p['skipped']}")
                 continue
             m = p["median_ms"]
             shared_rss = shared_rss or p.get("peak_rss_own") is False
@@ -1079,6 +1116,7 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
                       "free); latency = capture to result, including on 'thread' rows the wait in the prefetch "
                       "queue, which a synthetic or file source keeps full (a live source always runs in line)",
                   text_table(table, header, align="lrll")]
+        lines += ["pipeline stage skipped:", *skips] if skips else []
     notes = _thread_notes(ok, doc["machine"])
     if notes:
         lines += ["", *notes]
@@ -1092,6 +1130,9 @@ def render(doc: dict, comparison: Optional[dict] = None) -> str:
     lines.append("")
     lines.append("thr req>eff busy: threads requested > in effect as the runtime reports them (TFLite cannot: it "
                  "echoes the request) ; b = threads of the process busy >= 10% of the timed window")
+    if with_inference:
+        lines.append("prec, delegate: arithmetic and delegate / accelerator in effect, as the runtime reports them "
+                     "('-': the runtime's own CPU kernels)")
     if with_pipeline:
         lines.append("RSS MB: peak resident memory; inference: load, first inference and timed runs; pipeline: the "
                      "stage's own" + (" (* = of the whole process, earlier stages included: its peak could not be "

@@ -395,3 +395,109 @@ def test_interleaved_rounds_balance_first_place_and_predecessors():
     assert [bench.interleaved("abc", r) for r in (0, 3)] == [list("abc"), list("cba")]  # odd: then reversed
 
 
+def test_load_refuses_a_file_that_is_not_a_bench_document(tmp_path):
+    """Valid JSON of another shape (a list, a document without rows) is refused with the reason, no traceback."""
+    for name, text, message in (("list.json", "[1, 2]", "schema None"),
+                                ("norows.json", json.dumps({"schema": bench.SCHEMA}), "no list of rows")):
+        (tmp_path / name).write_text(text)
+        done = run_cli(["bench", "--load", str(tmp_path / name)])
+        assert done.returncode == 1 and f"--load {tmp_path / name}: {message}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--imgsz", ","), ("--backend", ","), ("--artifact-precision", " , ")])
+def test_an_empty_list_is_refused_by_its_flag(flag, value):
+    """An empty list used to plan nothing and report "no backend reads the given model", blaming the model."""
+    done = run_cli(["bench", flag, value, *TINY])
+    assert done.returncode == 1 and f"{flag} {value!r} names nothing" in done.stderr, done.stderr
+    assert "nothing to measure" not in done.stderr
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path):
+    """A folder, or a path below a file, used to fail with a traceback once the whole run was done."""
+    below_a_file = tmp_path / "file.txt"
+    below_a_file.write_text("")
+    for path, message in ((tmp_path, "is a folder"), (below_a_file / "bench.json", f"{below_a_file} is not a folder")):
+        done = run_cli(["bench", "--backend", "onnxruntime", "--threads", "1", "--json", str(path), *TINY])
+        assert done.returncode == 1 and f"--json {path}: {message}" in done.stderr, done.stderr
+        assert "configurations x" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_option_that_only_some_runtimes_apply_skips_the_others():
+    """xnnpack= is TFLite's, spin= onnxruntime's, delegate= TFLite's: another backend would ignore it yet carry it
+    in its row name, as if measured with it; it is skipped with the reason, like a precision it cannot apply."""
+    from edge_irst.backends import list_backends
+
+    model = [(None, str(default_model()))]
+    for key, value, taker in (("xnnpack", False, "tflite"), ("spin", False, "onnxruntime"),
+                              ("delegate", "x.so", "tflite")):
+        configs, skipped = bench.plan(model, list_backends(), [1], [None], options={key: value})
+        installed = [b for b in list_backends() if bench.installed_reason(b) is None]
+        assert {c.backend for c in configs} == ({taker} & set(installed))
+        reasons = {s["backend"]: s["reason"] for s in skipped}
+        for other in ("onnxruntime", "opencv", "ncnn", "mnn", "tflite"):
+            if other != taker and other in installed:
+                assert reasons[other] == f"{other} takes no {key}= option (only {taker} applies it)"
+        assert "torch" not in reasons or "not installed" in reasons["torch"]  # no torch artifact: not listed
+
+
+@pytest.fixture(scope="module")
+def precision_rows(tmp_path_factory):
+    pytest.importorskip("ncnn", reason="the ncnn backend needs the [ncnn] extra")
+    pytest.importorskip("ai_edge_litert", reason="the tflite backend needs the [tflite] extra")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = run_cli(["bench", "--backend", "ncnn,tflite", "--threads", "1", "--precision", "auto,fp16", "--json",
+                    str(out), *TINY])
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_a_skipped_pipeline_stage_says_why_below_the_table(precision_rows):
+    """ncnn at precision fp16: the Detector takes no precision=, so that row's pipeline stage is skipped. The
+    reason used to fill the policy cell (widening it for every row) and read "no precision= / option argument"."""
+    text, doc = precision_rows
+    name = "lw_irstnet:fp32/ncnn/t1/fp16"
+    assert name in {r["name"] for r in doc["rows"]}
+    table = text[text.index("pipeline (Detector.stream"):]
+    header = table.splitlines()[0]
+    assert header.index("reader") - header.index("policy") < 12  # the policy column holds a policy name
+    assert next(line for line in table.splitlines() if line.startswith(name + " ")).split()[-1] == "skipped"
+    assert f"pipeline stage skipped:\n  {name}: Detector takes no precision= argument; the pipeline stage " \
+           f"runs at runtime defaults only" in table
+
+
+def test_the_delegate_in_effect_is_in_the_table(precision_rows):
+    """TFLite runs the graph through XNNPACK (read back from its execution plan); the table says so, '-' where
+    the runtime's own kernels run it."""
+    text, doc = precision_rows
+    rows = {r["name"]: r for r in doc["rows"]}
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("inference (backend.run)"))
+    end = header.index(" delegate ") + len(" delegate")  # the column's cells are right-aligned to here
+    for name, row in rows.items():
+        line = next(line for line in lines if line.startswith(name + " "))
+        expected = "xnnpack" if row["options_in_effect"].get("xnnpack") else "-"
+        assert line[:end].split()[-1] == expected, line
+    assert bench.delegate_cell(rows["lw_irstnet:fp32/tflite/t1"]) == "xnnpack"
+    assert bench.delegate_cell(rows["lw_irstnet:fp32/ncnn/t1"]) == "-"
+
+
+def test_the_progress_bar_names_the_configuration_running(monkeypatch):
+    """The bar is drawn as each configuration starts: it used to show nothing during the first one and, during
+    each later one, the name of the one before (draws closer than 0.2 s apart were dropped)."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = str(default_model() / "lw_irstnet_fp32.onnx")
+    configs = [bench.Config(model, "onnxruntime", threads=n) for n in (1, 2)]
+    rows = bench.run_configs(configs, bench.Method(warmup=0, min_runs=1, min_time_s=0))
+    assert all(r["status"] == "ok" for r in rows)
+    draws = [d.replace("\x1b[K", "").strip() for d in terminal.getvalue().split("\r") if d.strip()]
+    first, second = (c.name for c in configs)
+    assert any(d.startswith("bench [") and "0/2 " in d and d.endswith(f"round 1/1 {first}") for d in draws), draws
+    assert any("1/2 " in d and d.endswith(f"round 1/1 {second}") for d in draws), draws

@@ -113,3 +113,17 @@ def test_registry_model_without_torch_names_the_export_extra():
             "sys.exit(main(['info', 'lw_irstnet']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "pip install 'edge-irst[export]'" in done.stderr, done.stderr
+
+
+def test_imgsz_on_an_exported_artifact_says_it_is_not_used():
+    """--imgsz sizes the FLOPs count of a PyTorch model; on an exported artifact it used to vanish unmentioned."""
+    from edge_irst.assets import BUNDLED_MODEL
+
+    artifact = str(BUNDLED_MODEL / "lw_irstnet_fp32.onnx")
+    done = edge_irst(artifact, "--imgsz", "512", "640")
+    assert done.returncode == 0, done.stderr
+    assert "note: --imgsz 512 640 is not used: FLOPs are counted for registry models and PyTorch checkpoints" \
+        in done.stdout
+    report = json.loads(edge_irst(artifact, "--imgsz", "512", "640", "--json").stdout)
+    assert "onnxruntime artifact's input is its spec above" in report["note"] and "complexity" not in report
+    assert "note" not in json.loads(edge_irst(artifact, "--json").stdout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "backends that cannot apply one are skipped for it")
     what.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="another backend option for every configuration: spin=0/1 (onnxruntime), xnnpack=0/1 "
-                           "(tflite), big_cores=1, device=..., delegate=...")
+                           "(tflite), big_cores=1, device=..., delegate=... (tflite); backends that do not apply "
+                           "it are listed as skipped")
     what.add_argument("--stages", default="inference,pipeline",
                       help="inference (backend.run on a prepared tensor) and/or pipeline (Detector.stream on "
                            "synthetic frames: decode/preprocess/inference/postprocess); default both")
@@ -69,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _nonempty(flag: str, value: str, example: str) -> list[str]:
+    """_split(value), refusing an empty list: ',' would otherwise plan nothing and blame the model."""
+    items = _split(value)
+    if not items:
+        raise InputError(f"{flag} {value!r} names nothing; expected e.g. {example}")
+    return items
 
 
 def _threads(value: str) -> list:
@@ -142,7 +152,7 @@ def _backends(value: str) -> tuple[list[str], bool]:
 
     if value.strip().lower() == "all":
         return list_backends(), False
-    names = _split(value)
+    names = _nonempty("--backend", value, "onnxruntime,ncnn or all")
     for name in names:
         if name not in list_backends():
             raise UnknownNameError("backend", name, list_backends())
@@ -157,10 +167,14 @@ def run(args) -> int:
             doc = json.loads(Path(args.load).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"--load {args.load}: not a readable bench JSON ({exc})") from exc
-        if doc.get("schema") != bench.SCHEMA:
-            raise InputError(f"--load {args.load}: schema {doc.get('schema')!r}, expected {bench.SCHEMA!r} (a file "
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        if schema != bench.SCHEMA or not isinstance(doc.get("rows"), list):
+            found = f"schema {schema!r}" if schema != bench.SCHEMA else "no list of rows"
+            raise InputError(f"--load {args.load}: {found}, expected a {bench.SCHEMA!r} document (a file "
                              f"written by edge-irst bench --json or benchmarks/backends.py)")
     else:
+        if args.json:
+            _check_writable(args.json)
         doc = _measure(args, bench)
     comparison = None
     if args.compare:
@@ -175,8 +189,25 @@ def run(args) -> int:
         doc["compare"] = comparison
     print(bench.render(doc, comparison))
     if args.json:
-        print(f"wrote {bench.write_json(doc, args.json)}", file=sys.stderr)
+        try:
+            print(f"wrote {bench.write_json(doc, args.json)}", file=sys.stderr)
+        except OSError as exc:
+            raise InputError(f"--json {args.json}: cannot be written ({exc})") from exc
     return 0 if all(r.get("status") == "ok" for r in doc["rows"]) else 1
+
+
+def _check_writable(path: str) -> None:
+    """Refuse a --json path that cannot be written before the run rather than after it (minutes of measuring)."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"--json {path}: is a folder; expected a file path, e.g. {target / 'bench.json'}")
+    parent = next(p for p in target.absolute().parents if p.exists())  # write_json creates the missing ones
+    if not parent.is_dir():
+        raise InputError(f"--json {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--json {path}: cannot write in {parent} (check its permissions)")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InputError(f"--json {path}: the file exists and is not writable")
 
 
 def _measure(args, bench) -> dict:
@@ -187,13 +218,14 @@ def _measure(args, bench) -> dict:
         if stage not in bench.STAGE_NAMES:
             raise UnknownNameError("stage", stage, bench.STAGE_NAMES)
     artifact_precisions = (["fp32", "fp16", "int8"] if args.artifact_precision.strip().lower() == "all"
-                           else _split(args.artifact_precision))
+                           else _nonempty("--artifact-precision", args.artifact_precision, "fp32,int8 or all"))
     for precision in artifact_precisions:
         if precision not in ("fp32", "fp16", "int8"):
             raise UnknownNameError("artifact precision", precision, ("fp32", "fp16", "int8", "all"))
     backends, explicit = _backends(args.backend)
     # one size however it is written (256 and 256x256), as repeated thread counts are measured once
-    sizes = list(dict.fromkeys(bench.parse_size(s) for s in _split(args.imgsz))) if args.imgsz else [None]
+    sizes = ([None] if args.imgsz is None else
+             list(dict.fromkeys(bench.parse_size(s) for s in _nonempty("--imgsz", args.imgsz, "256,640x512"))))
     configs, skipped = bench.plan(_models(args.model), backends, _threads(args.threads), sizes, policy=args.policy,
                                   precisions=_split(args.precision) or ["auto"],
                                   artifact_precisions=artifact_precisions, options=_options(args.option),

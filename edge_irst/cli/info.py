@@ -148,6 +148,9 @@ def _artifact(args) -> dict:
             contract = backend.contract
             size = tuple(args.imgsz or contract.input_size or DEFAULT_SIZE)
             report["complexity"] = _complexity(model, contract.channels, size, contract.stride)
+        elif args.imgsz:  # nothing to count in an exported graph: say so rather than drop the flag unseen
+            report["note"] = (f"--imgsz {args.imgsz[0]} {args.imgsz[1]} is not used: FLOPs are counted for registry "
+                              f"models and PyTorch checkpoints; a {backend.name} artifact's input is its spec above")
     if path.is_dir():
         try:
             report["manifest"] = json.loads((path / MANIFEST).read_text())
@@ -215,6 +218,8 @@ def _artifact_text(report: dict) -> str:
     if "complexity" in report:
         lines += ["", "complexity (the checkpoint's network)", _table(list(report["complexity"]["summary"].items())),
                   *_padding_lines(report["complexity"])]
+    if "note" in report:
+        lines += ["", f"note: {report['note']}"]
     if "manifest" in report:
         artifacts = report["manifest"].get("artifacts", [])
         lines += ["", "model folder artifacts",
