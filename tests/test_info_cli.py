@@ -127,3 +127,13 @@ def test_imgsz_on_an_exported_artifact_says_it_is_not_used():
     report = json.loads(edge_irst(artifact, "--imgsz", "512", "640", "--json").stdout)
     assert "onnxruntime artifact's input is its spec above" in report["note"] and "complexity" not in report
     assert "note" not in json.loads(edge_irst(artifact, "--json").stdout)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`edge-irst info | head`: the closed pipe used to end in a BrokenPipeError traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "edge_irst", "info"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.close()  # before the child writes: its first write finds the pipe closed
+    stderr = child.communicate(timeout=120)[1]
+    assert child.returncode == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr and "Exception ignored" not in stderr

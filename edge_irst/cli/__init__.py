@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import sys
 
 from edge_irst import __version__
@@ -82,7 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     from edge_irst.errors import EdgeIrstError
 
     try:
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        code = int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, rather than at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`edge-irst info M | head`): no error of ours to report. stdout is pointed
+        # at /dev/null so that the interpreter's last flush does not fail again, and the exit code is the one of a
+        # tool ended by SIGPIPE (128 + 13), as a shell pipeline expects.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except EdgeIrstError as exc:
         print(f"edge-irst {args.command}: error: {exc}", file=sys.stderr)
         return 1
