@@ -14,10 +14,12 @@ One command per line, `key=value` pairs separated by spaces, applied together to
 `#` starts a comment; blank lines are ignored. A bad line (an unknown key, a key given twice, a value that does not
 parse, bytes that are not UTF-8) is logged with the reason and changes nothing; the run goes on. This is what a
 robot stack can drive through a pipe (`mkfifo ctl; edge-irst run --control ctl &; echo threshold=1 > ctl`)
-without a GUI.
+without a GUI. A regular file works too: it is watched, so lines appended to it apply (`echo threshold=1 >> ctl`),
+and a file rewritten or replaced (`echo threshold=1 > ctl`, an editor's save) applies again from its first line.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -90,11 +92,14 @@ class ControlChannel:
     """Reads control lines from a text stream or path in a daemon thread and applies them to `detector`.
 
     source: "stdin", an open text or binary stream, or a path (a FIFO is reopened after each writer closes it, so
-    `echo ... > fifo` can be repeated; a regular file is read once). `quit_requested` is set by a `quit` line
-    (and by the end of the source, when quit_on_eof). `applied` counts the lines that changed the settings.
+    `echo ... > fifo` can be repeated; a regular file is watched, see _follow, or read once when quit_on_eof).
+    `quit_requested` is set by a `quit` line (and by the end of the source, when quit_on_eof). `applied` counts the
+    lines that changed the settings.
     stdin and paths are read as bytes and decoded line by line, so a line that is not UTF-8 is refused alone: the
     lines around it still apply and the channel keeps reading.
     """
+
+    POLL_S = 0.2  # how often a regular file is looked at for new lines
 
     def __init__(self, detector, source, quit_on_eof: bool = False):
         self.detector, self.quit_on_eof = detector, quit_on_eof
@@ -162,12 +167,35 @@ class ControlChannel:
             self.quit_requested.set()
 
     def _read_path(self, path: Path) -> None:
-        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode) and not self.quit_on_eof:
+            return self._follow(path)
+        is_fifo = stat.S_ISFIFO(mode)
         while not self.quit_requested.is_set():
             with open(path, "rb") as stream:  # a FIFO blocks here until a writer opens it
                 self._lines(stream)
             if not is_fifo:
                 return
+
+    def _follow(self, path: Path) -> None:
+        """A regular file: its lines, then those appended to it; a file that no longer starts with what was read
+        (rewritten or replaced) is read again from its start. A last line without its newline may be half written:
+        it applies once the file has stayed the same for a poll. A file missing for a moment (an editor's save
+        replaces it) is waited for."""
+        taken, previous = b"", None  # the bytes whose lines were applied; the file at the last poll
+        while not self.quit_requested.is_set():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = previous if previous is not None else b""
+            if not data.startswith(taken):
+                taken = b""
+            end = len(data) if data == previous else data.rfind(b"\n") + 1
+            if end > len(taken):
+                self._lines(io.BytesIO(data[len(taken):end]))
+                taken = data[:end]
+            previous = data
+            self.quit_requested.wait(self.POLL_S)
 
 
 def _describe(settings) -> str:

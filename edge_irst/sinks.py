@@ -3,9 +3,9 @@
 Every sink takes `write(result)` per FrameResult and `close()`; `SinkSet` closes all of them even when one fails.
 An output that cannot be written (a bad path, a full disk) raises one SinkError naming it, its path and the OS's
 reason; close() after that does not raise again. Interruption (Ctrl-C, a crash) never leaves a truncated file
-behind: JSON Lines and CSV are flushed after every frame (the file always ends with a complete line), the video
-writer is released by close() (which runs from `with` / `finally`), and annotated images are written to a
-temporary name and renamed into place.
+behind: JSON Lines and CSV go to the OS unbuffered, one piece per frame (the file always ends with a complete line,
+also when a write fails half way: the part written is cut off again), the video writer is released by close()
+(which runs from `with` / `finally`), and annotated images are written to a temporary name and renamed into place.
 
 JSON Lines record (one object per frame; schema: tests/schemas/detections.schema.json):
     {"frame_index", "timestamp", "source", "frame_name", "frame_shape": [H, W(, C)], "threshold",
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import io
 import json
 import math
 import os
@@ -114,42 +115,40 @@ def _make_folder(folder: Path, what: str, path: Path) -> None:
 
 
 class _TextFileSink(Sink):
-    """A text file flushed after every frame. An OS error while writing (a full disk) becomes a SinkError naming
-    the file; close() after it releases the file without raising again."""
+    """A text file written unbuffered, one piece per frame, so that it always ends with a complete line. An OS error
+    while writing (a full disk, a file-size limit) becomes a SinkError naming the file, and what did get written of
+    that frame's piece is cut off again: the file holds exactly the frames written before it."""
 
     what = "results"
 
-    def __init__(self, path, newline: Optional[str] = None):
+    def __init__(self, path):
         self.path = Path(path)
         _make_folder(self.path.parent, self.what, self.path)
         try:
-            self._file = open(self.path, "w", encoding="utf-8", newline=newline)
+            self._file = open(self.path, "wb", buffering=0)
         except OSError as exc:
             raise _sink_error(self.what, self.path, exc) from exc
-        self._failed = False
+        self._size = 0  # bytes of the complete pieces written
 
-    @contextlib.contextmanager
-    def _writing(self):
-        """The block's writes, then a flush; an OSError in either becomes a SinkError."""
+    def _append(self, text: str) -> None:
+        data = text.encode("utf-8")
+        rest = memoryview(data)
         try:
-            yield
-            self._file.flush()
+            while rest:
+                rest = rest[self._file.write(rest):]  # a write to a nearly full disk can take only a part
         except OSError as exc:
-            self._failed = True
+            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be cut: nothing landed there anyway
+                self._file.truncate(self._size)
+                self._file.seek(self._size)
             raise _sink_error(self.what, self.path, exc) from exc
+        self._size += len(data)
 
     def close(self) -> None:
-        if self._file.closed:
-            return
-        try:
-            self._file.close()  # closed even when flushing what is still buffered fails
-        except OSError as exc:
-            if not self._failed:  # a failed write was already reported; the same error again is noise
-                raise _sink_error(self.what, self.path, exc) from exc
+        self._file.close()
 
 
 class JsonlSink(_TextFileSink):
-    """JSON Lines: one object per frame (frame_record), flushed after every line."""
+    """JSON Lines: one object per frame (frame_record), one line written per frame."""
 
     what = "JSON Lines results"
 
@@ -158,37 +157,44 @@ class JsonlSink(_TextFileSink):
         self.source, self.policy = source, policy
 
     def write(self, result: FrameResult) -> None:
-        with self._writing():
-            self._file.write(json.dumps(frame_record(result, self.source, self.policy), allow_nan=False) + "\n")
+        self._append(json.dumps(frame_record(result, self.source, self.policy), allow_nan=False) + "\n")
 
 
 class CsvSink(_TextFileSink):
-    """CSV: a header, then one row per target (frames without targets write no row); flushed after every frame."""
+    """CSV: a header, then one row per target (frames without targets write no row); a frame's rows are written
+    together."""
 
     what = "CSV results"
     COLUMNS = ("frame_index", "timestamp", "source", "frame_name", "target", "x", "y", "weighted_x", "weighted_y",
                "x_min", "y_min", "x_max", "y_max", "size", "aspect_ratio", "score", "mean_logit", "threshold")
 
     def __init__(self, path, source: str):
-        super().__init__(path, newline="")
+        super().__init__(path)
         self.source = source
-        self._writer = csv.writer(self._file)
+        self._rows = io.StringIO()  # a frame's rows, formatted by csv, then appended in one piece
+        self._writer = csv.writer(self._rows)
         try:
-            with self._writing():
-                self._writer.writerow(self.COLUMNS)
+            self._writer.writerow(self.COLUMNS)
+            self._flush_rows()
         except SinkError:
             self.close()
             raise
 
+    def _flush_rows(self) -> None:
+        text = self._rows.getvalue()
+        self._rows.seek(0)
+        self._rows.truncate()
+        self._append(text)
+
     def write(self, result: FrameResult) -> None:
         d = result.detections
-        with self._writing():
-            for i in range(len(d)):
-                self._writer.writerow((
-                    result.index, "" if result.timestamp is None else result.timestamp, self.source,
-                    result.frame.name, i, d.x[i], d.y[i], d.weighted_x[i], d.weighted_y[i], d.x_min[i], d.y_min[i],
-                    d.x_max[i], d.y_max[i], d.size[i], d.aspect_ratio[i], d.peak_logit[i], d.mean_logit[i],
-                    result.settings.threshold))
+        for i in range(len(d)):
+            self._writer.writerow((
+                result.index, "" if result.timestamp is None else result.timestamp, self.source,
+                result.frame.name, i, d.x[i], d.y[i], d.weighted_x[i], d.weighted_y[i], d.x_min[i], d.y_min[i],
+                d.x_max[i], d.y_max[i], d.size[i], d.aspect_ratio[i], d.peak_logit[i], d.mean_logit[i],
+                result.settings.threshold))
+        self._flush_rows()
 
 
 def _caption(result: FrameResult) -> str:

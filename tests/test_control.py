@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import threading
+import time
 
 import pytest
 
@@ -75,6 +76,38 @@ def test_channel_reads_a_regular_file_once_and_quits_on_eof_when_asked(tmp_path)
     channel = ControlChannel(holder, str(path), quit_on_eof=True).start()
     channel._thread.join(10)
     assert holder.settings.snapshot().threshold == 2.0 and channel.quit_requested.is_set()
+
+
+def _until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_path):
+    path = tmp_path / "commands.txt"
+    path.write_text("threshold=1\n")
+    holder = _Holder()
+    channel = ControlChannel(holder, str(path)).start()
+    try:
+        settings = holder.settings.snapshot
+        assert _until(lambda: settings().threshold == 1.0)
+        with open(path, "a") as fh:  # echo ... >> file
+            fh.write("threshold=2\n")
+        assert _until(lambda: settings().threshold == 2.0)
+        path.write_text("size_min=4\n")  # echo ... > file: rewritten, shorter than what was read
+        assert _until(lambda: settings().target_filter.size_min == 4)
+        path.write_text("size_min=6\nthreshold=5")  # the last line has no newline: applied once it stays so
+        assert _until(lambda: settings().threshold == 5.0 and settings().target_filter.size_min == 6)
+        assert channel.applied == 5 and channel._thread.is_alive()
+        with open(path, "a") as fh:
+            fh.write("\nquit\n")
+        assert _until(lambda: channel.quit_requested.is_set())
+    finally:
+        channel.quit_requested.set()
+        channel._thread.join(10)
+    assert not channel._thread.is_alive()
 
 
 def test_channel_logs_a_missing_path_and_changes_nothing(tmp_path, caplog):

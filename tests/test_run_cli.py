@@ -144,7 +144,11 @@ def test_missing_accelerator_fails_or_falls_back_to_the_cpu(capsys, onnx):
     assert "cuda" in summary["options_in_effect"]["fallback"].lower()
 
 
-def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
+@pytest.mark.parametrize("stop, code, outcome", [
+    (signal.SIGINT, 130, "interrupted"),                # Ctrl-C
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),      # kill, systemd, docker stop: killed the run outright before
+])
+def test_a_stop_signal_leaves_complete_outputs_and_a_summary(tmp_path, onnx, stop, code, outcome):
     jsonl, table, video = tmp_path / "d.jsonl", tmp_path / "d.csv", tmp_path / "v.avi"
     command = [sys.executable, "-m", "edge_irst", "run", "--model", onnx, "--threads", "1", "--json",
                "--source", "synthetic:256x256,targets=2,frames=0", "--save-json", str(jsonl),
@@ -152,14 +156,14 @@ def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: len(_records(jsonl)) >= 3, process)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     summary = json.loads(out)
-    assert summary["outcome"] == "interrupted" and summary["frames"] >= 3
+    assert summary["outcome"] == outcome and summary["frames"] >= 3
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert jsonl.read_text().endswith("\n") and len(records) == summary["frames"]
     for record in records:
@@ -169,6 +173,24 @@ def test_ctrl_c_leaves_complete_outputs_and_a_summary(tmp_path, onnx):
     capture = cv2.VideoCapture(str(video))
     assert capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_COUNT) == summary["frames"]
     capture.release()
+
+
+def test_a_stop_signal_inside_the_block_is_held_to_its_end_and_an_ignored_one_stays_ignored():
+    from edge_irst.cli.run import interrupt_after_block, sigterm_interrupts
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with sigterm_interrupts(), interrupt_after_block():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append("block")  # not cut short: the frame's outputs and its count stay together
+    assert finished == ["block"] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job a script starts with `&`
+    try:
+        with interrupt_after_block():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -280,6 +302,17 @@ def test_control_fifo_is_reopened_for_each_writer(tmp_path, onnx):
     process, jsonl = _control_run(tmp_path, onnx, str(fifo))
     # Each write_text is one writer (open, write, close): the quit only arrives if the channel reopened the FIFO.
     out, err = _switch_then_quit(process, jsonl, fifo.write_text)
+    assert process.returncode == 0, err
+    assert json.loads(out)["outcome"] == "stopped by a control quit"
+    _check_one_switch(_records(jsonl))
+
+
+def test_control_regular_file_is_watched_while_it_runs(tmp_path, onnx):
+    control = tmp_path / "control.txt"
+    control.write_text("# settings\n")
+    process, jsonl = _control_run(tmp_path, onnx, str(control))
+    # Each write_text rewrites the file, as `echo ... > control.txt` does: read once at the start, none would apply.
+    out, err = _switch_then_quit(process, jsonl, control.write_text)
     assert process.returncode == 0, err
     assert json.loads(out)["outcome"] == "stopped by a control quit"
     _check_one_switch(_records(jsonl))

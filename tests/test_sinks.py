@@ -197,6 +197,40 @@ def test_a_full_disk_is_one_clear_error_naming_the_output(results):
         CsvSink("/dev/full", SPEC)  # its header is written when it opens
 
 
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """RLIMIT_FSIZE: a real write past `limit` bytes stops part way and then fails (EFBIG), as on a disk that fills
+    up; SIGXFSZ, which would kill the process instead, is ignored meanwhile."""
+    resource = pytest.importorskip("resource")
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("make", [lambda path: JsonlSink(path, SPEC, "resize"), lambda path: CsvSink(path, SPEC)],
+                         ids=["jsonl", "csv"])
+def test_a_write_that_fails_half_way_leaves_only_the_complete_frames(tmp_path, results, make):
+    path = tmp_path / "results.txt"
+    sink = make(path)
+    for result in results[:2]:
+        sink.write(result)
+    before = path.read_bytes()
+    assert len(results[2].detections) == 3  # its piece is longer than the 100 bytes the limit leaves
+    with _file_size_limit(len(before) + 100):
+        with pytest.raises(SinkError, match=r"cannot write the (JSON Lines|CSV) results to .*results\.txt: "
+                                            r"File too large"):
+            sink.write(results[2])
+        sink.close()
+    assert path.read_bytes() == before  # the 100 bytes of frame 2 that got through were cut off again
+
+
 def test_an_image_that_cannot_be_written_names_it_and_leaves_no_partial_file(tmp_path, results):
     (tmp_path / "frame_000000.png").mkdir()  # the name is taken by a folder: the rename into place fails
     with pytest.raises(SinkError, match=r"cannot write the annotated images to .*frame_000000\.png: "):

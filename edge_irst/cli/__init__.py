@@ -1,7 +1,8 @@
 """`edge-irst <command>`: subcommands from a lazy table, so `edge-irst --help` imports neither torch nor a runtime.
 
 Each command module defines `add_arguments(parser)` and `run(args) -> int`. Results go to stdout, logs to stderr.
-Exit codes: 0 ok, 1 failure, 2 usage error.
+Exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, where the command
+catches it: run).
 """
 from __future__ import annotations
 
@@ -95,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeIrstError as exc:
         print(f"edge-irst {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"edge-irst {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # "SIGTERM" where a command turned that into an interrupt (run)
+        terminated = exc.args == ("SIGTERM",)
+        print(f"edge-irst {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

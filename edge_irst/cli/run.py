@@ -7,7 +7,8 @@
 
 Results: the summary on stdout (a table, or JSON with --json); per-frame results go to the --save-* files; a live
 status line (FPS, targets, latency) on stderr when it is a terminal; logs on stderr. Exit 0 ok, 1 failure (model,
-source, output), 2 usage error, 130 interrupted (Ctrl-C; the outputs are closed intact and the summary printed).
+source, output), 2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: `kill`, systemd, docker stop);
+interrupted or terminated, the outputs are closed intact and the summary printed.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="bounds keep equality (<=, the authors' GUI) instead of strict < (their real-time code)")
     post.add_argument("--control", default=None, metavar="stdin|PATH",
                       help="change threshold/filter while it runs: lines such as 'threshold=0.5 size_min=5', "
-                           "'filter=authors', 'show', 'quit' from stdin or a FIFO/file (see edge_irst.control)")
+                           "'filter=authors', 'show', 'quit' from stdin, a FIFO or a file (watched for new lines; "
+                           "see edge_irst.control)")
 
     out = p.add_argument_group("output")
     out.add_argument("--save-json", default=None, metavar="PATH", help="JSON Lines, one object per frame")
@@ -145,6 +147,7 @@ def run(args) -> int:
         raise InputError(f"--max-frames {args.max_frames}: expected N >= 0")
     reconnect = Reconnect(retries=args.reconnect_retries, backoff_s=args.reconnect_backoff)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_interrupts())
         detector = stack.enter_context(Detector(
             args.model, args.backend, threads=args.threads, device=args.device, delegate=args.delegate,
             fallback=args.fallback, artifact_precision=args.artifact_precision, threshold=args.threshold,
@@ -162,7 +165,7 @@ def run(args) -> int:
             stats.start()
             with contextlib.closing(detector.stream(source, args.max_frames, reconnect)) as results:
                 for result in results:
-                    with interrupt_after_block():  # Ctrl-C between the two would count a frame not written
+                    with interrupt_after_block():  # a stop between the two would count a frame not written
                         sinks.write(result)
                         stats.add(result)
                     if result.frame.truth is not None:
@@ -176,15 +179,15 @@ def run(args) -> int:
                     if control is not None and control.quit_requested.is_set():
                         outcome = "stopped by a control quit"
                         break
-        except KeyboardInterrupt:
-            outcome = "interrupted"
+        except KeyboardInterrupt as exc:
+            outcome = "terminated (SIGTERM)" if exc.args == ("SIGTERM",) else "interrupted"
         except EdgeIrstError as exc:
             outcome, failure = "failed", exc
         finally:
             status.close()
             try:
                 sinks.close()
-            except EdgeIrstError as exc:  # e.g. the last buffered lines hit a full disk: reported like a write
+            except EdgeIrstError as exc:  # a sink that fails as it closes: reported like a write
                 if failure is None:
                     outcome, failure = "failed", exc
             stats.finish(source)
@@ -198,24 +201,48 @@ def run(args) -> int:
         print(_summary_text(summary))
     if failure is not None:
         raise failure
-    return 130 if outcome == "interrupted" else 0
+    return {"interrupted": 130, "terminated (SIGTERM)": 143}.get(outcome, 0)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt("SIGTERM") inside the block, so a terminated run ends like Ctrl-C: outputs
+    closed intact (a video's index is only written when it is released) and the summary printed. Left alone
+    outside the main thread and where SIGTERM is not at its default (ignored, or someone else's handler)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
 def interrupt_after_block():
-    """Holds a SIGINT that arrives inside the block and raises it as KeyboardInterrupt at the block's end, so
-    the outputs and the summary agree on what was done. A no-op outside the main thread."""
+    """Holds a SIGINT / SIGTERM that arrives inside the block and raises it as KeyboardInterrupt at the block's
+    end, so the outputs and the summary agree on what was done. A signal that would not interrupt (ignored, as
+    SIGINT is for a job a script puts in the background, or at its default) is left as it is; a no-op outside the
+    main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(s))]
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if pending:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(signal.Signals(pending[0]).name)
 
 
 def _tally(truth: dict, match) -> None:
