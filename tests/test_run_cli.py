@@ -91,8 +91,17 @@ def test_raw_sixteen_bit_folder_with_a_fixed_raw_range(tmp_path, capsys, caplog,
                         "--raw-range", f"{lo:g},{hi:g}")
     assert summary["frames"] == 3 and summary["targets"] == 9
     assert summary["skipped"] == 1 and summary["source"]["skipped"] == 1
-    assert summary["raw_mapping"] == {"mode": "fixed", "low": lo, "high": hi}
+    assert summary["raw_mapping"] == {"mode": "fixed", "low": lo, "high": hi} and summary["raw_frames"] == 3
     assert "skipping" in caplog.text and "raw_3.png" in caplog.text  # reported in the log (stderr)
+    assert "had no effect" not in caplog.text
+
+
+def test_a_raw_range_on_eight_bit_frames_is_reported_as_without_effect(capsys, caplog, onnx):
+    summary = _run_json(capsys, "--source", "synthetic:256x256,frames=3", "--model", onnx, "--threads", "1",
+                        "--raw-range", "1000,15000")
+    assert summary["frames"] == 3 and summary["raw_frames"] == 0
+    assert "--raw-range / --raw-percentiles had no effect: they map 14/16-bit raw frames, and the 3 frames of " \
+           "synthetic" in caplog.text
 
 
 def test_folder_run_skips_empty_and_unsupported_images_and_counts_them(tmp_path, capsys, caplog, onnx):

@@ -161,6 +161,7 @@ def run(args) -> int:
             total = min(args.max_frames, source.length)
         status = Progress(total, "run")
         outcome, failure = "completed", None
+        raw_frames = 0  # frames deeper than 8 bits: the only ones a raw mapping (--raw-range) applies to
         try:
             stats.start()
             with contextlib.closing(detector.stream(source, args.max_frames, reconnect)) as results:
@@ -168,6 +169,7 @@ def run(args) -> int:
                     with interrupt_after_block():  # a stop between the two would count a frame not written
                         sinks.write(result)
                         stats.add(result)
+                    raw_frames += result.frame.image.dtype.itemsize > 1
                     if result.frame.truth is not None:
                         _tally(truth, match_truth(result.detections.x, result.detections.y,
                                                   result.frame.truth.centers))
@@ -192,6 +194,11 @@ def run(args) -> int:
                     outcome, failure = "failed", exc
             stats.finish(source)
         summary = _summary(detector, source, stats, truth if truth["targets"] else None, outcome, args)
+        summary["raw_frames"] = raw_frames
+        if (args.raw_range or args.raw_percentiles) and stats.frames and not raw_frames:
+            log.warning(
+                "--raw-range / --raw-percentiles had no effect: they map 14/16-bit raw frames, and the %d frames "
+                "of %s were 8-bit", stats.frames, source.name)
         if control is not None:
             summary["control"] = {"source": str(args.control), "applied": control.applied}
     if args.json:
