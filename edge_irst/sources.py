@@ -525,9 +525,9 @@ def open_source(spec: Union[str, int, Path, Source, Iterable[np.ndarray]],
     scheme = text.split("://", 1)[0].lower() if "://" in text else None
     if scheme in STREAM_SCHEMES:
         return LiveSource(text, text, "stream", reconnect, cv2.CAP_FFMPEG, open_error=lambda: (
-            f"cannot open stream {text}: FFmpeg could not connect or read a frame within "
-            f"{reconnect.open_timeout_s:g} s. Check the URL, that the server is up and reachable from here, and "
-            f"credentials"))
+            f"cannot open stream {text}: FFmpeg could not connect (refused, unreachable or not a stream it reads), "
+            f"or read no frame within {reconnect.open_timeout_s:g} s. Check the URL, that the server is up and "
+            f"reachable from here, and credentials"))
     if scheme is not None:
         raise SourceError(f"source {text!r}: unsupported URL scheme {scheme!r}; accepted: "
                           f"{', '.join(STREAM_SCHEMES)}")
