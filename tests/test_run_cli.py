@@ -325,3 +325,16 @@ def test_control_regular_file_is_watched_while_it_runs(tmp_path, onnx):
     assert process.returncode == 0, err
     assert json.loads(out)["outcome"] == "stopped by a control quit"
     _check_one_switch(_records(jsonl))
+
+
+def test_outputs_a_run_never_made_are_listed_apart(tmp_path, capsys, onnx):
+    """--max-frames 0: the JSON Lines file is made at start (empty), the video only with its first frame."""
+    jsonl, video = tmp_path / "a.jsonl", tmp_path / "a.avi"
+    argv = ["--model", onnx, "--threads", "1", "--source", "synthetic:64x64,frames=5", "--max-frames", "0",
+            "--save-json", str(jsonl), "--save-video", str(video)]
+    summary = _run_json(capsys, *argv)
+    assert summary["outputs"] == {"save_json": str(jsonl)} and jsonl.read_text() == ""
+    assert summary["outputs_not_written"] == {"save_video": str(video)} and not video.exists()
+    assert main(["run", *argv]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("save-video "))
+    assert line.split(None, 1)[1] == f"{video} (not written: no frame reached it)"

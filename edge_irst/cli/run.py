@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from edge_irst.cli import THREADS_HELP, runtime_threads
 from edge_irst.errors import EdgeIrstError, InputError
@@ -260,6 +261,9 @@ def _tally(truth: dict, match) -> None:
         truth["max_error_px"] = max(truth["max_error_px"], float(match.errors.max()))
 
 
+OUTPUT_KEYS = ("save_json", "save_csv", "save_video", "save_dir")
+
+
 def _summary(detector, source, stats, truth, outcome: str, args) -> dict:
     described = detector.describe()
     summary = {
@@ -273,9 +277,12 @@ def _summary(detector, source, stats, truth, outcome: str, args) -> dict:
         "threshold": described["threshold"], "filter": described["filter"],
         "raw_mapping": described["raw_mapping"],
         "postprocess": described["postprocess"],
-        "outputs": {k: getattr(args, k) for k in ("save_json", "save_csv", "save_video", "save_dir")
-                    if getattr(args, k)},
     }
+    # An output is made when its first frame comes (the video) or at start (the others): a run that ends before
+    # a frame lists what it never made apart, rather than as written.
+    requested = {k: getattr(args, k) for k in OUTPUT_KEYS if getattr(args, k)}
+    summary["outputs"] = {k: path for k, path in requested.items() if Path(path).exists()}
+    summary["outputs_not_written"] = {k: path for k, path in requested.items() if not Path(path).exists()}
     if truth is not None:
         summary["synthetic_truth"] = {**truth, "radius_px": 1.5,
                                       "recall": round(truth["found"] / truth["targets"], 4)}
@@ -318,6 +325,8 @@ def _summary_text(s: dict) -> str:
                                      f"{t['false']} false detections"))
     for key, path in s["outputs"].items():
         rows.append((key.replace("_", "-"), path))
+    for key, path in s.get("outputs_not_written", {}).items():
+        rows.append((key.replace("_", "-"), f"{path} (not written: no frame reached it)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
