@@ -405,7 +405,8 @@ def test_load_refuses_a_file_that_is_not_a_bench_document(tmp_path):
         assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag, value", [("--imgsz", ","), ("--backend", ","), ("--artifact-precision", " , ")])
+@pytest.mark.parametrize("flag, value", [("--imgsz", ","), ("--backend", ","), ("--artifact-precision", " , "),
+                                         ("--threads", ",")])
 def test_an_empty_list_is_refused_by_its_flag(flag, value):
     """An empty list used to plan nothing and report "no backend reads the given model", blaming the model."""
     done = run_cli(["bench", flag, value, *TINY])

@@ -85,7 +85,7 @@ def _threads(value: str) -> list:
     from edge_irst.backends import physical_cores
 
     counts = []
-    for item in _split(value):
+    for item in _nonempty("--threads", value, "1,2,4 or all"):
         if item.lower() == "all":
             count = physical_cores()
         else:
@@ -98,8 +98,6 @@ def _threads(value: str) -> list:
                 raise InputError(f"--threads {value!r}: thread counts are >= 1 ('all' = physical cores)")
         if count not in counts:
             counts.append(count)
-    if not counts:
-        raise InputError("--threads is empty; expected e.g. 1,2,4 or all")
     return counts
 
 
