@@ -280,9 +280,11 @@ def _summary(detector, source, stats, truth, outcome: str, args) -> dict:
     }
     # An output is made when its first frame comes (the video) or at start (the others): a run that ends before
     # a frame lists what it never made apart, rather than as written.
-    requested = {k: getattr(args, k) for k in OUTPUT_KEYS if getattr(args, k)}
-    summary["outputs"] = {k: path for k, path in requested.items() if Path(path).exists()}
-    summary["outputs_not_written"] = {k: path for k, path in requested.items() if not Path(path).exists()}
+    summary["outputs"], summary["outputs_not_written"] = {}, {}
+    for key in OUTPUT_KEYS:
+        path = getattr(args, key)
+        if path:
+            summary["outputs" if Path(path).exists() else "outputs_not_written"][key] = path
     if truth is not None:
         summary["synthetic_truth"] = {**truth, "radius_px": 1.5,
                                       "recall": round(truth["found"] / truth["targets"], 4)}
