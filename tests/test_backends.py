@@ -142,6 +142,35 @@ def test_model_folder_ncnn_pair_and_missing_files(authors_dir, tmp_path):
         resolve_artifact(folder)
 
 
+def test_model_folder_offers_its_source_checkpoint_to_torch_by_hash(tmp_path):
+    """The exporter lists only what it wrote; `make bundle` then copies the checkpoint in. That file, recognised by
+    the manifest's source_sha256 (not by its name), is the folder's fp32 artifact for the torch backend."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from edge_irst.assets import default_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model(), folder)
+    checkpoint = next(folder.glob("*.pt"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == manifest["source_sha256"]
+    assert not any(Path(f).suffix == ".pt" for e in manifest["artifacts"] for f in e["files"])  # not listed
+    assert resolve_artifact(folder, "torch") == (checkpoint, "torch")
+    assert resolve_artifact(folder)[1] == "onnxruntime"  # torch comes last where nothing is asked for
+    with pytest.raises(ModelFileError, match=rf"no verified int8 artifact for backend 'torch'.*source checkpoint "
+                                             rf"{checkpoint.name} \(fp32\)"):
+        resolve_artifact(folder, "torch", "int8")  # the checkpoint is the fp32 reference only
+    renamed = checkpoint.with_name("weights.pth")
+    checkpoint.rename(renamed)
+    assert resolve_artifact(folder, "torch") == (renamed, "torch")  # the hash decides, not the name
+    renamed.write_bytes(renamed.read_bytes() + b"\0")  # another checkpoint: not what the artifacts came from
+    with pytest.raises(ModelFileError, match="no verified fp32 artifact for backend 'torch'") as refused:
+        resolve_artifact(folder, "torch")
+    assert "source checkpoint" not in str(refused.value)
+
+
 # ---- onnxruntime -----------------------------------------------------------------------------------------------
 def test_bundled_int8_onnx_runs_its_max_pools_in_float(check_float_max_pools):
     from edge_irst.assets import default_model

@@ -436,10 +436,10 @@ def test_an_option_that_only_some_runtimes_apply_skips_the_others():
         installed = [b for b in list_backends() if bench.installed_reason(b) is None]
         assert {c.backend for c in configs} == ({taker} & set(installed))
         reasons = {s["backend"]: s["reason"] for s in skipped}
-        for other in ("onnxruntime", "opencv", "ncnn", "mnn", "tflite"):
+        # torch too: the bundled folder keeps its source checkpoint, which the torch backend reads
+        for other in ("onnxruntime", "opencv", "ncnn", "mnn", "tflite", "torch"):
             if other != taker and other in installed:
                 assert reasons[other] == f"{other} takes no {key}= option (only {taker} applies it)"
-        assert "torch" not in reasons or "not installed" in reasons["torch"]  # no torch artifact: not listed
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ costs nothing and a missing runtime only matters to whoever asks for it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -87,6 +88,25 @@ def _read_manifest(folder: Path) -> dict:
     return doc
 
 
+def _source_checkpoint(folder: Path, manifest: dict, suffixes: tuple) -> Optional[Path]:
+    """The checkpoint the folder's artifacts were exported from, if it is kept in the folder: a file with one of
+    `suffixes` whose SHA-256 is the manifest's source_sha256 (`make bundle` copies it in under the model's name).
+    The exporter lists only the files it wrote, yet this one is the fp32 reference every artifact was verified
+    against, so it needs no entry of its own; the hash, not the name, says it is that file."""
+    expected = manifest.get("source_sha256")
+    if not isinstance(expected, str):
+        return None
+    for path in sorted(folder.iterdir()):
+        if path.suffix in suffixes and path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(chunk)
+            if digest.hexdigest() == expected:
+                return path
+    return None
+
+
 def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
                  allow_unverified: bool) -> tuple[Path, str]:
     manifest = _read_manifest(folder)
@@ -109,9 +129,15 @@ def _from_folder(folder: Path, backend: Optional[str], precision: Optional[str],
             if not path.is_file():
                 raise ModelFileError(f"{folder / MANIFEST} lists {files[0]}, which is missing from {folder}")
             return path, name
+        checkpoint = _source_checkpoint(folder, manifest, suffixes) if precision == "fp32" else None
+        if checkpoint is not None:
+            return checkpoint, name
     wanted = f"backend {backend!r}" if backend else f"any installed backend ({', '.join(candidates) or 'none'})"
     has = [f"{e.get('format')}/{e.get('precision')}{'' if e.get('verified') else ' (unverified)'}"
            for e in manifest["artifacts"]]
+    checkpoint = _source_checkpoint(folder, manifest, tuple(_all_suffixes()))
+    if checkpoint is not None:
+        has.append(f"the source checkpoint {checkpoint.name} (fp32)")
     raise ModelFileError(
         f"{folder}: no {'' if allow_unverified else 'verified '}{precision} artifact for {wanted}; the folder has: "
         f"{', '.join(has) or 'no artifacts'} (ask for another artifact precision or backend, or "
@@ -125,7 +151,8 @@ def resolve_artifact(path, backend: Optional[str] = None, precision: Optional[st
     A file: its suffix names the default backend (.onnx -> onnxruntime, .param -> ncnn, .mnn -> mnn, .tflite ->
     tflite, .pt/.pth/.pkl -> torch); a named backend must read that suffix. A folder: its manifest's artifact for
     the backend (default: the first installed one in preference order that has one) at `precision` (default fp32),
-    verified ones only unless `allow_unverified`.
+    verified ones only unless `allow_unverified`; for fp32, also the source checkpoint kept in the folder (the
+    manifest's source_sha256), which the torch backend reads.
     """
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
