@@ -93,16 +93,17 @@ class ControlChannel:
 
     source: "stdin", an open text or binary stream, or a path (a FIFO is reopened after each writer closes it, so
     `echo ... > fifo` can be repeated; a regular file is watched, see _follow, or read once when quit_on_eof).
-    `quit_requested` is set by a `quit` line (and by the end of the source, when quit_on_eof). `applied` counts the
-    lines that changed the settings.
+    `quit_requested` is set by a `quit` line (and by the end of the source, when quit_on_eof), which then calls
+    `on_quit` (e.g. the video source's stop(), so that a run waiting out a stream's reconnection ends at once
+    instead of at its next frame). `applied` counts the lines that changed the settings.
     stdin and paths are read as bytes and decoded line by line, so a line that is not UTF-8 is refused alone: the
     lines around it still apply and the channel keeps reading.
     """
 
     POLL_S = 0.2  # how often a regular file is looked at for new lines
 
-    def __init__(self, detector, source, quit_on_eof: bool = False):
-        self.detector, self.quit_on_eof = detector, quit_on_eof
+    def __init__(self, detector, source, quit_on_eof: bool = False, on_quit: Optional[Callable[[], None]] = None):
+        self.detector, self.quit_on_eof, self._on_quit = detector, quit_on_eof, on_quit
         self.quit_requested = threading.Event()
         self.applied = 0
         self._source = source
@@ -120,7 +121,7 @@ class ControlChannel:
                 return
             if changes.pop("quit", False):
                 log.warning("control: quit requested")
-                self.quit_requested.set()
+                self._quit()
                 return
             if changes.pop("show", False):
                 log.warning("control: %s", _describe(self.detector.settings.snapshot()))
@@ -164,7 +165,12 @@ class ControlChannel:
             log.error("control: %s: %s", self._source, exc)
             return
         if self.quit_on_eof:
-            self.quit_requested.set()
+            self._quit()
+
+    def _quit(self) -> None:
+        self.quit_requested.set()
+        if self._on_quit is not None:
+            self._on_quit()
 
     def _read_path(self, path: Path) -> None:
         mode = os.stat(path).st_mode

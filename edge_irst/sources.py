@@ -106,6 +106,11 @@ class Source:
     def close(self) -> None:
         """Release what the source holds. Idempotent."""
 
+    def stop(self) -> None:
+        """Ends the iteration before its next frame; callable from any thread (a control `quit`). Only a live
+        source can keep its reader waiting (a reconnection's back-off, a stalled stream), so only it has anything
+        to do: other sources hand their next frame at once, and the reader stops there by itself."""
+
     def __enter__(self):
         return self
 
@@ -467,19 +472,25 @@ class LiveSource(Source):
         return None
 
     def __iter__(self) -> Iterator[Frame]:
-        while True:
+        while not self._stop.is_set():
             with self._condition:
-                while self._latest is None and not self._finished:
+                while self._latest is None and not self._finished and not self._stop.is_set():
                     self._condition.wait()
                 frame, self._latest = self._latest, None
-            if frame is None:
+            if frame is None or self._stop.is_set():
                 break
             yield frame
         if self._error is not None:
             raise self._error
 
+    def stop(self) -> None:
+        """Ends the iteration at once, even while the grabber waits out a reconnection's back-off or a read."""
+        with self._condition:
+            self._stop.set()
+            self._condition.notify_all()
+
     def close(self) -> None:
-        self._stop.set()
+        self.stop()
         # A blocked read returns within read_timeout_s; the thread is a daemon, so an exit never waits longer.
         self._thread.join(timeout=self.reconnect.read_timeout_s + 1.0)
 

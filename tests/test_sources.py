@@ -395,6 +395,62 @@ def test_outages_name_the_last_frame_delivered_and_are_timed_from_it(caplog):
     assert source.reconnects == 1 and source.gaps_s[0] >= reconnect.read_timeout_s
 
 
+def _gone_after_first_connection(server: "MjpegServer") -> None:
+    """Stops the server for good once its first connection has sent its frames (the camera goes away)."""
+    while server.sent < server.per_connection:
+        time.sleep(0.01)
+    server.stop()
+
+
+def test_stop_ends_a_stream_waiting_out_its_reconnection_back_off():
+    # A 30 s back-off: without stop() the iteration would sit in it, then in 4 more, before giving up.
+    reconnect = Reconnect(retries=5, backoff_s=30.0, backoff_max_s=30.0, open_timeout_s=2.0, read_timeout_s=2.0)
+    server = MjpegServer(per_connection=5, fps=100.0)
+    source = open_source(server.url, reconnect)
+    threading.Thread(target=_gone_after_first_connection, args=(server,), daemon=True).start()
+    frames, stopped_at = [], None
+    try:
+        for frame in source:  # ends without a SourceError: stopping is not a failure
+            frames.append(frame)
+            if stopped_at is None:
+                stopped_at = time.perf_counter() + 1.0
+                threading.Timer(1.0, source.stop).start()  # from another thread, as a control quit does
+        ended_at = time.perf_counter()
+    finally:
+        source.close()
+    assert frames and ended_at - stopped_at < 5.0  # not the 30 s back-off
+    assert source.reconnects == 0
+
+
+def test_control_quit_ends_a_run_during_a_reconnection(tmp_path, capsys):
+    """`quit` in the control file while the stream is down: the run ends at once with its outputs and summary,
+    not after the reconnection's back-off (30 s here) or its next frame."""
+    import json
+
+    from edge_irst.cli import main
+
+    server = MjpegServer(per_connection=5, fps=100.0)
+    control = tmp_path / "control.txt"
+    control.write_text("")
+    jsonl = tmp_path / "detections.jsonl"
+    quit_at = []
+
+    def drop_then_quit():
+        _gone_after_first_connection(server)
+        time.sleep(1.0)  # the run is now in its reconnection back-off
+        quit_at.append(time.perf_counter())
+        control.write_text("quit\n")
+
+    threading.Thread(target=drop_then_quit, daemon=True).start()
+    code = main(["run", "--source", server.url, "--control", str(control), "--reconnect-backoff", "30",
+                 "--save-json", str(jsonl), "--json"])
+    ended_at = time.perf_counter()
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["outcome"] == "stopped by a control quit"
+    assert quit_at and ended_at - quit_at[0] < 5.0
+    assert 1 <= summary["frames"] <= 5 and len(jsonl.read_text().splitlines()) == summary["frames"]
+
+
 def test_unreachable_stream_fails_at_open():
     # nothing listens on port 9: refused at once, which the message must not word as a timeout alone
     with pytest.raises(SourceError, match=r"cannot open stream http://127\.0\.0\.1:9/none\.mjpg: FFmpeg could not "

@@ -155,7 +155,7 @@ def run(args) -> int:
             filter=_target_filter(args), policy=args.policy, raw=_raw_mapping(args), tile_overlap=args.tile_overlap))
         source = stack.enter_context(open_source(args.source, reconnect))
         sinks = _open_sinks(args, detector, source)
-        control = ControlChannel(detector, args.control).start() if args.control else None
+        control = ControlChannel(detector, args.control, on_quit=source.stop).start() if args.control else None
         stats, truth = StreamStats(), {"targets": 0, "found": 0, "false": 0, "max_error_px": 0.0}
         total = args.max_frames if args.max_frames is not None else source.length
         if args.max_frames is not None and source.length is not None:
@@ -180,8 +180,10 @@ def run(args) -> int:
                         outcome = "stopped from the window"
                         break
                     if control is not None and control.quit_requested.is_set():
-                        outcome = "stopped by a control quit"
                         break
+            # A quit also stops a live source waiting for its next frame (a reconnection): the loop then ends here.
+            if outcome == "completed" and control is not None and control.quit_requested.is_set():
+                outcome = "stopped by a control quit"
         except KeyboardInterrupt as exc:
             outcome = "terminated (SIGTERM)" if exc.args == ("SIGTERM",) else "interrupted"
         except EdgeIrstError as exc:
