@@ -205,7 +205,8 @@ class VideoSink(Sink):
     """An annotated video (.avi / .mkv: Motion JPEG, .mp4 / .mov: MPEG-4 part 2), opened at the first frame (its
     size fixes the video's); a frame of another size is resized to it. An odd width or height is padded with one
     black column / row at the right / bottom: the encoders take even sizes only, and OpenCV would otherwise crop
-    the last column / row. Released by close()."""
+    the last column / row. Released by close(), which then reads the file's frame count back: OpenCV's writer
+    reports no write failure (a full disk, a file-size limit), so a video cut short is found only there."""
 
     def __init__(self, path, fps: Optional[float] = None, raw: RawMapping = RawMapping()):
         self.path, self.raw = Path(path), raw
@@ -218,6 +219,7 @@ class VideoSink(Sink):
         _make_folder(self.path.parent, "annotated video", self.path)
         self._writer: Optional[cv2.VideoWriter] = None
         self._size: Optional[tuple[int, int]] = None  # (width, height) of the frames; the video's is even
+        self._frames = 0  # handed to the writer
 
     def start(self, first: FrameResult) -> None:
         if self._writer is not None:
@@ -241,11 +243,23 @@ class VideoSink(Sink):
         if width % 2 or height % 2:
             canvas = cv2.copyMakeBorder(canvas, 0, height % 2, 0, width % 2, cv2.BORDER_CONSTANT, value=0)
         self._writer.write(canvas)
+        self._frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        # The containers written here (AVI and MP4 indexes, Matroska's duration) give the exact count back; a file
+        # the disk cut short has no index (AVI: 0), no moov atom (MP4: not readable) or a bogus duration (MKV).
+        capture = cv2.VideoCapture(str(self.path))
+        held = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else None
+        capture.release()
+        if held != self._frames:
+            found = "cannot be read back" if held is None else f"holds {max(held, 0)} of them"
+            raise SinkError(f"the annotated video {self.path} is incomplete: {self._frames} frames were written and "
+                            f"it {found}. OpenCV's video writer reports no write error: check that the disk has "
+                            f"room and the file-size limit (ulimit -f)")
 
 
 class ImageFolderSink(Sink):

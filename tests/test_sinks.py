@@ -231,6 +231,33 @@ def test_a_write_that_fails_half_way_leaves_only_the_complete_frames(tmp_path, r
     assert path.read_bytes() == before  # the 100 bytes of frame 2 that got through were cut off again
 
 
+@pytest.fixture(scope="module")
+def noise_results():
+    """Frames of noise (about 50 KB each as Motion JPEG) through the bundled model: no ../shared needed."""
+    from edge_irst.assets import default_model
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(20)]
+    with Detector(default_model(), "onnxruntime", threads=1) as bundled:
+        return list(bundled.stream(images))
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mkv", ".mp4"])
+def test_a_video_the_disk_cuts_short_is_reported_when_it_closes(tmp_path, noise_results, suffix):
+    whole = VideoSink(tmp_path / f"whole{suffix}", fps=29.97)
+    for result in noise_results:
+        whole.write(result)
+    whole.close()  # complete: the count read back matches, no error
+    short = VideoSink(tmp_path / f"short{suffix}", fps=29.97)
+    with _file_size_limit(200_000):
+        for result in noise_results:
+            short.write(result)  # OpenCV says nothing as the limit stops its writes
+        with pytest.raises(SinkError, match=rf"annotated video .*short\{suffix} is incomplete: 20 frames were "
+                                            rf"written and it (holds \d+ of them|cannot be read back).*ulimit -f"):
+            short.close()
+    assert (tmp_path / f"short{suffix}").stat().st_size <= 200_000
+
+
 def test_an_image_that_cannot_be_written_names_it_and_leaves_no_partial_file(tmp_path, results):
     (tmp_path / "frame_000000.png").mkdir()  # the name is taken by a folder: the rename into place fails
     with pytest.raises(SinkError, match=r"cannot write the annotated images to .*frame_000000\.png: "):
