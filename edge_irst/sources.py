@@ -338,6 +338,8 @@ class Reconnect:
     for every attempt (the cap stops the doubling, it never makes a wait shorter than the first).
     open_timeout_s / read_timeout_s: how long OpenCV's FFmpeg backend may block opening a stream / waiting for a
     frame before that counts as a failure.
+    at_start: also retry the first opening on the same schedule (a camera or stream server that comes up after
+    the run starts, as on a robot's boot). Off by default: a wrong device or URL then fails at once.
     """
 
     retries: int = 5
@@ -345,10 +347,13 @@ class Reconnect:
     backoff_max_s: float = 8.0
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    at_start: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.retries, int) and self.retries >= 0):
             raise InputError(f"Reconnect.retries = {self.retries!r}; expected an int >= 0")
+        if not isinstance(self.at_start, bool):
+            raise InputError(f"Reconnect.at_start = {self.at_start!r}; expected True or False")
         for name in ("backoff_s", "backoff_max_s", "open_timeout_s", "read_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -370,8 +375,9 @@ class Reconnect:
 class LiveSource(Source):
     """A camera or network stream read by a grabber thread that keeps only the newest frame.
 
-    target: what cv2.VideoCapture opens (an int index, a device path or a URL). Opening fails at once with a
-    SourceError when the device/stream cannot be opened; later outages are retried per `reconnect`.
+    target: what cv2.VideoCapture opens (an int index, a device path or a URL). Opening fails with a SourceError
+    when the device/stream cannot be opened: at once, or after the retries with reconnect.at_start; later outages
+    are retried per `reconnect`.
     """
 
     kind = "live"
@@ -383,9 +389,10 @@ class LiveSource(Source):
         self.kind = kind
         self.reconnect = reconnect
         self._target, self._api = target, api
-        capture = self._open()
+        capture = self._open_at_start()
         if capture is None:
-            raise SourceError(open_error() if open_error else f"cannot open {name}")
+            tried = f" ({reconnect.retries + 1} attempts)" if reconnect.at_start and reconnect.retries else ""
+            raise SourceError((open_error() if open_error else f"cannot open {name}") + tried)
         fps = capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else None
         self._latest: Optional[Frame] = None
@@ -405,6 +412,21 @@ class LiveSource(Source):
         if capture.isOpened():
             return capture
         capture.release()
+        return None
+
+    def _open_at_start(self) -> Optional[cv2.VideoCapture]:
+        """The first opening: once, or with reconnect.at_start retried per reconnect.delays(); None if it failed."""
+        capture = self._open()
+        if capture is not None or not self.reconnect.at_start:
+            return capture
+        for attempt, delay in enumerate(self.reconnect.delays(), start=1):
+            log.warning("%s: not available yet; attempt %d of %d in %g s", self.name, attempt,
+                        self.reconnect.retries, delay)
+            time.sleep(delay)
+            capture = self._open()
+            if capture is not None:
+                log.warning("%s: opened on attempt %d", self.name, attempt)
+                return capture
         return None
 
     def _grab(self, capture: cv2.VideoCapture) -> None:

@@ -230,7 +230,7 @@ def test_help_lists_the_options(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     for option in ("--source", "--policy", "--raw-range", "--save-json", "--save-video", "--show", "--fallback",
-                   "--reconnect-retries"):
+                   "--reconnect-retries", "--reconnect-at-start"):
         assert option in out
 
 

@@ -279,7 +279,7 @@ class MjpegServer:
     endless) at `fps`, then the connection is dropped, or with `hang` kept open without sending anything more
     until stop(). stop() closes the listening socket: reconnections are refused."""
 
-    def __init__(self, per_connection=None, fps=100.0, hang=False):
+    def __init__(self, per_connection=None, fps=100.0, hang=False, port=0):
         self.per_connection, self.period = per_connection, 1.0 / fps
         self.connections = 0
         self.sent = 0
@@ -312,7 +312,10 @@ class MjpegServer:
             def log_message(self, *args):
                 pass
 
-        self._httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True  # a port given back by _free_port() may still be in TIME_WAIT
+
+        self._httpd = Server(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/stream.mjpg"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -449,6 +452,48 @@ def test_control_quit_ends_a_run_during_a_reconnection(tmp_path, capsys):
     assert code == 0 and summary["outcome"] == "stopped by a control quit"
     assert quit_at and ended_at - quit_at[0] < 5.0
     assert 1 <= summary["frames"] <= 5 and len(jsonl.read_text().splitlines()) == summary["frames"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_stream_that_comes_up_late_is_opened_with_at_start(caplog):
+    """A stream server that starts after the run (a camera booting): retried on the back-off schedule with
+    at_start, refused at once without it."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/stream.mjpg"
+    with pytest.raises(SourceError, match="cannot open stream"):
+        open_source(url, Reconnect(retries=5, backoff_s=0.2))
+    servers = []
+    threading.Timer(0.7, lambda: servers.append(MjpegServer(per_connection=None, fps=100.0, port=port))).start()
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        source = open_source(url, Reconnect(retries=5, backoff_s=0.2, backoff_max_s=0.4, at_start=True))
+    try:
+        opened_after = time.perf_counter() - started
+        frame = next(iter(source))
+    finally:
+        source.close()
+        for server in servers:
+            server.stop()
+    assert frame.image.shape == (48, 64, 3) and opened_after >= 0.6
+    assert "not available yet; attempt 1 of 5" in caplog.text and re.search(r"opened on attempt [2-5]", caplog.text)
+    assert source.reconnects == 0  # an opening, not a reconnection
+
+
+def test_at_start_gives_up_after_its_retries_naming_them():
+    url = f"http://127.0.0.1:{_free_port()}/stream.mjpg"
+    started = time.perf_counter()
+    with pytest.raises(SourceError, match=r"cannot open stream .* \(3 attempts\)$"):
+        open_source(url, Reconnect(retries=2, backoff_s=0.1, backoff_max_s=0.2, at_start=True))
+    assert time.perf_counter() - started >= 0.3  # both waits were taken
+    with pytest.raises(InputError, match="at_start"):
+        Reconnect(at_start="yes")
 
 
 def test_unreachable_stream_fails_at_open():

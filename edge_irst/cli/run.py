@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--reconnect-backoff", type=float, default=0.5, metavar="S",
                      help="first wait before reopening, doubled per attempt up to 8 s; a longer first wait is "
                           "kept for every attempt (default: 0.5)")
+    src.add_argument("--reconnect-at-start", action="store_true",
+                     help="retry the first opening too, on the same schedule (a camera or stream that comes up "
+                          "after the run starts); without it a source that cannot be opened fails at once")
 
     model = p.add_argument_group("model and backend")
     model.add_argument("--model", default=None,
@@ -146,7 +149,8 @@ def run(args) -> int:
 
     if args.max_frames is not None and args.max_frames < 0:
         raise InputError(f"--max-frames {args.max_frames}: expected N >= 0")
-    reconnect = Reconnect(retries=args.reconnect_retries, backoff_s=args.reconnect_backoff)
+    reconnect = Reconnect(retries=args.reconnect_retries, backoff_s=args.reconnect_backoff,
+                          at_start=args.reconnect_at_start)
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_interrupts())
         detector = stack.enter_context(Detector(
