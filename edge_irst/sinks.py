@@ -89,6 +89,10 @@ class Sink:
     def write(self, result: FrameResult) -> None:
         raise NotImplementedError
 
+    def retract(self, result: FrameResult) -> None:
+        """Takes back `result`, the frame this sink wrote last, where it can: a sink after it in a SinkSet failed
+        on that frame, which the run then does not count. A video or a window cannot take a frame back."""
+
     def close(self) -> None:
         pass
 
@@ -129,6 +133,7 @@ class _TextFileSink(Sink):
         except OSError as exc:
             raise _sink_error(self.what, self.path, exc) from exc
         self._size = 0  # bytes of the complete pieces written
+        self._size_before = 0  # ... before the last piece (retract)
 
     def _append(self, text: str) -> None:
         data = text.encode("utf-8")
@@ -141,7 +146,12 @@ class _TextFileSink(Sink):
                 self._file.truncate(self._size)
                 self._file.seek(self._size)
             raise _sink_error(self.what, self.path, exc) from exc
-        self._size += len(data)
+        self._size_before, self._size = self._size, self._size + len(data)
+
+    def retract(self, result: FrameResult) -> None:
+        self._file.truncate(self._size_before)
+        self._file.seek(self._size_before)
+        self._size = self._size_before
 
     def close(self) -> None:
         self._file.close()
@@ -280,8 +290,12 @@ class ImageFolderSink(Sink):
             data.tofile(str(partial))
             os.replace(partial, target)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. the folder is gone: the write's error is the one to report
+                partial.unlink(missing_ok=True)
             raise _sink_error("annotated images", target, exc) from exc
+
+    def retract(self, result: FrameResult) -> None:
+        (self.folder / f"frame_{result.index:06d}.png").unlink(missing_ok=True)
 
 
 def gui_unavailable_reason() -> Optional[str]:
@@ -318,7 +332,10 @@ class WindowSink(Sink):
 
 
 class SinkSet(Sink):
-    """Several sinks as one: writes to each in order; close() closes every one, re-raising the first failure."""
+    """Several sinks as one: writes to each in order; close() closes every one, re-raising the first failure.
+
+    A sink that fails on a frame has the sinks before it take that frame back (Sink.retract), so the outputs end
+    with the same frames, which the run's summary counts. A video and a window cannot; put them last."""
 
     def __init__(self, sinks: Iterable[Sink] = ()):
         self.sinks = list(sinks)
@@ -336,8 +353,14 @@ class SinkSet(Sink):
     def write(self, result: FrameResult) -> None:
         if not self._started:
             self.start(result)
-        for sink in self.sinks:
-            sink.write(result)
+        for done, sink in enumerate(self.sinks):
+            try:
+                sink.write(result)
+            except BaseException:
+                for written in self.sinks[:done]:
+                    with contextlib.suppress(OSError):  # the failure being raised is the one to report
+                        written.retract(result)
+                raise
 
     def close(self) -> None:
         failure = None

@@ -258,6 +258,31 @@ def test_a_video_the_disk_cuts_short_is_reported_when_it_closes(tmp_path, noise_
     assert (tmp_path / f"short{suffix}").stat().st_size <= 200_000
 
 
+def test_a_sink_that_fails_on_a_frame_has_the_ones_before_it_take_that_frame_back(tmp_path):
+    from edge_irst.assets import default_model
+
+    scene = SyntheticScene((256, 256), targets=3)
+    with Detector(default_model(), "onnxruntime", threads=1) as bundled:
+        frames = list(bundled.stream([scene.frame(i).image for i in range(3)]))
+    assert all(len(f.detections) for f in frames)  # every frame writes CSV rows
+    kept, failing = tmp_path / "kept", tmp_path / "failing"
+    sinks = SinkSet([JsonlSink(tmp_path / "r.jsonl", SPEC, "resize"), CsvSink(tmp_path / "r.csv", SPEC),
+                     ImageFolderSink(kept), ImageFolderSink(failing)])
+    for result in frames[:2]:
+        sinks.write(result)
+    for png in failing.iterdir():
+        png.unlink()
+    failing.rmdir()
+    failing.write_text("")  # the last sink's folder is gone: its next write fails
+    with pytest.raises(SinkError, match="cannot write the annotated images"):
+        sinks.write(frames[2])
+    sinks.close()
+    assert [r["frame_index"] for r in _validate_jsonl(tmp_path / "r.jsonl")] == [0, 1]
+    with open(tmp_path / "r.csv", newline="") as stream:
+        assert {row["frame_index"] for row in csv.DictReader(stream)} == {"0", "1"}
+    assert sorted(p.name for p in kept.iterdir()) == ["frame_000000.png", "frame_000001.png"]
+
+
 def test_an_image_that_cannot_be_written_names_it_and_leaves_no_partial_file(tmp_path, results):
     (tmp_path / "frame_000000.png").mkdir()  # the name is taken by a folder: the rename into place fails
     with pytest.raises(SinkError, match=r"cannot write the annotated images to .*frame_000000\.png: "):

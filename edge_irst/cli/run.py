@@ -128,10 +128,11 @@ def _open_sinks(args, detector, source):
             sinks.sinks.append(JsonlSink(args.save_json, source.name, detector.policy))
         if args.save_csv:
             sinks.sinks.append(CsvSink(args.save_csv, source.name))
-        if args.save_video:
-            sinks.sinks.append(VideoSink(args.save_video, source.fps, detector.raw))
         if args.save_dir:
             sinks.sinks.append(ImageFolderSink(args.save_dir, detector.raw))
+        # After the sinks that can take a frame back (SinkSet): the video and the window cannot.
+        if args.save_video:
+            sinks.sinks.append(VideoSink(args.save_video, source.fps, detector.raw))
         if args.show:
             sinks.sinks.append(WindowSink(f"edge-irst {source.name}", detector.raw))
     except BaseException:
