@@ -420,12 +420,12 @@ class LiveSource(Source):
         if capture is not None or not self.reconnect.at_start:
             return capture
         for attempt, delay in enumerate(self.reconnect.delays(), start=1):
-            log.warning("%s: not available yet; attempt %d of %d in %g s", self.name, attempt,
+            log.warning("%s: not available yet; retry %d of %d in %g s", self.name, attempt,
                         self.reconnect.retries, delay)
             time.sleep(delay)
             capture = self._open()
             if capture is not None:
-                log.warning("%s: opened on attempt %d", self.name, attempt)
+                log.warning("%s: opened on retry %d", self.name, attempt)
                 return capture
         return None
 

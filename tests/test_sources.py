@@ -482,7 +482,7 @@ def test_a_stream_that_comes_up_late_is_opened_with_at_start(caplog):
         for server in servers:
             server.stop()
     assert frame.image.shape == (48, 64, 3) and opened_after >= 0.6
-    assert "not available yet; attempt 1 of 5" in caplog.text and re.search(r"opened on attempt [2-5]", caplog.text)
+    assert "not available yet; retry 1 of 5" in caplog.text and re.search(r"opened on retry [2-5]", caplog.text)
     assert source.reconnects == 0  # an opening, not a reconnection
 
 
