@@ -482,8 +482,12 @@ def test_mnn_threads_and_precision_mode_are_read_back(mnn_path, mnn_backend, bat
     assert mnn_backend.options_in_effect()["threads"] == 1
     with load_backend(mnn_path, threads=2, precision="fp32") as backend:
         effect = backend.options_in_effect()
-        assert (effect["threads"], effect["precision"]) == (2, "high")
+        assert (effect["threads"], effect["precision"], effect["precision_mode"]) == (2, "fp32 (high)", "high")
         np.testing.assert_allclose(backend.run(batch[:1]), published_logits["mnn"][:1], **SAME_RUNTIME)
+    # The default: MNN says nothing, which is its Normal mode, fp32 on the CPU.
+    assert mnn_backend.options_in_effect()["precision"] == "fp32 (normal)"
+    with load_backend(mnn_path, precision="fp16") as backend:
+        assert backend.options_in_effect()["precision"] == "fp16 or fp32 (low)"
 
 
 def test_mnn_forward_type_missing_from_the_wheel_errors_or_falls_back(mnn_path, batch, reference, capfd):

@@ -24,6 +24,9 @@ _PRECISION_MODES = {"auto": "normal", "fp32": "high", "fp16": "low", "bf16": "lo
                     "normal": "normal", "high": "high"}
 _MISSING = re.compile(r"Can't Find type=(\d+) backend")
 _SAID_PRECISION = re.compile(r"MNN use (\w+) precision")
+# What MNN's CPU backend computes in for each mode (MNN documents Normal as High on the CPU); Low is fp16 only on a
+# CPU with fp16 arithmetic (ARMv8.2) in a wheel built with it, which MNN does not report back.
+_CPU_ARITHMETIC = {"normal": "fp32", "high": "fp32", "low": "fp16 or fp32"}
 _THREAD_NUMBER = 4  # MNN::Interpreter::SessionInfoCode::THREAD_NUMBER
 _DIMENSION_TYPES = {0: "NHWC", 1: "NCHW", 2: "NCHW"}  # Tensorflow, Caffe, Caffe_C4 (NC4HW4 inside, NCHW outside)
 
@@ -152,12 +155,16 @@ class MnnBackend(Backend):
 
     def _read_effect(self) -> dict:
         said = _SAID_PRECISION.search(self.said)
+        mode = said[1] if said else "normal"
+        arithmetic = _CPU_ARITHMETIC.get(mode) if self.device == "cpu" else None
         return {
             **self._base_effect(),
             "threads": self._threads_applied(),
             "threads_source": "Interpreter.getSessionInfo(THREAD_NUMBER) read back",
-            "precision": said[1] if said else "normal",
-            "precision_source": "MNN's own line at session creation ('MNN use ... precision'; none = normal)",
+            "precision": f"{arithmetic} ({mode})" if arithmetic else mode,
+            "precision_mode": mode,
+            "precision_source": "the mode from MNN's own line at session creation ('MNN use ... precision'; none = "
+                                "normal), with the arithmetic MNN's CPU backend runs in that mode",
             "device": self.device,
             "device_source": "MNN's console at session creation (it names a missing forward type)",
             "big_cores": "not offered by MNN's Python API" if self.options.big_cores else False,
