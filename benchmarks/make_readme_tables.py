@@ -69,6 +69,17 @@ def backends_threads_note(rows: list[dict]) -> str:
               "whichever threads they are, so N can exceed the threads in effect.")
 
 
+def backends_precision_note(rows: list[dict]) -> str:
+    """The footnote to the table's precision column; MNN rows of runs before its arithmetic was recorded name the
+    bare mode."""
+    bare = sorted({r["precision_in_effect"] for r in rows
+                   if r.get("backend") == "mnn" and r.get("precision_in_effect") in ("normal", "high")})
+    return ("precision: the arithmetic in effect as the runtime reports it (int8+fp32: the int8 convolutions, the "
+            "other layers in fp32; MNN: the arithmetic of its mode, the mode in brackets)"
+            + (f"; MNN rows reading {' / '.join(bare)} come from a run that recorded the mode alone, which is fp32 "
+               "on the CPU (MNN documents Normal as High there)" if bare else "") + ".")
+
+
 def backends_section(doc: dict) -> str:
     rows = [r for r in doc["rows"] if r.get("status") == "ok"]
     torch_ms = {r["threads_requested"]: r["inference"]["median_ms"] for r in rows if r.get("group") == "pytorch"}
@@ -82,7 +93,8 @@ def backends_section(doc: dict) -> str:
             for r in rows]
     lines = ["### Backends: LW-IRSTNet 256x256, raw inference (`benchmarks/backends.py`)", "", provenance(doc), "",
              table(["row", "group", "threads req>eff busy", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
-                    "peak RSS MB", "x vs PyTorch eager"], body), "", backends_threads_note(rows), ""]
+                    "peak RSS MB", "x vs PyTorch eager"], body), "", backends_threads_note(rows), "",
+             backends_precision_note(rows), ""]
     lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
     lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
     lines.append("\nTargets (the sweep's medians [min..max of its round medians]; the verdict from the head-to-head: "

@@ -241,6 +241,25 @@ def test_readme_backends_table_marks_echoed_thread_counts_and_shows_busy_threads
     assert "bN = N of the process's threads were busy" in section
 
 
+def test_readme_backends_table_explains_an_mnn_mode_recorded_without_its_arithmetic(monkeypatch):
+    """Runs before the MNN backend named its arithmetic recorded the bare mode ('normal'): the footnote says what
+    it computed in; a run that recorded the arithmetic needs no such sentence."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+
+    def section(precision: str) -> str:
+        row = _bench_row("ours:int8/mnn/t1", "ours", "int8", 1, [7.4, 7.5])
+        row.update(threads_in_effect=1, threads_source="read back", precision_in_effect=precision)
+        row["inference"].update(p90_ms=9.0, fps=135.0, threads_busy=1)
+        return make_readme_tables.backends_section({"created": "2026-12-08T00:00", "rows": [row]})
+
+    old, new = section("normal"), section("fp32 (normal)")
+    assert "| ours:int8/mnn/t1 | ours | 1>1 b1 | normal |" in old
+    assert "MNN rows reading normal come from a run that recorded the mode alone, which is fp32 on the CPU" in old
+    assert "| fp32 (normal) |" in new and "recorded the mode alone" not in new
+    assert "MNN: the arithmetic of its mode, the mode in brackets" in new
+
+
 def test_metrics_benchmark_times_the_reference_as_it_times_ours(tmp_path, monkeypatch):
     """scikit-image loads measure's modules on the reference's first call: both sides get one untimed warm-up call,
     then the best of --repeat timed calls. A fake clock (one tick a read) and a reference whose first call costs
