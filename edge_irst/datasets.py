@@ -108,6 +108,8 @@ class IrstdDataset:
             raise InputError(f"image folder not found: {image_dir}")
         image_index = _index(image_dir)
         mask_index = _mask_index(mask_dir) if mask_dir is not None and mask_dir.is_dir() else {}
+        if require_masks and mask_dir is None:
+            raise InputError("no mask folder: with images= and no dataset root, give masks= (CLI: --masks DIR)")
         if require_masks and not mask_index:
             raise InputError(f"mask folder not found or empty: {mask_dir}")
         if split is not None:
@@ -138,7 +140,10 @@ class IrstdDataset:
         image = read_image(sample.image_path)
         if sample.mask_path is None:
             return image, None
-        mask = read_image(sample.mask_path, cv2.IMREAD_GRAYSCALE) > 0
+        stored = read_image(sample.mask_path)
+        # any non-zero value of a colour channel (alpha aside) is target: a grey conversion would drop a 16-bit 0/1
+        # mask (scaled to 8 bits) and a faint blue or red target
+        mask = (stored[:, :, :3] != 0).any(axis=2) if stored.ndim == 3 else stored != 0
         if mask.shape != image.shape[:2]:
             mask = self._reconcile(sample.stem, image.shape[:2], mask)
         return image, mask

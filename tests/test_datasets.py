@@ -60,3 +60,25 @@ def test_masks_named_with_another_suffix_are_named_in_the_error(tmp_path):
     with pytest.raises(InputError, match=r"4 images have no mask .*named like f00_mask\.png \(for f00\).*"
                                          r"<stem>\.<ext> or NUAA-SIRST's <stem>_pixels0\.<ext>"):
         IrstdDataset(root)
+
+
+def test_every_non_zero_mask_pixel_is_target_at_any_bit_depth_and_in_any_channel(tmp_path):
+    root = make_dataset(tmp_path)
+    deep = np.zeros((8, 8), np.uint16)
+    deep[1, 1] = 1  # a 0/1 mask saved as 16-bit: scaled to 8 bits, a grey reading turns it to 0
+    cv2.imwrite(str(root / "masks" / "f01.png"), deep)
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[2, 2] = (1, 0, 0)  # faint blue: grey 0.114
+    colour[5, 6] = (0, 0, 3)  # faint red: grey 0.9
+    cv2.imwrite(str(root / "masks" / "f02.png"), colour)
+    masks = [mask for _, _, mask in IrstdDataset(root)]
+    assert np.argwhere(masks[1]).tolist() == [[1, 1]]
+    assert np.argwhere(masks[2]).tolist() == [[2, 2], [5, 6]]
+    assert np.argwhere(masks[3]).tolist() == [[3, 3]]
+
+
+def test_an_images_folder_without_masks_asks_for_the_mask_folder(tmp_path):
+    root = make_dataset(tmp_path)
+    with pytest.raises(InputError, match=r"no mask folder: .*give masks= \(CLI: --masks DIR\)"):
+        IrstdDataset(images=root / "images")
+    assert len(IrstdDataset(images=root / "images", masks=root / "masks")) == 4

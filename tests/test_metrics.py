@@ -62,6 +62,15 @@ def test_zero_over_zero_is_zero_and_an_empty_union_image_scores_zero_in_niou():
     assert (r.precision, r.recall, r.f1, r.iou, r.niou) == (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
+def test_no_detection_at_all_scores_ap_plus_zero_not_minus_zero():
+    # nothing predicted at any confidence: every AP is 0, which a table and the JSON must not show as -0
+    m = IrstdMetrics()
+    m.update(canvas([(5, 5), np.s_[20:23, 20:23]]), np.zeros((32, 32), np.float32))
+    r = m.get()
+    assert r.target.ap.tolist() == [0.0] * 10 and not np.signbit(r.target.ap).any()
+    assert "-0.0" not in r.table(per_distance=True) and "-0.0" not in json.dumps(r.to_dict())
+
+
 def test_single_class_batches_work():
     # STD-EvalKit's confusion matrix crashes when labels and predictions hold one class only
     m = IrstdMetrics()
@@ -528,6 +537,31 @@ def test_eval_cli_usage_and_failures(dataset_dir, capsys):
     # without --logits the .npy logit maps are outside [0, 1]: refused, naming the flag
     assert main(["eval", "--data", str(dataset_dir), "--preds", str(dataset_dir / "preds"), "--no-progress"]) == 1
     assert "--logits" in capsys.readouterr().err
+
+
+def test_eval_cli_reports_unwritable_outputs_without_a_traceback(dataset_dir, capsys):
+    args = ["eval", "--data", str(dataset_dir), "--preds", str(dataset_dir / "preds"), "--logits", "--no-progress"]
+    assert main(args + ["--json", str(dataset_dir / "images")]) == 1  # a folder, not a file
+    assert "--json" in capsys.readouterr().err
+    (dataset_dir / "plots.txt").write_text("a file, not a folder")
+    assert main(args + ["--plots", str(dataset_dir / "plots.txt")]) == 1
+    assert "--plots" in capsys.readouterr().err
+
+
+def test_a_folder_of_float_maps_is_not_said_to_hold_integer_maps(dataset_dir, capsys):
+    from edge_irst.datasets import IrstdDataset
+
+    # the dataset's own labels as logits, every one a .npy: there is no integer map whose maximum could exceed 1
+    npy = dataset_dir / "npy"
+    npy.mkdir()
+    for sample, _, label in IrstdDataset(dataset_dir):
+        np.save(npy / f"{sample.stem}.npy", np.where(label, 4.0, -4.0).astype(np.float32))
+    assert prediction_folder(npy).integer_maps is False
+    assert prediction_folder(dataset_dir / "preds").integer_maps is True
+    assert prediction_folder(npy, maps="mask").integer_maps is None
+    assert main(["eval", "--data", str(dataset_dir), "--preds", str(npy), "--logits", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "exceeds 1" not in stdout and f"no integer maps in {npy}" in stdout
 
 
 def test_eval_cli_plots(dataset_dir, monkeypatch, capsys):

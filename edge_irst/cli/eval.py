@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_irst.cli import THREADS_HELP, runtime_threads
+from edge_irst.errors import InputError
 from edge_irst.metrics.conventions import COMPAT_MODES, MATCHING_RULES, OVERLAP_GATES, REPORT_DISTANCE
 from edge_irst.metrics.evaluate import MAP_READINGS
 
@@ -41,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preds = p.add_argument_group("predictions")
     preds.add_argument("--preds", metavar="DIR",
                        help="saved maps <stem>.npy (float) or <stem>.png (8/16-bit probabilities or 0/1 masks)")
-    preds.add_argument("--logits", action="store_true", help=".npy maps hold logits (threshold logit > 0)")
+    preds.add_argument("--logits", action="store_true",
+                       help=".npy maps hold logits (thresholded at logit(--threshold): logit > 0 by default)")
     preds.add_argument("--pred-maps", choices=MAP_READINGS, default="auto",
                        help="integer maps (PNG...) are probability levels (/255, 16-bit /65535) or 0/1 masks, one "
                             "reading for the whole folder; auto: masks if no map exceeds 1 (default: %(default)s)")
@@ -95,6 +97,8 @@ def run(args) -> int:
         why = ("--pred-maps" if args.pred_maps != "auto" else
                "auto: no map exceeds 1" if predict.reading == "mask" else "auto: a map exceeds 1")
         maps_read = f"integer maps of {source} read as {_READINGS[predict.reading]} ({why})"
+        if predict.integer_maps is False:
+            maps_read = f"no integer maps in {source}: every map is floating point (or boolean)"
     else:
         predict, source = _model_predictions(args)
         resize_labels = True  # resize policy: the label goes to the model's grid (the authors' protocol)
@@ -107,17 +111,24 @@ def run(args) -> int:
         print(maps_read)
     if args.json:
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"data": str(args.data or args.images), "split": args.split, "predictions": source,
                "prediction_maps": maps_read,
                "logits": args.logits or args.preds is None, "policy": None if args.preds else args.policy,
                **report.to_dict()}
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            raise InputError(f"--json {args.json}: cannot be written ({exc})") from exc
         log.info("wrote %s", path)
     if args.plots:
         from edge_irst.metrics.plots import save_plots
 
-        for path in save_plots(report.results[IrstdMetrics.name], args.plots):
+        try:
+            written = save_plots(report.results[IrstdMetrics.name], args.plots)
+        except OSError as exc:
+            raise InputError(f"--plots {args.plots}: cannot be written ({exc})") from exc
+        for path in written:
             log.info("wrote %s", path)
     return 0
 

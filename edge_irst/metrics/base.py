@@ -99,7 +99,7 @@ def step_average_precision(precision: np.ndarray, recall: np.ndarray) -> np.ndar
     lead = precision.shape[:-1]
     precision = np.concatenate([precision, np.ones(lead + (1,))], axis=-1)
     recall = np.concatenate([recall, np.zeros(lead + (1,))], axis=-1)
-    return -np.sum((recall[..., 1:] - recall[..., :-1]) * precision[..., :-1], axis=-1)
+    return np.sum((recall[..., :-1] - recall[..., 1:]) * precision[..., :-1], axis=-1)  # not negated: no -0.0
 
 
 def format_grid(rows: list) -> str:

@@ -159,7 +159,8 @@ def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> Predi
 
     maps: how the folder's integer maps are read, one way for all of them: "probabilities" (levels / 255, or /
     65535 for 16-bit), "mask" (0/1), or "auto": masks if every integer map in the folder stays <= 1, else
-    probabilities (found by reading each map once up front). The folder's reading is the predict_fn's `reading`.
+    probabilities (found by reading each map once up front). The folder's reading is the predict_fn's `reading`;
+    its `integer_maps` says whether "auto" found any integer map (None where `maps` was declared).
     """
     folder = Path(folder)
     if maps not in MAP_READINGS:
@@ -173,13 +174,14 @@ def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> Predi
             index.setdefault(path.stem, path)  # a stem saved twice: .npy (full precision) wins over images
     if not index:
         raise InputError(f"no prediction maps ({', '.join(PREDICTION_SUFFIXES)}) in {folder}")
-    reading = maps
+    reading, integer_maps = maps, None
     if maps == "auto":
         # Decided for the folder, not map by map: an 8-bit probability map whose highest level is 1 (a frame with
         # nothing in it but faint noise) would read as a mask, its level-1 pixels as targets.
-        reading = "probabilities"
+        reading, integer_maps = "probabilities", False
         for path in index.values():
             highest = _integer_maximum(path)
+            integer_maps = integer_maps or highest >= 0
             if highest > 1:  # one probability image settles it for the folder
                 reading = "probabilities"
                 break
@@ -195,6 +197,7 @@ def prediction_folder(folder, logits: bool = False, maps: str = "auto") -> Predi
         return read_map(path), "logits" if is_logit_map else reading
 
     predict.reading = reading
+    predict.integer_maps = integer_maps
     return predict
 
 
