@@ -95,7 +95,8 @@ class ControlChannel:
     `echo ... > fifo` can be repeated; a regular file is watched, see _follow, or read once when quit_on_eof).
     `quit_requested` is set by a `quit` line (and by the end of the source, when quit_on_eof), which then calls
     `on_quit` (e.g. the video source's stop(), so that a run waiting out a stream's reconnection ends at once
-    instead of at its next frame). `applied` counts the lines that changed the settings.
+    instead of at its next frame). `applied` counts the lines that changed the settings. close() ends the reading
+    without a quit (a watched file at its next poll, a pipe or stdin at its next line): nothing applies after it.
     stdin and paths are read as bytes and decoded line by line, so a line that is not UTF-8 is refused alone: the
     lines around it still apply and the channel keeps reading.
     """
@@ -105,6 +106,7 @@ class ControlChannel:
     def __init__(self, detector, source, quit_on_eof: bool = False, on_quit: Optional[Callable[[], None]] = None):
         self.detector, self.quit_on_eof, self._on_quit = detector, quit_on_eof, on_quit
         self.quit_requested = threading.Event()
+        self._closed = threading.Event()
         self.applied = 0
         self._source = source
         self._thread = threading.Thread(target=self._run, name="edge-irst-control", daemon=True)
@@ -112,6 +114,12 @@ class ControlChannel:
     def start(self) -> "ControlChannel":
         self._thread.start()
         return self
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _reading(self) -> bool:
+        return not (self.quit_requested.is_set() or self._closed.is_set())
 
     def handle(self, line: str) -> None:
         """Applies one line (logged); a bad line is logged and changes nothing."""
@@ -135,7 +143,7 @@ class ControlChannel:
 
     def _lines(self, stream: Union[TextIO, BinaryIO]) -> None:
         lines = iter(stream)
-        while not self.quit_requested.is_set():
+        while self._reading():
             try:
                 line = next(lines)
             except StopIteration:
@@ -149,6 +157,8 @@ class ControlChannel:
                 except UnicodeDecodeError as exc:
                     log.error("control: line %r refused: not UTF-8 text (%s)", line.strip(), exc)
                     continue
+            if not self._reading():  # closed while this line was awaited
+                return
             self.handle(line)
 
     def _run(self) -> None:
@@ -164,7 +174,7 @@ class ControlChannel:
         except OSError as exc:
             log.error("control: %s: %s", self._source, exc)
             return
-        if self.quit_on_eof:
+        if self.quit_on_eof and not self._closed.is_set():
             self._quit()
 
     def _quit(self) -> None:
@@ -177,7 +187,7 @@ class ControlChannel:
         if stat.S_ISREG(mode) and not self.quit_on_eof:
             return self._follow(path)
         is_fifo = stat.S_ISFIFO(mode)
-        while not self.quit_requested.is_set():
+        while self._reading():
             with open(path, "rb") as stream:  # a FIFO blocks here until a writer opens it
                 self._lines(stream)
             if not is_fifo:
@@ -189,7 +199,7 @@ class ControlChannel:
         it applies once the file has stayed the same for a poll. A file missing for a moment (an editor's save
         replaces it) is waited for."""
         taken, previous = b"", None  # the bytes whose lines were applied; the file at the last poll
-        while not self.quit_requested.is_set():
+        while self._reading():
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -201,7 +211,7 @@ class ControlChannel:
                 self._lines(io.BytesIO(data[len(taken):end]))
                 taken = data[:end]
             previous = data
-            self.quit_requested.wait(self.POLL_S)
+            self._closed.wait(self.POLL_S)
 
 
 def _describe(settings) -> str:

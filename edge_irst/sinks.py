@@ -216,7 +216,8 @@ class VideoSink(Sink):
     size fixes the video's); a frame of another size is resized to it. An odd width or height is padded with one
     black column / row at the right / bottom: the encoders take even sizes only, and OpenCV would otherwise crop
     the last column / row. Released by close(), which then reads the file's frame count back: OpenCV's writer
-    reports no write failure (a full disk, a file-size limit), so a video cut short is found only there."""
+    reports no write failure (a full disk, a file-size limit), so a video cut short is found only there. A video
+    opened (start) that got no frame is removed by close(): such a file (MP4, MKV) cannot even be read."""
 
     def __init__(self, path, fps: Optional[float] = None, raw: RawMapping = RawMapping()):
         self.path, self.raw = Path(path), raw
@@ -260,6 +261,10 @@ class VideoSink(Sink):
             return
         self._writer.release()
         self._writer = None
+        if not self._frames:  # opened for a first frame that a sink before it failed on: no output was made
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+            return
         # The containers written here (AVI and MP4 indexes, Matroska's duration) give the exact count back; a file
         # the disk cut short has no index (AVI: 0), no moov atom (MP4: not readable) or a bogus duration (MKV).
         capture = cv2.VideoCapture(str(self.path))

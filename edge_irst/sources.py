@@ -81,7 +81,8 @@ class Source:
     name: what it reads. live: True when frames are dropped rather than queued (camera, stream). fps: nominal frame
     rate where known, else None. length: number of frames where known, else None. skipped: corrupt frames/images
     passed over. dropped: frames captured but replaced by a newer one before anybody took them (live only).
-    reconnects / gaps_s: successful reopenings of a live source and the outage each one ended (s).
+    reconnects / gaps_s: reopenings of a live source that brought frames again, and the outage each one ended
+    (s, from the last frame before it to the first after it).
     skip_unsupported: True where every frame is a file of its own (images): one the pipeline cannot take (e.g. a
     16-bit colour PNG) is reported, counted in `skipped` and passed over like a corrupt one. Elsewhere all frames
     share the source's format, so the first unsupported one is an error rather than a skip per frame.
@@ -432,12 +433,22 @@ class LiveSource(Source):
     def _grab(self, capture: cv2.VideoCapture) -> None:
         index = 0
         last_frame_at = time.perf_counter()  # when the last frame came (or the capture opened): outages start here
+        # The outage in progress: its attempts left, and the one that reopened the source. It lasts until a frame
+        # comes: a reopening that delivers none (a stream that connects but cannot be decoded, a device that opens
+        # but does not stream) uses up an attempt instead of starting a new round of retries.
+        attempts, reopened_on = None, 0
         try:
             while not self._stop.is_set():
                 start = time.perf_counter()
                 ok, image = capture.read()
                 done = time.perf_counter()
                 if ok and image is not None:
+                    if attempts is not None:
+                        gap = done - last_frame_at
+                        self.reconnects += 1
+                        self.gaps_s.append(gap)
+                        log.warning("%s: reconnected on attempt %d after a %.2f s gap", self.name, reopened_on, gap)
+                        attempts = None
                     frame = Frame(index, image, time.time(), done, (done - start) * 1e3, self.name)
                     index += 1
                     last_frame_at = done
@@ -451,10 +462,16 @@ class LiveSource(Source):
                 capture = None
                 if self._stop.is_set():
                     break
-                capture = self._reopen(index - 1, last_frame_at)
-                if capture is None:
+                if attempts is None:
+                    attempts = enumerate(self.reconnect.delays(), start=1)
+                    self._log_outage(index - 1)
+                else:
+                    log.info("%s: reconnection attempt %d of %d opened it, but no frame came", self.name,
+                             reopened_on, self.reconnect.retries)
+                reopened = self._reopen(attempts, index - 1, last_frame_at)
+                if reopened is None:
                     break
-                last_frame_at = time.perf_counter()
+                capture, reopened_on = reopened
         except BaseException as exc:  # noqa: BLE001 - a crash must end the iteration, not hang it
             self._error = SourceError(f"{self.name}: the frame grabber failed: {type(exc).__name__}: {exc}")
         finally:
@@ -464,30 +481,34 @@ class LiveSource(Source):
                 self._finished = True
                 self._condition.notify_all()
 
-    def _reopen(self, last_index: int, lost: float) -> Optional[cv2.VideoCapture]:
-        """Reopen after an outage, waiting per reconnect.delays(); None when stopped or out of retries.
+    @staticmethod
+    def _after(last_index: int) -> str:
+        return f"after frame {last_index}" if last_index >= 0 else "before its first frame"
 
-        last_index: the last frame delivered (-1: none yet). lost: perf_counter() of its capture (or of the last
+    def _log_outage(self, last_index: int) -> None:
+        policy = self.reconnect
+        log.warning("%s: no frame %s; reconnecting (up to %d attempts, back-off %g s doubling to %g s)", self.name,
+                    self._after(last_index), policy.retries, policy.backoff_s, policy.longest_wait_s)
+
+    def _reopen(self, attempts: Iterator[tuple[int, float]], last_index: int,
+                lost: float) -> Optional[tuple[cv2.VideoCapture, int]]:
+        """(capture, attempt): the source reopened by the next of the outage's `attempts` (attempt, delay), each
+        after its wait; None when stopped or out of attempts. The reconnection counts once a frame comes (_grab).
+
+        last_index: the last frame delivered (-1: none yet). lost: perf_counter() of its capture (or of the
         opening), so a gap includes the read timeout that passed before the failure was noticed."""
         policy = self.reconnect
-        after = f"after frame {last_index}" if last_index >= 0 else "before its first frame"
-        log.warning("%s: no frame %s; reconnecting (up to %d attempts, back-off %g s doubling to %g s)", self.name,
-                    after, policy.retries, policy.backoff_s, policy.longest_wait_s)
-        for attempt, delay in enumerate(policy.delays(), start=1):
+        for attempt, delay in attempts:
             if self._stop.wait(delay):
                 return None
             capture = self._open()
             if capture is not None:
-                gap = time.perf_counter() - lost
-                self.reconnects += 1
-                self.gaps_s.append(gap)
-                log.warning("%s: reconnected on attempt %d after a %.2f s gap", self.name, attempt, gap)
-                return capture
+                return capture, attempt
             log.info("%s: reconnection attempt %d of %d failed", self.name, attempt, policy.retries)
         gap = time.perf_counter() - lost
         self.gaps_s.append(gap)
         self._error = SourceError(
-            f"{self.name}: lost {after}; {policy.retries} reconnection attempts over {gap:.1f} s "
+            f"{self.name}: lost {self._after(last_index)}; {policy.retries} reconnection attempts over {gap:.1f} s "
             f"failed. Check the camera/stream; to wait longer raise the retries or back-off "
             f"(Reconnect(retries=..., backoff_max_s=...), edge-irst run --reconnect-retries N)")
         log.error("%s", self._error)
@@ -513,8 +534,8 @@ class LiveSource(Source):
 
     def close(self) -> None:
         self.stop()
-        # A blocked read returns within read_timeout_s; the thread is a daemon, so an exit never waits longer.
-        self._thread.join(timeout=self.reconnect.read_timeout_s + 1.0)
+        # A blocked opening or read returns within its timeout; the thread is a daemon, so an exit never waits longer.
+        self._thread.join(timeout=max(self.reconnect.open_timeout_s, self.reconnect.read_timeout_s) + 1.0)
 
 
 # ---- opening a spec ------------------------------------------------------------------------------------------

@@ -110,6 +110,24 @@ def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_pat
     assert not channel._thread.is_alive()
 
 
+def test_close_ends_a_watched_file_and_no_line_applies_after_it(tmp_path):
+    path = tmp_path / "commands.txt"
+    path.write_text("threshold=1\n")
+    holder = _Holder()
+    channel = ControlChannel(holder, str(path)).start()
+    try:
+        assert _until(lambda: holder.settings.snapshot().threshold == 1.0)
+        channel.close()
+        channel._thread.join(10)
+        assert not channel._thread.is_alive() and not channel.quit_requested.is_set()  # closed, not quit
+        with open(path, "a") as fh:
+            fh.write("threshold=2\n")
+        time.sleep(3 * ControlChannel.POLL_S)
+        assert holder.settings.snapshot().threshold == 1.0 and channel.applied == 1
+    finally:
+        channel.quit_requested.set()
+
+
 def test_channel_logs_a_missing_path_and_changes_nothing(tmp_path, caplog):
     holder = _Holder()
     channel = ControlChannel(holder, str(tmp_path / "absent"))

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -303,6 +304,19 @@ def test_control_lines_on_stdin_change_the_running_stream_and_quit_it(tmp_path, 
     assert len(records) == summary["frames"]
     _check_one_switch(records)
     assert summary["threshold"] == 3.0 and summary["filter"]["size_max"] == 100
+
+
+def test_a_control_file_stops_being_watched_when_the_run_ends(tmp_path, capsys, onnx):
+    control = tmp_path / "control.txt"
+    control.write_text("threshold=1\n")
+    before = set(threading.enumerate())
+    summary = _run_json(capsys, "--model", onnx, "--threads", "1", "--source", "synthetic:64x64,frames=3",
+                        "--control", str(control))
+    assert summary["outcome"] == "completed"
+    watching = [t for t in set(threading.enumerate()) - before if t.name == "edge-irst-control"]
+    for thread in watching:
+        thread.join(2)
+    assert not any(t.is_alive() for t in watching)  # no thread left applying lines to a closed detector
 
 
 def test_control_fifo_is_reopened_for_each_writer(tmp_path, onnx):

@@ -258,6 +258,21 @@ def test_a_video_the_disk_cuts_short_is_reported_when_it_closes(tmp_path, noise_
     assert (tmp_path / f"short{suffix}").stat().st_size <= 200_000
 
 
+@pytest.mark.parametrize("suffix", [".avi", ".mkv", ".mp4"])
+def test_a_video_no_frame_got_to_is_removed_and_the_real_failure_raised(tmp_path, noise_results, suffix):
+    """SinkSet opens the video for the first frame; a sink before it fails on that frame: the video holds no
+    frame, so close() leaves no file (an empty MP4 / MKV is not even readable) and does not report it as cut
+    short, which would hide the failure that happened."""
+    images = tmp_path / "frames"
+    sinks = SinkSet([ImageFolderSink(images), VideoSink(tmp_path / f"v{suffix}")])
+    images.rmdir()
+    images.write_text("")  # the images' folder is gone: the first write fails
+    with pytest.raises(SinkError, match="cannot write the annotated images"):
+        with sinks:
+            sinks.write(noise_results[0])
+    assert not (tmp_path / f"v{suffix}").exists()
+
+
 def test_a_sink_that_fails_on_a_frame_has_the_ones_before_it_take_that_frame_back(tmp_path):
     from edge_irst.assets import default_model
 

@@ -277,9 +277,11 @@ class MjpegServer:
     """multipart/x-mixed-replace JPEG stream on 127.0.0.1, like an IP camera. Each connection gets frames
     numbered from a global counter (the grey level encodes it: 5 * number), `per_connection` of them (None =
     endless) at `fps`, then the connection is dropped, or with `hang` kept open without sending anything more
-    until stop(). stop() closes the listening socket: reconnections are refused."""
+    until stop(). `then` changes the connections after the first: "broken" ones send JPEGs whose data is zeroed
+    (FFmpeg opens them, but no frame decodes), "silent" ones get no answer at all until stop() (an opening waits
+    out its timeout). stop() closes the listening socket: reconnections are refused."""
 
-    def __init__(self, per_connection=None, fps=100.0, hang=False, port=0):
+    def __init__(self, per_connection=None, fps=100.0, hang=False, port=0, then=None):
         self.per_connection, self.period = per_connection, 1.0 / fps
         self.connections = 0
         self.sent = 0
@@ -289,6 +291,10 @@ class MjpegServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.connections += 1
+                later = then if server.connections > 1 else None
+                if later == "silent":
+                    server.stopping.wait()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
@@ -297,6 +303,8 @@ class MjpegServer:
                                                         or count < server.per_connection):
                     image = np.full((48, 64), (server.sent * 5) % 250, np.uint8)
                     jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+                    if later == "broken":
+                        jpeg = jpeg[:20] + bytes(len(jpeg) - 20)
                     try:
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
                                          % len(jpeg) + jpeg + b"\r\n")
@@ -396,6 +404,54 @@ def test_outages_name_the_last_frame_delivered_and_are_timed_from_it(caplog):
     assert f"lost after frame {frames[-1].index};" in str(error)
     # the first outage began with the last frame: the silence lasted the whole read timeout before it was noticed
     assert source.reconnects == 1 and source.gaps_s[0] >= reconnect.read_timeout_s
+
+
+def test_reopenings_that_bring_no_frame_use_up_the_retries(caplog):
+    """A stream that connects again but whose frames cannot be decoded is not back: each such reopening is one
+    failed attempt of the same outage, which ends with a SourceError, instead of a 'reconnection' per opening and
+    a new round of retries after each, for ever."""
+    reconnect = Reconnect(retries=3, backoff_s=0.05, backoff_max_s=0.1, open_timeout_s=2.0, read_timeout_s=1.0)
+    server = MjpegServer(per_connection=5, fps=100.0, then="broken")
+    source = open_source(server.url, reconnect)
+    watchdog = threading.Timer(4.0, source.stop)  # ends the iteration where the retries never run out
+    watchdog.start()
+    frames = []
+    try:
+        with caplog.at_level(logging.INFO, logger="edge_irst.sources"), pytest.raises(SourceError) as error:
+            for frame in source:
+                frames.append(frame)
+    finally:
+        watchdog.cancel()
+        source.close()
+        server.stop()
+    assert "3 reconnection attempts" in str(error.value) and server.connections == 4
+    assert frames and f"lost after frame {frames[-1].index};" in str(error.value)
+    assert source.reconnects == 0 and len(source.gaps_s) == 1 and "reconnected" not in caplog.text
+    assert caplog.text.count("opened it, but no frame came") == 3
+
+
+def _until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_close_waits_for_a_reconnection_blocked_in_its_opening():
+    """An opening blocks up to open_timeout_s, longer here than a read: close() waits for it, so that no grabber
+    thread is left holding the camera / stream after it returns."""
+    reconnect = Reconnect(retries=3, backoff_s=0.05, backoff_max_s=0.1, open_timeout_s=2.0, read_timeout_s=0.2)
+    server = MjpegServer(per_connection=5, fps=100.0, then="silent")
+    source = open_source(server.url, reconnect)
+    try:
+        assert next(iter(source)).index >= 0
+        assert _until(lambda: server.connections >= 2)  # the reopening now waits for an answer that never comes
+        time.sleep(0.1)
+        source.close()
+        assert not source._thread.is_alive()
+    finally:
+        server.stop()
+        source.close()
 
 
 def _gone_after_first_connection(server: "MjpegServer") -> None:

@@ -194,6 +194,8 @@ def run(args) -> int:
         except EdgeIrstError as exc:
             outcome, failure = "failed", exc
         finally:
+            if control is not None:  # no line applies to a run that has ended
+                control.close()
             status.close()
             try:
                 sinks.close()
