@@ -85,14 +85,20 @@ def _until(condition, seconds: float = 10.0) -> bool:
     return condition()
 
 
-def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_path):
+def _watching(tmp_path):
+    """(path, holder, channel): a channel watching a file whose first line, threshold=1, has been applied."""
     path = tmp_path / "commands.txt"
     path.write_text("threshold=1\n")
     holder = _Holder()
     channel = ControlChannel(holder, str(path)).start()
+    assert _until(lambda: holder.settings.snapshot().threshold == 1.0)
+    return path, holder, channel
+
+
+def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_path):
+    path, holder, channel = _watching(tmp_path)
     try:
         settings = holder.settings.snapshot
-        assert _until(lambda: settings().threshold == 1.0)
         with open(path, "a") as fh:  # echo ... >> file
             fh.write("threshold=2\n")
         assert _until(lambda: settings().threshold == 2.0)
@@ -111,12 +117,8 @@ def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_pat
 
 
 def test_close_ends_a_watched_file_and_no_line_applies_after_it(tmp_path):
-    path = tmp_path / "commands.txt"
-    path.write_text("threshold=1\n")
-    holder = _Holder()
-    channel = ControlChannel(holder, str(path)).start()
+    path, holder, channel = _watching(tmp_path)
     try:
-        assert _until(lambda: holder.settings.snapshot().threshold == 1.0)
         channel.close()
         channel._thread.join(10)
         assert not channel._thread.is_alive() and not channel.quit_requested.is_set()  # closed, not quit
