@@ -195,8 +195,12 @@ def _affine(scale: float, mean: tuple, std: tuple, channels: int) -> tuple:
 
 
 def read_image(path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Read an image file as stored (8-bit grey/BGR, or 16-bit raw); InputError if missing or undecodable."""
-    data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
+    """Read an image file as stored (8-bit grey/BGR, or 16-bit raw); InputError if missing, unreadable (no
+    permission, an I/O error) or undecodable."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     if data is None:
         raise InputError(f"image not found: {path}")
     if data.size == 0:  # cv2.imdecode asserts on an empty buffer instead of returning None

@@ -105,6 +105,37 @@ def test_bad_synthetic_specs_say_what_is_accepted(spec, message):
 
 
 # ---- images ------------------------------------------------------------------------------------------------------
+def test_an_image_that_cannot_be_read_is_reported_and_skipped(caplog):
+    """A file without read permission (root reads any: the check then runs with the effective uid of nobody)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # world-traversable, unlike pytest's tmp_path, for nobody
+    try:
+        folder.chmod(0o755)
+        image = SyntheticScene((48, 64), targets=1).frame(0).image
+        for name in ("a.png", "b.png"):
+            _write_png(folder / name, image)
+            (folder / name).chmod(0o644)
+        (folder / "b.png").chmod(0)
+        source = open_source(folder)
+        as_root = os.geteuid() == 0
+        with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+            if as_root:
+                os.seteuid(65534)
+            try:
+                frames = list(source)
+            finally:
+                if as_root:
+                    os.seteuid(0)
+        assert [f.name.rsplit("/", 1)[1] for f in frames] == ["a.png"] and source.skipped == 1
+        assert re.search(r"cannot read image \S*b\.png: Permission denied", caplog.text)
+    finally:
+        shutil.rmtree(folder)
+
+
 def test_folder_in_natural_order_with_corrupt_images_skipped_and_counted(tmp_path, caplog):
     scene = SyntheticScene((48, 64), targets=1)
     for i in (1, 2, 10):
