@@ -289,7 +289,7 @@ class ImageFolderSink(Sink):
         ok, data = cv2.imencode(".png", canvas)
         if not ok:
             raise SinkError(f"OpenCV could not encode frame {result.index} as PNG")
-        target = self.folder / f"frame_{result.index:06d}.png"
+        target = self._path(result)
         partial = target.with_suffix(".png.part")
         try:
             data.tofile(str(partial))
@@ -300,7 +300,10 @@ class ImageFolderSink(Sink):
             raise _sink_error("annotated images", target, exc) from exc
 
     def retract(self, result: FrameResult) -> None:
-        (self.folder / f"frame_{result.index:06d}.png").unlink(missing_ok=True)
+        self._path(result).unlink(missing_ok=True)
+
+    def _path(self, result: FrameResult) -> Path:
+        return self.folder / f"frame_{result.index:06d}.png"
 
 
 def gui_unavailable_reason() -> Optional[str]:

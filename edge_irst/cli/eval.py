@@ -94,11 +94,12 @@ def run(args) -> int:
     if args.preds is not None:
         predict = prediction_folder(args.preds, logits=args.logits, maps=args.pred_maps)
         resize_labels, source = args.resize_labels, str(args.preds)
-        why = ("--pred-maps" if args.pred_maps != "auto" else
-               "auto: no map exceeds 1" if predict.reading == "mask" else "auto: a map exceeds 1")
-        maps_read = f"integer maps of {source} read as {_READINGS[predict.reading]} ({why})"
         if predict.integer_maps is False:
             maps_read = f"no integer maps in {source}: every map is floating point (or boolean)"
+        else:
+            why = ("--pred-maps" if args.pred_maps != "auto" else
+                   "auto: no map exceeds 1" if predict.reading == "mask" else "auto: a map exceeds 1")
+            maps_read = f"integer maps of {source} read as {_READINGS[predict.reading]} ({why})"
     else:
         predict, source = _model_predictions(args)
         resize_labels = True  # resize policy: the label goes to the model's grid (the authors' protocol)
