@@ -1,6 +1,7 @@
 """Shared fixtures. Data and reference artifacts are read from ../shared; tests that need them skip without it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,14 @@ def require_shared(*parts: str) -> Path:
         pytest.skip(f"{path} is absent: this test needs the shared research data beside the repository "
                     f"(../shared), which is not distributed with edge-irst")
     return path
+
+
+def until(condition, seconds: float = 10.0) -> bool:
+    """Waits up to `seconds` for `condition()` to hold (a thread's work seen from the test); returns it then."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 from edge_irst.control import ControlChannel, parse_command
 from edge_irst.errors import InputError
 from edge_irst.postprocess import LiveSettings, PostprocessSettings
+from conftest import until
 
 
 @pytest.mark.parametrize("line, changes", [
@@ -78,20 +79,13 @@ def test_channel_reads_a_regular_file_once_and_quits_on_eof_when_asked(tmp_path)
     assert holder.settings.snapshot().threshold == 2.0 and channel.quit_requested.is_set()
 
 
-def _until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
-
-
 def _watching(tmp_path):
     """(path, holder, channel): a channel watching a file whose first line, threshold=1, has been applied."""
     path = tmp_path / "commands.txt"
     path.write_text("threshold=1\n")
     holder = _Holder()
     channel = ControlChannel(holder, str(path)).start()
-    assert _until(lambda: holder.settings.snapshot().threshold == 1.0)
+    assert until(lambda: holder.settings.snapshot().threshold == 1.0)
     return path, holder, channel
 
 
@@ -101,15 +95,15 @@ def test_channel_watches_a_regular_file_for_appended_and_rewritten_lines(tmp_pat
         settings = holder.settings.snapshot
         with open(path, "a") as fh:  # echo ... >> file
             fh.write("threshold=2\n")
-        assert _until(lambda: settings().threshold == 2.0)
+        assert until(lambda: settings().threshold == 2.0)
         path.write_text("size_min=4\n")  # echo ... > file: rewritten, shorter than what was read
-        assert _until(lambda: settings().target_filter.size_min == 4)
+        assert until(lambda: settings().target_filter.size_min == 4)
         path.write_text("size_min=6\nthreshold=5")  # the last line has no newline: applied once it stays so
-        assert _until(lambda: settings().threshold == 5.0 and settings().target_filter.size_min == 6)
+        assert until(lambda: settings().threshold == 5.0 and settings().target_filter.size_min == 6)
         assert channel.applied == 5 and channel._thread.is_alive()
         with open(path, "a") as fh:
             fh.write("\nquit\n")
-        assert _until(lambda: channel.quit_requested.is_set())
+        assert until(lambda: channel.quit_requested.is_set())
     finally:
         channel.quit_requested.set()
         channel._thread.join(10)

@@ -20,6 +20,7 @@ from edge_irst.errors import InputError, SourceError
 from edge_irst.sources import (IterableSource, LiveSource, Reconnect, SyntheticSource, VideoFileSource,
                                open_source)
 from edge_irst.synthetic import SyntheticScene, match_truth
+from conftest import until
 
 
 def _write_png(path, image):
@@ -461,13 +462,6 @@ def test_reopenings_that_bring_no_frame_use_up_the_retries(caplog):
     assert caplog.text.count("opened it, but no frame came") == 3
 
 
-def _until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
-
-
 def test_close_waits_for_a_reconnection_blocked_in_its_opening():
     """An opening blocks up to open_timeout_s, longer here than a read: close() waits for it, so that no grabber
     thread is left holding the camera / stream after it returns."""
@@ -476,7 +470,7 @@ def test_close_waits_for_a_reconnection_blocked_in_its_opening():
     source = open_source(server.url, reconnect)
     try:
         assert next(iter(source)).index >= 0
-        assert _until(lambda: server.connections >= 2)  # the reopening now waits for an answer that never comes
+        assert until(lambda: server.connections >= 2)  # the reopening now waits for an answer that never comes
         time.sleep(0.1)
         source.close()
         assert not source._thread.is_alive()
