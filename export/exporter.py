@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Union
 
 from edge_irst.contract import ModelContract, sidecar_path, write_sidecar
 from edge_irst.errors import EdgeIrstError, InputError, VerificationError
+from edge_irst.preprocess import preprocess
 
 from .calibration import calibration_frames, check_limit
 from .formats import FORMATS, ONNX_HUB_REQUIRES, PRECISIONS, TORCH_REQUIRES, Format, check_requirements, parse_names
@@ -169,7 +170,8 @@ def _toolchain(fmt: Format) -> dict:
 
 def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Union[str, Iterable[str]] = "fp32",
            calib=None, imgsz: Union[int, str, Iterable[int]] = 256, dynamic: bool = False, out=DEFAULT_OUT,
-           name: Optional[str] = None, threads: Optional[int] = None, calib_limit: int = 64) -> ExportReport:
+           name: Optional[str] = None, threads: Optional[int] = None, calib_limit: int = 64,
+           grey_input: bool = False) -> ExportReport:
     """Convert `weights` to every format x precision asked for, verify each artifact, write the model folder.
 
     weights: our checkpoint, a bare state dict, or the authors' LW_IRST.pkl (see models.load_checkpoint).
@@ -179,7 +181,9 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     (>= 1) are used. imgsz: export size, an int or (H, W), multiples of the model stride. dynamic: symbolic H/W
     where the format allows (ONNX, ncnn, MNN, TFLite), verified at imgsz and at 320x480. out / name: the model
     folder is out/name (name defaults to the architecture). threads: CPU threads (>= 1) for torch (tracing, the
-    reference logits) and for the runtimes during verification (None: each library's default).
+    reference logits) and for the runtimes during verification (None: each library's default). grey_input:
+    artifacts that take the IR frame as one channel (models/grey_input.py: the RGB model's function on grey frames,
+    checked against it on the calibration frames before any conversion).
     """
     fmt_names = parse_names(formats, FORMATS, "export format")
     precision_names = parse_names(precisions, PRECISIONS, "precision")
@@ -189,7 +193,8 @@ def export(weights, formats: Union[str, Iterable[str]] = "onnx", precisions: Uni
     check_requirements(fmt_names)
     out = _writable_folder(Path(out))
     with _torch_threads(threads):
-        return _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, name, threads, calib_limit)
+        return _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, name, threads, calib_limit,
+                       grey_input)
 
 
 @contextlib.contextmanager
@@ -209,7 +214,7 @@ def _torch_threads(threads: Optional[int]):
 
 
 def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, name, threads,
-            calib_limit) -> ExportReport:
+            calib_limit, grey_input) -> ExportReport:
     from edge_irst.models import load_checkpoint
 
     loaded = load_checkpoint(weights)
@@ -221,19 +226,63 @@ def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, nam
                                    source=Path(weights).name, source_sha256=loaded.sha256,
                                    provenance="edge-irst export")
     frames, origin = calibration_frames(Path(calib) if calib is not None else None, calib_limit)
-    reference = Reference(loaded.model, frames, base)
+    model = loaded.model
+    if grey_input:
+        model, base = _grey_input(model, base, frames, size)
+    reference = Reference(model, frames, base)
     log.info("exporting %s (%s, sha256 %s) to %s; calibration/verification on %s", name, weights,
              loaded.sha256[:12], folder, origin)
     report = ExportReport(name, folder, str(weights), loaded.sha256, origin)
     jobs = [(FORMATS[f], p) for f in fmt_names for p in precision_names]
     with tempfile.TemporaryDirectory(prefix="edge-irst-export-") as scratch:
-        run = _Run(name, folder, base, size, dynamic, loaded.model, reference, threads,
-                   _Hubs(loaded.model, Path(scratch), reference.batches(size)[0]))
+        run = _Run(name, folder, base, size, dynamic, model, reference, threads,
+                   _Hubs(model, Path(scratch), reference.batches(size)[0]))
         for index, (fmt, precision) in enumerate(jobs, 1):
             report.artifacts.append(run.export_one(fmt, precision, f"[{index}/{len(jobs)}] {fmt.name} {precision}"))
     _write_manifest(report)
     _raise_for_failures(report)
     return report
+
+
+# How far the grey-input model may stray from the RGB one, relative to the largest |logit|: float32 rounding of the
+# folded weights is about 1e-6 of it (the bundled weights: 6e-7); a wrong fold is off by far more than 1e-4.
+GREY_FOLD_TOLERANCE = 1e-4
+
+
+def _grey_input(model, contract: ModelContract, frames, size) -> tuple:
+    """(the grey-input model, its contract): one GRAY channel, pixel * scale, no mean or deviation. Checked first
+    against the RGB model on the verification frames (their grey conversion, replicated), so that a wrong fold
+    is an error here rather than artifacts verified against the wrong reference."""
+    import torch
+
+    from edge_irst.models import fold_grey_input
+
+    if contract.channels != 3:
+        raise InputError(f"--grey-input folds an RGB/BGR model's three channels into one; this model's contract is "
+                         f"already {contract.channel_order}")
+    grey = fold_grey_input(model, contract.mean, contract.std)
+    grey_contract = contract.replace(channel_order="GRAY", mean=(0.0,), std=(1.0,),
+                                     extra={**contract.extra, "grey_input": _grey_note(contract)})
+    mean = torch.tensor(contract.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(contract.std, dtype=torch.float32).view(1, -1, 1, 1)
+    worst = 0.0
+    with torch.no_grad():
+        for frame in frames:
+            plane = torch.from_numpy(preprocess(frame, grey_contract, size=size))  # [1, 1, H, W]
+            expected, got = model((plane - mean) / std), grey(plane)  # the RGB model on the grey frame replicated
+            worst = max(worst, float((expected - got).abs().max() / expected.abs().max().clamp_min(1e-6)))
+    if worst > GREY_FOLD_TOLERANCE:
+        raise VerificationError(f"grey input: the folded model differs from the RGB model by {worst:.2e} of the "
+                                f"largest logit on the calibration frames (allowed {GREY_FOLD_TOLERANCE:.0e})")
+    log.info("grey input: folded model within %.1e of the RGB model's largest logit on %d frames", worst,
+             len(frames))
+    return grey, grey_contract
+
+
+def _grey_note(contract: ModelContract) -> str:
+    return (f"one channel, the frame's grey level * scale; the {contract.channel_order} model's normalisation "
+            f"(mean {list(contract.mean)}, std {list(contract.std)}) and stem BatchNorm folded into the stem "
+            f"(models/grey_input.py)")
 
 
 def _raise_for_failures(report: ExportReport) -> None:

@@ -22,7 +22,15 @@ authors' fp32 ncnn, at the same accuracy on the test splits; the same rewrite ma
 so only the int8 twin gets it.
 Left in fp32: depthwise convolutions (on LW-IRSTNet, one thread, AMD EPYC with AVX-512 VNNI, interleaved rounds:
 the model ran 1.29x faster than fp32 with its Convolutions in int8, 1.11x with its depthwise ones in int8 too),
-deconvolutions of any other geometry, and every other layer.
+Convolutions that read fewer than 4 channels from a layer other than a Convolution (a stem on the 3 colour
+channels or on the planes of a grey-input model), deconvolutions of any other geometry, and every other layer.
+Why those narrow-input ones: they would quantise an fp32 input (at full resolution, for a stem) for an int8 kernel
+that gains little on so few channels. LW-IRSTNet's stem (3 -> 5 channels at 256x256) took 0.24 ms in int8 against
+0.10 ms in fp32 widened to 8 outputs (ncnn_widen.py), and the whole int8 model ran 1.05x faster with it in fp32
+(ncnn 1.0.20261020, one thread, AMD EPYC Zen 5, 16 interleaved rounds, ad hoc script); so the int8 twin is
+quantised from the widened fp32 model. A narrow Convolution fed by a Convolution stays int8: it gets its input
+already requantised to int8 (8=102 above), and keeping the bottlenecks' 2-channel ones in fp32 as well cost
+that model 5 %.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ from edge_irst.backends.ncnn_format import (CONVOLUTIONS, FP16_TAG, FP32_TAG, IN
 from edge_irst.errors import InputError, MissingDependencyError, ModelFileError
 
 REQUANTISED = 100  # added to int8_scale_term when the output is requantised for the next layer
+INT8_MIN_INPUTS = 4  # Convolutions reading fewer channels, not from another Convolution, stay fp32 (module text)
 _INT8_WEIGHTS = (*CONVOLUTIONS, "InnerProduct")  # layers whose param 8 says their weights are int8
 
 
@@ -192,6 +201,15 @@ def _subpixel(layer: ParamLayer, blocks: dict) -> tuple[list[ParamLayer], list[d
     return [conv, shuffle], [conv_blocks, {}]
 
 
+def input_channels(layer: ParamLayer) -> int:
+    """How many channels a Convolution reads: its weight count over outputs x kernel area (ncnn's defaults: a
+    square kernel when 11= is absent)."""
+    p = layer.params
+    kernel_w = int(p.get("1", 0))
+    area = int(p.get("0", 0)) * kernel_w * int(p.get("11", kernel_w))
+    return int(p.get("6", 0)) // area if area else 0
+
+
 def _scale(peak: float) -> float:
     return 127.0 / peak if peak > 0 else 1.0  # an input that is always 0 quantises exactly with any scale
 
@@ -213,7 +231,9 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
     layer_count, blob_count = (int(v) for v in header[1].split())
     header = [header[0], f"{layer_count + subpixel} {blob_count + subpixel}"]
     # Calibrated on the fp32 model as given: every Convolution input, a sub-pixel one's included, is a blob of it.
-    convolutions = [layer for layer in layers if layer.type == "Convolution"]
+    producer = {blob: layer for layer in layers for blob in layer.tops}
+    convolutions = [layer for layer in layers if layer.type == "Convolution"
+                    and (input_channels(layer) >= INT8_MIN_INPUTS or producer[layer.bottoms[0]].type == "Convolution")]
     for layer, blocks in zip(layers, arrays):
         if layer.type == "Convolution" and not np.isfinite(blocks["weight"]).all():
             raise ModelFileError(f"{weights}: the weights of layer {layer.name} hold inf/NaN")
@@ -249,7 +269,10 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
         lines.append(f"{layer.line} 8={term}")
     out_param.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out_param.with_suffix(".bin").write_bytes(bytes(blob))
-    left = [layer.type for layer in layers if layer.type in ("ConvolutionDepthWise", "Deconvolution")]
+    int8 = {id(c) for c in convolutions}
+    left = [layer.type if layer.type != "Convolution" else "Convolution (narrow input)"
+            for layer in layers if layer.type in ("ConvolutionDepthWise", "Deconvolution")
+            or (layer.type == "Convolution" and id(layer) not in int8)]
     return {"int8_convolutions": len(convolutions), "requantised": requantised,
             "subpixel_deconvolutions": subpixel, "fp32_kept": {kind: left.count(kind) for kind in sorted(set(left))},
             "calibration": f"min-max of each int8 layer's input over {len(batches)} batches"}

@@ -8,7 +8,8 @@ whole fp32 model ran 1.06x faster at 1 thread and 1.05x at 2 (AMD EPYC Zen 4, nc
 rounds, ad hoc script). Layers with 1 or 2 outputs gained nothing from it there (widened to 8 and cropped:
 0.99-1.02x of the model), so only 5 to 7 are widened; 16 outputs ran slower than 8 for that layer (0.52 ms), so
 the width is 8, not the register's 16. The fp16 artifact (float16 weights, fp32 arithmetic on x86) gains the same:
-1.05x at 1 thread. The int8 twin does not (0.97-0.99x widened), so it is quantised from pnnx's own model.
+1.05x at 1 thread. The int8 twin is quantised from the widened model, its narrow-input stem kept in fp32
+(ncnn_int8.py): the stem widened and in int8 had run 0.97-0.99x.
 """
 from __future__ import annotations
 

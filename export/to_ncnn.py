@@ -91,17 +91,19 @@ def convert_ncnn(model, contract: ModelContract, out_path: Path, precision: str,
                                  f"{done.returncode}): " + " | ".join(tail))
         names = blob_names(param)
         extra = contract.extra
-        if precision == "int8":  # from the fp32 model pnnx wrote (fp16=0), calibrated on every batch
-            done = quantize_ncnn(param, out_path, calib_batches, names[0])
+        # Every precision widened first; int8 is then quantised from that fp32 model (fp16=0), calibrated on
+        # every batch, its narrow-input stem left in widened fp32 (ncnn_int8.py says why).
+        widened_path = Path(scratch) / "widened.param" if precision == "int8" else out_path
+        widened = widen_narrow_convolutions(param, widened_path)
+        if widened:
+            extra = {**extra, "ncnn_widened": f"{widened} Convolution layer(s) with {NARROW_OUTPUTS.start}-"
+                                              f"{NARROW_OUTPUTS.stop - 1} outputs computed on {WIDTH} and "
+                                              f"cropped back (export/ncnn_widen.py)"}
+        if precision == "int8":
+            done = quantize_ncnn(widened_path, out_path, calib_batches, names[0])
             subpixel = (f", {done['subpixel_deconvolutions']} of them Deconvolutions rewritten as sub-pixel "
                         f"convolutions" if done["subpixel_deconvolutions"] else "")
             extra = {**extra, "ncnn_int8": f"{done['int8_convolutions']} Convolution layers in int8 "
                                           f"({done['requantised']} requantised for the next one{subpixel}), "
                                           f"{done['fp32_kept'] or 'nothing else'} kept fp32; {done['calibration']}"}
-        else:  # fp32 / fp16 widened on the way out; the int8 twin ran 0.97-0.99x widened, so it is not
-            widened = widen_narrow_convolutions(param, out_path)
-            if widened:
-                extra = {**extra, "ncnn_widened": f"{widened} Convolution layer(s) with {NARROW_OUTPUTS.start}-"
-                                                  f"{NARROW_OUTPUTS.stop - 1} outputs computed on {WIDTH} and "
-                                                  f"cropped back (export/ncnn_widen.py)"}
     return out_path, contract.replace(precision=precision, input_name=names[0], output_name=names[1], extra=extra)

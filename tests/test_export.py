@@ -176,22 +176,22 @@ def test_ncnn_fp32_and_fp16_compute_the_5_output_stem_on_8_and_crop_it_back(repo
     assert report.artifact("ncnn", "fp32").verified
     extra = read_sidecar(report.path("ncnn", "fp32"))["contract"]["extra"]
     assert extra["ncnn_widened"].startswith("1 Convolution layer(s) with 5-7 outputs")
-    # fp16 (float16 weights) is widened the same way; the int8 twin is quantised from pnnx's own model, its stem
-    # keeps 5 outputs (widened it ran 0.97-0.99x)
-    _, fp16_layers = read_param(report.path("ncnn", "fp16"))
-    assert [layer.params["-23310"] for layer in fp16_layers if layer.type == "Crop"] == ["1,5"]
-    assert "ncnn_widened" in read_sidecar(report.path("ncnn", "fp16"))["contract"]["extra"]
-    _, int8_layers = read_param(report.path("ncnn", "int8"))
-    assert not any(layer.type == "Crop" for layer in int8_layers)
+    # fp16 (float16 weights) and int8 are widened the same way: the int8 twin is quantised from the widened model,
+    # its stem (3 input channels) left in fp32 (export/ncnn_int8.py)
+    for precision in ("fp16", "int8"):
+        _, layers = read_param(report.path("ncnn", precision))
+        assert [layer.params["-23310"] for layer in layers if layer.type == "Crop"] == ["1,5"], precision
+        assert "ncnn_widened" in read_sidecar(report.path("ncnn", precision))["contract"]["extra"]
 
 
 def test_ncnn_int8_artifact_runs_its_convolutions_in_int8(report):
-    """export/ncnn_int8.py: the Convolutions int8 (8=2, or 8=102 where one feeds the next), the rest fp32; the
-    backend counts the int8 layers and says so in the precision it reports."""
+    """export/ncnn_int8.py: the Convolutions int8 (8=2, or 8=102 where one feeds the next) but the stem on the 3
+    input channels, the rest fp32; the backend counts the int8 layers and says so in the precision it reports."""
     row = report.artifact("ncnn", "int8")
     assert row.verified, row.reason
     lines = report.path("ncnn", "int8").read_text().splitlines()
-    convolutions = [line for line in lines if line.startswith("Convolution ")]
+    stem, *convolutions = [line for line in lines if line.startswith("Convolution ")]
+    assert " 8=" not in stem and " 6=216" in stem  # 8 (widened) x 3 x 3 x 3 fp32 weights
     assert convolutions and all(line.split()[-1] in ("8=2", "8=102") for line in convolutions)
     assert any(line.endswith(" 8=102") for line in convolutions)
     assert not any(" 8=" in line for line in lines if line.split()[0] in ("ConvolutionDepthWise", "Deconvolution"))
@@ -199,6 +199,7 @@ def test_ncnn_int8_artifact_runs_its_convolutions_in_int8(report):
     effect = sidecar["verification"]["options_in_effect"]
     assert effect["precision"] == "int8+fp32" and effect["int8_layers"] == len(convolutions)
     assert f"{len(convolutions)} Convolution layers in int8" in sidecar["contract"]["extra"]["ncnn_int8"]
+    assert "'Convolution (narrow input)': 1" in sidecar["contract"]["extra"]["ncnn_int8"]
     # about a byte per weight of the convolutions instead of four
     fp32_bin = report.folder / report.artifact("ncnn", "fp32").files[1]
     assert (report.folder / row.files[1]).stat().st_size < 0.5 * fp32_bin.stat().st_size
@@ -236,6 +237,66 @@ def test_verification_refuses_an_artifact_that_disagrees(report, model, frames):
     with pytest.raises(VerificationError, match=r"onnx/fp32: logit diff beyond .*max \|logit diff\| \d") as info:
         _raise_for_failures(ExportReport("m", report.folder, "w", "", "", [failed]))
     assert info.value.report.artifacts == [failed]
+
+
+# ---- --grey-input ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def grey_report(authors_dir, tmp_path_factory) -> ExportReport:
+    return export(authors_dir / "LW_IRST.pkl", formats=ALL, precisions="fp32,int8", grey_input=True,
+                  calib=authors_dir / "samples" / "images", out=tmp_path_factory.mktemp("grey"), threads=1)
+
+
+@pytest.mark.parametrize("fmt", ALL)
+def test_grey_input_artifacts_take_one_channel_and_give_the_rgb_models_logits(grey_report, model, frames, fmt):
+    """--grey-input: the artifact reads the frame's grey level as its one channel and computes what the authors'
+    RGB model computes on that grey frame replicated into three channels (models/grey_input.py)."""
+    import cv2
+
+    row = grey_report.artifact(fmt, "fp32")
+    assert row.verified, row.reason
+    assert all(grey_report.artifact(fmt, "int8").verified for fmt in ALL)
+    greys = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3 else f for f in frames]
+    _, expected = _logits(model, greys, AUTHORS_CONTRACT)  # the RGB model on the grey frames, replicated
+    with load_backend(grey_report.path(fmt, "fp32"), threads=1, precision="fp32") as runtime:
+        contract = runtime.contract
+        assert (contract.channel_order, contract.mean, contract.std) == ("GRAY", (0.0,), (1.0,))
+        assert contract.scale == AUTHORS_CONTRACT.scale and "folded into the stem" in contract.extra["grey_input"]
+        batch = np.concatenate([preprocess(f, contract) for f in frames])  # colour frames converted to grey
+        assert batch.shape == (5, 1, 256, 256)
+        got = runtime.run(batch)
+    assert _tolerance_used("fp32", got, expected) <= 1.0, float(np.abs(got - expected).max())
+    assert np.mean((got > 0) == (expected > 0)) >= 0.999
+
+
+def test_a_grey_fold_that_strays_from_the_rgb_model_is_refused_before_any_conversion(authors_dir, tmp_path,
+                                                                                      monkeypatch):
+    """The exporter checks the folded model against the RGB one first: a fold that ignored the stem's zero padding
+    (one plane, the means in the bias) is refused, and nothing is written."""
+    import edge_irst.models as models
+
+    fold = models.fold_grey_input
+
+    def fold_ignoring_the_padding(model, mean, std):
+        grey = fold(model, mean, std)
+        weight = grey.stem.conv.weight.data
+        grey.stem.conv.bias.data += weight[:, 1].sum((1, 2))
+        weight[:, 1] = 0.0
+        return grey
+
+    monkeypatch.setattr(models, "fold_grey_input", fold_ignoring_the_padding)
+    with pytest.raises(VerificationError, match="grey input: the folded model differs from the RGB model"):
+        export(authors_dir / "LW_IRST.pkl", formats="onnx", grey_input=True, calib=authors_dir / "samples" / "images",
+               out=tmp_path, threads=1)
+    assert not list((tmp_path / "lw_irstnet").glob("*.onnx"))
+
+
+def test_grey_input_ncnn_int8_keeps_its_stem_planes_in_fp32(grey_report):
+    """The ones plane (1 -> 1), the stem (2 planes -> 5) and the pooled channels (1 -> 3) read too few channels
+    from no Convolution to gain from int8 (export/ncnn_int8.py); everything after them is int8 as in RGB."""
+    lines = grey_report.path("ncnn", "int8").read_text().splitlines()
+    convolutions = [line for line in lines if line.startswith("Convolution ")]
+    assert [" 8=" in line for line in convolutions[:3]] == [False] * 3
+    assert all(line.split()[-1] in ("8=2", "8=102") for line in convolutions[3:])
 
 
 # ---- --dynamic ---------------------------------------------------------------------------------------------------

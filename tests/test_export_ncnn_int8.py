@@ -14,21 +14,22 @@ from edge_irst.backends.ncnn_format import INT8_TAG  # noqa: E402
 from edge_irst.export.ncnn_int8 import quantize_ncnn  # noqa: E402
 
 SLOPE = 0.1
-CHANNELS, HIDDEN, OUTPUTS, SIZE = 3, 8, 4, 16
+CHANNELS, HIDDEN, OUTPUTS, SIZE = 4, 8, 4, 16  # 4 inputs: conv0 is not a narrow-input stem
 
 
-def _weights(seed: int = 0) -> dict:
+def _weights(seed: int = 0, channels: int = CHANNELS, hidden: int = HIDDEN) -> dict:
     rng = np.random.default_rng(seed)
-    return {"w0": rng.normal(0, 0.4, (HIDDEN, CHANNELS, 3, 3)).astype(np.float32),
-            "b0": rng.normal(0, 0.1, HIDDEN).astype(np.float32),
-            "w1": rng.normal(0, 0.4, (OUTPUTS, HIDDEN, 1, 1)).astype(np.float32),
+    return {"w0": rng.normal(0, 0.4, (hidden, channels, 3, 3)).astype(np.float32),
+            "b0": rng.normal(0, 0.1, hidden).astype(np.float32),
+            "w1": rng.normal(0, 0.4, (OUTPUTS, hidden, 1, 1)).astype(np.float32),
             "b1": rng.normal(0, 0.1, OUTPUTS).astype(np.float32)}
 
 
 def _write_model(folder, weights: dict, extra_layer: str = "", tag: int = 0):
     """Input -> 3x3 Convolution (pad 1, bias, leaky ReLU) -> 1x1 Convolution (bias) -> out, as pnnx writes it."""
-    layers = [f"Input in0 0 1 in0 0={SIZE} 1={SIZE} 2={CHANNELS}",
-              f"Convolution conv0 1 1 in0 c0 0={HIDDEN} 1=3 11=3 4=1 14=1 5=1 6={weights['w0'].size} 9=2 "
+    hidden, channels = weights["w0"].shape[:2]
+    layers = [f"Input in0 0 1 in0 0={SIZE} 1={SIZE} 2={channels}",
+              f"Convolution conv0 1 1 in0 c0 0={hidden} 1=3 11=3 4=1 14=1 5=1 6={weights['w0'].size} 9=2 "
               f"-23310=1,{SLOPE}",
               f"Convolution conv1 1 1 c0 out 0={OUTPUTS} 1=1 11=1 5=1 6={weights['w1'].size}"]
     if extra_layer:
@@ -43,7 +44,7 @@ def _write_model(folder, weights: dict, extra_layer: str = "", tag: int = 0):
 
 def _numpy_model(weights: dict, x: np.ndarray) -> np.ndarray:
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    hidden = np.zeros((HIDDEN, SIZE, SIZE), np.float64)
+    hidden = np.zeros((len(weights["w0"]), SIZE, SIZE), np.float64)
     for dy in range(3):
         for dx in range(3):
             hidden += np.einsum("oc,chw->ohw", weights["w0"][:, :, dy, dx], padded[:, dy:dy + SIZE, dx:dx + SIZE])
@@ -67,9 +68,9 @@ def _run(param, x: np.ndarray, int8: bool = True) -> np.ndarray:
     return out
 
 
-def _batches(count: int, seed: int = 1) -> list:
+def _batches(count: int, seed: int = 1, channels: int = CHANNELS) -> list:
     rng = np.random.default_rng(seed)
-    return [rng.uniform(-1, 1, (1, CHANNELS, SIZE, SIZE)).astype(np.float32) for _ in range(count)]
+    return [rng.uniform(-1, 1, (1, channels, SIZE, SIZE)).astype(np.float32) for _ in range(count)]
 
 
 @pytest.fixture
@@ -94,6 +95,36 @@ def test_int8_model_runs_in_ncnn_close_to_the_fp32_convolutions(tiny, tmp_path):
     got = _run(tmp_path / "tiny_int8.param", x)
     error = np.abs(got - expected).max() / np.abs(expected).max()
     assert 0 < error < 0.03  # int8, so not exact; a wrong scale or layout is off by far more
+
+
+def test_a_stem_on_three_channels_stays_fp32_and_unchanged(tmp_path):
+    """conv0 reads the 3-channel input: kept fp32 (line and weights as given); conv1 still goes int8."""
+    weights = _weights(channels=3)
+    param = _write_model(tmp_path, weights)
+    done = quantize_ncnn(param, tmp_path / "stem.param", _batches(8, channels=3), "in0")
+    assert done["int8_convolutions"] == 1 and done["requantised"] == 0
+    assert done["fp32_kept"] == {"Convolution (narrow input)": 1}
+    lines = (tmp_path / "stem.param").read_text().splitlines()
+    assert lines[:4] == param.read_text().splitlines()[:4] and lines[4].endswith(" 8=2")
+    w0 = weights["w0"]
+    stored = (tmp_path / "stem.bin").read_bytes()[:4 + 4 * (w0.size + len(weights["b0"]))]
+    assert stored == param.with_suffix(".bin").read_bytes()[:len(stored)]
+    x = _batches(1, seed=7, channels=3)[0][0]
+    expected = _numpy_model(weights, x)
+    error = np.abs(_run(tmp_path / "stem.param", x) - expected).max() / np.abs(expected).max()
+    assert 0 < error < 0.03
+
+
+def test_a_narrow_convolution_fed_by_a_convolution_stays_int8(tmp_path):
+    """conv1 reads 2 channels, but from conv0, which hands them over requantised: both go int8."""
+    weights = _weights(hidden=2)
+    param = _write_model(tmp_path, weights)
+    done = quantize_ncnn(param, tmp_path / "narrow.param", _batches(8), "in0")
+    assert done["int8_convolutions"] == 2 and done["requantised"] == 1 and done["fp32_kept"] == {}
+    x = _batches(1, seed=7)[0][0]
+    expected = _numpy_model(weights, x)
+    error = np.abs(_run(tmp_path / "narrow.param", x) - expected).max() / np.abs(expected).max()
+    assert 0 < error < 0.05
 
 
 def test_int8_param_and_bin_layout(tiny, tmp_path):

@@ -213,3 +213,46 @@ def test_malformed_checkpoint_documents_are_named(tmp_path, doc, message):
     torch.save(doc, path)
     with pytest.raises(ModelFileError, match=rf"malformed\.pt: .*{message}"):
         load_checkpoint(path)
+
+
+def _with_trained_statistics(model):
+    """Non-trivial BatchNorm statistics and PReLU slopes, so that folding them in is tested (a fresh model's are
+    0, 1 and 0.25)."""
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.normal_(1, 0.5, generator=generator)  # some gains negative
+            module.bias.data.normal_(0, 0.5, generator=generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize("size", [(64, 96), (72, 56)])
+def test_the_grey_input_model_computes_the_rgb_model_on_the_grey_frame_replicated(size):
+    """models/grey_input.py: one channel g in, the RGB model's logits on (g - mean_c) / std_c out, to float
+    rounding. The bright border rows and columns make the stem's zero padding count: a fold that ignored it (one
+    plane, the means in the bias) is off there by far more than the bound."""
+    from edge_irst.models import fold_grey_input
+
+    model = _with_trained_statistics(create_model("lw_irstnet"))
+    mean, std = AUTHORS_CONTRACT.mean, AUTHORS_CONTRACT.std
+    grey = fold_grey_input(model, mean, std)
+    g = torch.rand((2, 1, *size), generator=torch.Generator().manual_seed(4))
+    g[:, :, :2], g[:, :, :, :2], g[1] = 1.0, 1.0, 0.0  # a frame all black: only the padding sets it apart
+    rgb = (g - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected, got = model(rgb), grey(g)
+    assert got.shape == expected.shape == (2, 1, *size)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max()) + 1e-5
+    assert type(model.stem).__name__ == "InitialBlock" and model.stem.conv.in_channels == 3  # the original kept
+    assert grey.stem.conv.in_channels == 2 and not any(p.requires_grad for p in grey.stem.parameters())
+
+
+def test_grey_input_refuses_a_model_without_an_lw_irstnet_stem_and_mismatched_statistics():
+    from edge_irst.models import fold_grey_input
+
+    with pytest.raises(ValueError, match="no LW-IRSTNet InitialBlock stem"):
+        fold_grey_input(torch.nn.Conv2d(3, 1, 3), (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="reads 3 channels, but 1 means"):
+        fold_grey_input(create_model("lw_irstnet"), (0.5,), (0.25,))

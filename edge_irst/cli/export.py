@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size.add_argument("--dynamic", action="store_true",
                       help="symbolic H/W (multiples of 8) for ONNX, ncnn, MNN and TFLite, so full-resolution frames "
                            "run; traced and verified at 256x256 and 320x480")
+    p.add_argument("--grey-input", action="store_true",
+                   help="artifacts that take the IR frame as one grey channel: the RGB model's result on grey frames, "
+                        "with a third of the input to preprocess (models/grey_input.py)")
     p.add_argument("--out", default="runs/export", metavar="DIR",
                    help="parent folder; artifacts go to DIR/<name>/ (default: %(default)s)")
     p.add_argument("--name", default=None, help="model folder name (default: the architecture, e.g. lw_irstnet)")
@@ -79,7 +82,7 @@ def run(args) -> int:
     try:
         report = export(args.weights, formats=args.formats, precisions=args.precisions, calib=args.calib,
                         imgsz=args.imgsz or 256, dynamic=args.dynamic, out=args.out, name=args.name,
-                        threads=args.threads, calib_limit=args.calib_limit)
+                        threads=args.threads, calib_limit=args.calib_limit, grey_input=args.grey_input)
     except (VerificationError, ConversionError) as exc:
         if getattr(exc, "report", None) is not None:
             _print(exc.report, args.json)
