@@ -31,10 +31,13 @@ test-fast: install
 # int8 is calibrated on a training list, never on test images. Needs ../shared (the datasets).
 BUNDLE_FROM ?= runs/bundled/best.pt
 BUNDLE_CALIB ?= ../shared/data/sirst:idx_427/trainval.txt
+# lw_irstnet_grey/ holds the same weights exported with --grey-input (one-channel input, for grey IR cameras).
 bundle: install
-	rm -rf edge_irst/assets/lw_irstnet
+	rm -rf edge_irst/assets/lw_irstnet edge_irst/assets/lw_irstnet_grey
 	$(BIN)/edge-irst export --weights $(BUNDLE_FROM) --format onnx,ncnn,mnn,tflite --precision fp32,int8 \
 		--calib $(BUNDLE_CALIB) --out edge_irst/assets --name lw_irstnet --threads 2
+	$(BIN)/edge-irst export --weights $(BUNDLE_FROM) --format onnx,ncnn,mnn,tflite --precision fp32,int8 \
+		--calib $(BUNDLE_CALIB) --out edge_irst/assets --name lw_irstnet_grey --threads 2 --grey-input
 	cp $(BUNDLE_FROM) edge_irst/assets/lw_irstnet/lw_irstnet.pt
 
 clean:

@@ -7,7 +7,10 @@ In ONE run, at 256x256, each at 1 thread and at all physical cores:
   ours     the same checkpoint exported by edge_irst.export (onnx, ncnn, mnn, tflite x fp32, fp16, int8; int8
            calibrated on the SIRST trainval split when ../shared has it), every verified artifact on every
            installed backend that reads it; plus two runtime settings tried on top (onnxruntime without
-           intra-op spinning, TFLite int8 without XNNPACK).
+           intra-op spinning, TFLite int8 without XNNPACK);
+  ours-grey the same checkpoint exported with --grey-input (fp32 and int8 of each format): one grey channel in,
+           the RGB model's logits on grey frames (models/grey_input.py). IR frames are grey, so these rows
+           compete in the targets like the others; they would not fit a colour camera.
 Raw inference (backend.run on a prepared tensor) per edge_irst.benchmarking's method: a fresh process per
 configuration and round, >= 10 warm-up runs, >= 100 runs and >= 10 s in all, split over interleaved rounds
 (round-robin, order balanced over rounds) so drift in the machine's other load hits every row alike.
@@ -27,6 +30,7 @@ process spent descheduled) of each side's fastest sweep row are reported beside 
     .venv/bin/python benchmarks/backends.py                 # full run: table on stdout, results/backends.json
     .venv/bin/python benchmarks/backends.py --quick         # smoke run (few runs; do not publish)
     .venv/bin/python benchmarks/backends.py --model-folder exported/lw_irstnet   # a given folder as "ours"
+    (with --model-folder, "ours-grey" rows come only from --grey-model-folder)
 """
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ HEAD_TO_HEAD_ROUNDS = 15  # paired rounds of the target rows, each >= 1 s and >=
 NEAR_TIE = 0.05
 
 
-def build_configs(authors: Path, ours: Path, threads: list[int]) -> tuple[list, list]:
+def build_configs(authors: Path, ours: Path, threads: list[int], ours_grey: Path | None = None) -> tuple[list, list]:
     configs, skipped = [], []
     pkl = authors / "LW_IRST.pkl"
     torch_missing = bench.installed_reason("torch")
@@ -82,11 +86,13 @@ def build_configs(authors: Path, ours: Path, threads: list[int]) -> tuple[list, 
                 continue
             configs += [bench.Config(str(authors / name), backend, threads=n, label=f"authors:{Path(name).name}",
                                      group="authors") for n in threads]
-    if ours is not None:
-        ours_configs, ours_skipped = bench.plan([("ours", str(ours))], OUR_BACKENDS, threads, [None],
+    folders = [(label, folder) for label, folder in (("ours", ours), ("ours-grey", ours_grey)) if folder is not None]
+    for label, folder in folders:
+        ours_configs, ours_skipped = bench.plan([(label, str(folder))], OUR_BACKENDS, threads, [None],
                                                 artifact_precisions=PRECISIONS, explicit_backends=True)
         configs += [_regroup(c, "ours") for c in ours_configs]
         skipped += ours_skipped
+    if ours is not None:
         # Runtime settings tried on top of the defaults: onnxruntime's intra-op spinning off (spinning burns a
         # second core while waiting, which other load on a shared machine pays for), and TFLite int8 without
         # XNNPACK (the reference int8 kernels), to show what XNNPACK's int8 path contributes.
@@ -289,6 +295,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-folder", type=Path, default=None,
                         help="an exporter model folder to benchmark as 'ours' (default: export LW_IRST.pkl into "
                              "the cache once)")
+    parser.add_argument("--grey-model-folder", type=Path, default=None,
+                        help="an exporter model folder (--grey-input) to benchmark as 'ours-grey' (default: export "
+                             "LW_IRST.pkl with --grey-input into the cache once, unless --model-folder is given)")
     parser.add_argument("--cache", type=Path, default=bench.default_cache(), help="where exports are kept")
     bench.add_method_arguments(parser, rounds=5, quick=QUICK)
     parser.add_argument("--head-to-head-rounds", type=int, default=HEAD_TO_HEAD_ROUNDS,
@@ -303,7 +312,7 @@ def main(argv=None) -> int:
     method = bench.method_from_args(args, QUICK)
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
     export_info = None
-    ours = args.model_folder
+    ours, ours_grey = args.model_folder, args.grey_model_folder
     if ours is None:
         if bench.installed_reason("torch"):
             log("torch is not installed: cannot export our artifacts (pip install 'edge-irst[export]'); "
@@ -314,8 +323,13 @@ def main(argv=None) -> int:
                                                  "fp32,fp16,int8", args.cache, calib=calib, log=log)
             export_info = {"folder": str(ours), "calibration": manifest.get("calibration"),
                            "artifacts": bench.export_summary(manifest)}
+            if ours_grey is None:
+                ours_grey, grey_manifest = bench.cached_export(args.authors / "LW_IRST.pkl", "onnx,ncnn,mnn,tflite",
+                                                               "fp32,int8", args.cache, calib=calib, log=log,
+                                                               grey_input=True)
+                export_info["grey_input"] = {"folder": str(ours_grey), "artifacts": bench.export_summary(grey_manifest)}
     threads = sorted({1, physical_cores()})
-    configs, skipped = build_configs(args.authors, ours, threads)
+    configs, skipped = build_configs(args.authors, ours, threads, ours_grey)
     machine = bench.machine_info()
     log(f"{len(configs)} configurations x {method.rounds} rounds; {method.describe()}")
     rows = bench.run_configs(configs, method)

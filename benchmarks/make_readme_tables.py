@@ -225,9 +225,12 @@ def scaling_section(doc: dict) -> str:
 
 
 # The pipeline runs the targets are read from: the README table's (fp32 ncnn), the fastest artifact at 1 thread
-# (ncnn int8) and both int8 artifacts that have been the fastest at 2 threads (benchmarks/results/backends*.json:
-# TFLite on 2026-12-04, 3.92 against 4.41 ms; ncnn on 2026-12-07, 3.82 against 4.08 ms).
-PIPELINE_RESULTS = ("pipeline", "pipeline_ncnn_int8", "pipeline_tflite_int8_t2", "pipeline_ncnn_int8_t2")
+# (ncnn int8), both int8 artifacts that have been the fastest at 2 threads (benchmarks/results/backends*.json:
+# TFLite on 2026-12-04, 3.92 against 4.41 ms; ncnn on 2026-12-07, 3.82 against 4.08 ms), and the grey-input twins
+# of the int8 ones (export --grey-input, bundled in edge_irst/assets/lw_irstnet_grey), the fastest in the smoke run
+# of 2026-12-08.
+PIPELINE_RESULTS = ("pipeline", "pipeline_ncnn_int8", "pipeline_tflite_int8_t2", "pipeline_ncnn_int8_t2",
+                    "pipeline_ncnn_int8_grey", "pipeline_ncnn_int8_grey_t2", "pipeline_tflite_int8_grey_t2")
 
 
 def _when(doc: dict, name: str) -> str:

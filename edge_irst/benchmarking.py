@@ -882,18 +882,21 @@ def artifacts_to_redo(manifest: dict, wanted: set) -> set:
 
 
 def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: bool = False,
-                  calib: Optional[str] = None, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+                  calib: Optional[str] = None, log: Callable[[str], None] = print,
+                  grey_input: bool = False) -> tuple[Path, dict]:
     """An exporter model folder of `weights` (formats x precisions), exported once into `cache` and reused.
 
-    The folder is keyed by the weights' sha256, the export settings, the edge-irst version and the exporter's
-    source (exporter_fingerprint); a folder whose manifest is missing, or lacks a wanted artifact, or marks one
-    FAILED, or skipped one that the exporter now writes (FORMATS), is exported again. Returns (folder, its
+    The folder is keyed by the weights' sha256, the export settings (`grey_input`: export's one-channel
+    artifacts), the edge-irst version and the exporter's source (exporter_fingerprint); a folder whose manifest is
+    missing, or lacks a wanted artifact, or marks one FAILED, or skipped one that the exporter now writes
+    (FORMATS), is exported again. Returns (folder, its
     manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
     first): the failures are logged and the verified artifacts used; the manifest says why the others are missing.
     """
     weights = Path(weights)
     sha = _sha256(weights)
-    key = f"{sha[:12]}_{'dyn' if dynamic else 'fixed'}_{__version__}_{exporter_fingerprint()}"
+    key = f"{sha[:12]}_{'dyn' if dynamic else 'fixed'}{'_grey' if grey_input else ''}_{__version__}_" \
+          f"{exporter_fingerprint()}"
     name = f"{weights.stem.lower()}_{key}"
     folder = Path(cache) / name
     manifest = folder / "manifest.json"
@@ -905,11 +908,11 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     from edge_irst.errors import EdgeIrstError
     from edge_irst.export import export
 
-    log(f"exporting {weights.name} ({formats} x {precisions}{', dynamic H/W' if dynamic else ''}) to {folder} "
-        f"(once; later runs reuse it)")
+    log(f"exporting {weights.name} ({formats} x {precisions}{', dynamic H/W' if dynamic else ''}"
+        f"{', grey input' if grey_input else ''}) to {folder} (once; later runs reuse it)")
     try:
         export(weights, formats=formats, precisions=precisions, dynamic=dynamic, out=Path(cache), name=name,
-               threads=1, calib=calib)
+               threads=1, calib=calib, grey_input=grey_input)
     except EdgeIrstError as exc:
         if not manifest.is_file():
             raise

@@ -924,3 +924,33 @@ def test_missing_runtime_names_the_pip_extra(authors_dir, monkeypatch):
     assert status["mnn"]["installed"] is False and "edge-irst[mnn]" in status["mnn"]["reason"]
     for name in ("onnxruntime", "opencv", "ncnn", "tflite", "torch"):
         assert status[name]["installed"] and status[name]["version"] and status[name]["reason"] is None
+
+
+def _installed(backend: str) -> bool:
+    from edge_irst.benchmarking import installed_reason
+
+    return not installed_reason(backend)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "ncnn", "mnn", "tflite"])
+def test_the_bundled_grey_model_gives_the_bundled_models_logits_on_grey_frames(backend):
+    """edge_irst/assets/lw_irstnet_grey (export --grey-input): one grey channel in, and on a grey frame the logits of
+    the bundled RGB model within the exporter's fp32 bound; its int8 twin finds the same targets."""
+    if not _installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    from edge_irst.assets import BUNDLED_GREY_MODEL, default_model
+    from edge_irst.export.verify import _tolerance_used
+    from edge_irst.preprocess import preprocess
+    from edge_irst.synthetic import SyntheticScene
+
+    frames = [SyntheticScene(targets=4, seed=seed).frame(3).image for seed in (1, 2)]
+    out = {}
+    for name, folder in (("rgb", default_model()), ("grey", BUNDLED_GREY_MODEL)):
+        for precision in ("fp32", "int8"):
+            with load_backend(folder, backend=backend, threads=1, artifact_precision=precision) as runtime:
+                batch = np.concatenate([preprocess(f, runtime.contract) for f in frames])
+                out[name, precision] = runtime.run(batch)
+                assert batch.shape[1] == (1 if name == "grey" else 3)
+    assert _tolerance_used("fp32", out["grey", "fp32"], out["rgb", "fp32"]) <= 1.0
+    grey_int8, rgb_fp32 = out["grey", "int8"] > 0, out["rgb", "fp32"] > 0
+    assert np.count_nonzero(grey_int8 & rgb_fp32) / np.count_nonzero(grey_int8 | rgb_fp32) > 0.8

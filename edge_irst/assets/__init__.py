@@ -1,7 +1,8 @@
 """The bundled model: an exporter output folder (manifest.json + artifacts) shipped inside the package.
 
 `default_model()` is the one place that knows where it lives; `Detector(model=None)` and `edge-irst run` without
-`--model` use it.
+`--model` use it. `BUNDLED_GREY_MODEL` (lw_irstnet_grey/) is the same weights exported with `--grey-input`: one
+grey channel in, the same logits on grey frames, less to preprocess and a faster stem (models/grey_input.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from edge_irst.errors import ModelFileError
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "lw_irstnet"
+BUNDLED_GREY_MODEL = BUNDLED_MODEL.with_name("lw_irstnet_grey")
 
 
 def default_model() -> Path:
@@ -22,4 +24,4 @@ def default_model() -> Path:
     return BUNDLED_MODEL
 
 
-__all__ = ["BUNDLED_MODEL", "default_model"]
+__all__ = ["BUNDLED_GREY_MODEL", "BUNDLED_MODEL", "default_model"]
