@@ -80,6 +80,15 @@ def backends_precision_note(rows: list[dict]) -> str:
                "on the CPU (MNN documents Normal as High there)" if bare else "") + ".")
 
 
+def backends_grey_note(rows: list[dict]) -> str:
+    """What the ours-grey rows are, where the run has them ("" otherwise)."""
+    if not any(r["name"].startswith("ours-grey:") for r in rows):
+        return ""
+    return ("ours-grey: the same checkpoint exported with `--grey-input` (models/grey_input.py), timed on its "
+            "1x1x256x256 input where the other rows take 1x3x256x256; on a grey frame it computes the RGB model's "
+            "logits (fp32 to float rounding; int8 calibrated on its own), so it competes in the targets below.")
+
+
 def backends_section(doc: dict) -> str:
     rows = [r for r in doc["rows"] if r.get("status") == "ok"]
     torch_ms = {r["threads_requested"]: r["inference"]["median_ms"] for r in rows if r.get("group") == "pytorch"}
@@ -95,6 +104,8 @@ def backends_section(doc: dict) -> str:
              table(["row", "group", "threads req>eff busy", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
                     "peak RSS MB", "x vs PyTorch eager"], body), "", backends_threads_note(rows), "",
              backends_precision_note(rows), ""]
+    if backends_grey_note(rows):
+        lines += [backends_grey_note(rows), ""]
     lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
     lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
     lines.append("\nTargets (the sweep's medians [min..max of its round medians]; the verdict from the head-to-head: "

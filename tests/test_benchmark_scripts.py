@@ -260,6 +260,26 @@ def test_readme_backends_table_explains_an_mnn_mode_recorded_without_its_arithme
     assert "MNN: the arithmetic of its mode, the mode in brackets" in new
 
 
+def test_readme_backends_table_says_what_the_grey_input_rows_are_only_where_they_ran(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import make_readme_tables
+
+    def section(*names: str) -> str:
+        rows = []
+        for name in names:
+            row = _bench_row(name, "ours", "int8", 1, [3.1, 3.2])
+            row.update(threads_in_effect=1, threads_source="read back", precision_in_effect="int8+fp32")
+            row["inference"].update(p90_ms=3.5, fps=320.0, threads_busy=1)
+            rows.append(row)
+        return make_readme_tables.backends_section({"created": "2026-12-08T00:00", "rows": rows})
+
+    with_grey = section("ours:int8/ncnn/t1", "ours-grey:int8/ncnn/t1")
+    assert "| ours-grey:int8/ncnn/t1 | ours |" in with_grey
+    assert "ours-grey: the same checkpoint exported with `--grey-input`" in with_grey
+    assert "1x1x256x256 input" in with_grey
+    assert "--grey-input" not in section("ours:int8/ncnn/t1")
+
+
 def test_metrics_benchmark_times_the_reference_as_it_times_ours(tmp_path, monkeypatch):
     """scikit-image loads measure's modules on the reference's first call: both sides get one untimed warm-up call,
     then the best of --repeat timed calls. A fake clock (one tick a read) and a reference whose first call costs
