@@ -954,3 +954,16 @@ def test_the_bundled_grey_model_gives_the_bundled_models_logits_on_grey_frames(b
     assert _tolerance_used("fp32", out["grey", "fp32"], out["rgb", "fp32"]) <= 1.0
     grey_int8, rgb_fp32 = out["grey", "int8"] > 0, out["rgb", "fp32"] > 0
     assert np.count_nonzero(grey_int8 & rgb_fp32) / np.count_nonzero(grey_int8 | rgb_fp32) > 0.8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.uint8, np.int16])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_tflite_nhwc_copy_is_the_transposed_batch(dtype, channels):
+    """The TFLite backend's NCHW -> NHWC copy (cv2.merge per image) holds numpy's transpose, value for value, for
+    every input dtype TFLite takes and a batch of two."""
+    from edge_irst.backends.tflite import nhwc
+
+    batch = (np.random.default_rng(channels).standard_normal((2, channels, 5, 7)) * 60).astype(dtype)
+    out = nhwc(batch)
+    assert out.dtype == batch.dtype and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, batch.transpose(0, 2, 3, 1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 
+import cv2
 import numpy as np
 
 from edge_irst.errors import InputError, ModelFileError
@@ -26,6 +27,20 @@ KNOWN_DELEGATES = {
     "armnn": "libarmnnDelegate.so",  # Arm NN (Mali GPU / NEON), options {"backends": "GpuAcc,CpuAcc"}
 }
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8
+
+
+def nhwc(batch: np.ndarray) -> np.ndarray:
+    """A C-contiguous NHWC copy of the NCHW `batch` (one channel: a reshape). Why cv2.merge: it interleaves the
+    planes far faster than numpy copies a transposed view, with the same values: 0.02 against 0.16 ms for a float32
+    3x256x256 frame, 0.005 against 0.17 ms in int8 (AMD EPYC Zen 5, ad hoc), where the whole int8 model takes 2-4
+    ms."""
+    n, c, h, w = batch.shape
+    if c == 1:
+        return batch.reshape(n, h, w, 1)
+    out = np.empty((n, h, w, c), batch.dtype)
+    for planes, image in zip(batch, out):
+        cv2.merge(list(planes), dst=image)
+    return out
 
 
 class TFLiteBackend(Backend):
@@ -164,15 +179,18 @@ class TFLiteBackend(Backend):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         spec = self.inputs[0]
-        data = batch if spec.layout == "NCHW" else batch.transpose(0, 2, 3, 1)
-        if data.shape != self._shape:  # a dynamic artifact: re-plan once per new frame size (or batch)
-            self.interpreter.resize_tensor_input(self._input_index, data.shape)
+        n, c, h, w = batch.shape
+        shape = (n, c, h, w) if spec.layout == "NCHW" else (n, h, w, c)
+        if shape != self._shape:  # a dynamic artifact: re-plan once per new frame size (or batch)
+            self.interpreter.resize_tensor_input(self._input_index, shape)
             self.interpreter.allocate_tensors()
-            self._shape = data.shape
-        if spec.scale is not None:
+            self._shape = shape
+        data = batch
+        if spec.scale is not None:  # elementwise, so quantised before the layout change, on contiguous planes
             info = np.iinfo(spec.dtype)
             data = np.clip(np.round(data / spec.scale) + spec.zero_point, info.min, info.max)
-        self.interpreter.set_tensor(self._input_index, np.ascontiguousarray(data, dtype=spec.dtype))
+        data = data.astype(spec.dtype, copy=False)
+        self.interpreter.set_tensor(self._input_index, data if spec.layout == "NCHW" else nhwc(data))
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self._output_index)
         out_spec = self.outputs[0]
