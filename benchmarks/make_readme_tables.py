@@ -104,8 +104,9 @@ def backends_section(doc: dict) -> str:
              table(["row", "group", "threads req>eff busy", "precision", "median ms", "p90 ms", "FPS", "CPU ms/frame",
                     "peak RSS MB", "x vs PyTorch eager"], body), "", backends_threads_note(rows), "",
              backends_precision_note(rows), ""]
-    if backends_grey_note(rows):
-        lines += [backends_grey_note(rows), ""]
+    grey_note = backends_grey_note(rows)
+    if grey_note:
+        lines += [grey_note, ""]
     lines.append("Fastest backend vs PyTorch eager (the paper reports 2.6x with OpenCV DNN):")
     lines += [f"- {headline_sentence(h)}" for h in doc.get("headline", [])]
     lines.append("\nTargets (the sweep's medians [min..max of its round medians]; the verdict from the head-to-head: "

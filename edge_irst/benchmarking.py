@@ -889,9 +889,9 @@ def cached_export(weights, formats: str, precisions: str, cache: Path, dynamic: 
     The folder is keyed by the weights' sha256, the export settings (`grey_input`: export's one-channel
     artifacts), the edge-irst version and the exporter's source (exporter_fingerprint); a folder whose manifest is
     missing, or lacks a wanted artifact, or marks one FAILED, or skipped one that the exporter now writes
-    (FORMATS), is exported again. Returns (folder, its
-    manifest). An export in which some converter failed still leaves a folder (the exporter writes the manifest
-    first): the failures are logged and the verified artifacts used; the manifest says why the others are missing.
+    (FORMATS), is exported again. Returns (folder, its manifest). An export in which some converter failed still
+    leaves a folder (the exporter writes the manifest first): the failures are logged and the verified artifacts
+    used; the manifest says why the others are missing.
     """
     weights = Path(weights)
     sha = _sha256(weights)

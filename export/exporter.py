@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+import numpy as np
+
 from edge_irst.contract import ModelContract, sidecar_path, write_sidecar
 from edge_irst.errors import EdgeIrstError, InputError, VerificationError
-from edge_irst.preprocess import preprocess
 
 from .calibration import calibration_frames, check_limit
 from .formats import FORMATS, ONNX_HUB_REQUIRES, PRECISIONS, TORCH_REQUIRES, Format, check_requirements, parse_names
@@ -226,10 +227,12 @@ def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, nam
                                    source=Path(weights).name, source_sha256=loaded.sha256,
                                    provenance="edge-irst export")
     frames, origin = calibration_frames(Path(calib) if calib is not None else None, calib_limit)
-    model = loaded.model
+    model, rgb_contract = loaded.model, base
     if grey_input:
-        model, base = _grey_input(model, base, frames, size)
+        model, base = _grey_input(model, base)
     reference = Reference(model, frames, base)
+    if grey_input:
+        _check_grey_fold(loaded.model, rgb_contract, reference, size)
     log.info("exporting %s (%s, sha256 %s) to %s; calibration/verification on %s", name, weights,
              loaded.sha256[:12], folder, origin)
     report = ExportReport(name, folder, str(weights), loaded.sha256, origin)
@@ -245,38 +248,41 @@ def _export(weights, fmt_names, precision_names, calib, imgsz, dynamic, out, nam
 
 
 # How far the grey-input model may stray from the RGB one, relative to the largest |logit|: float32 rounding of the
-# folded weights is about 1e-6 of it (the bundled weights: 6e-7); a wrong fold is off by far more than 1e-4.
+# folded weights leaves a few 1e-6 of it (the bundled weights on 64 SIRST frames: 4.7e-6); a wrong fold is off by
+# far more than 1e-4.
 GREY_FOLD_TOLERANCE = 1e-4
 
 
-def _grey_input(model, contract: ModelContract, frames, size) -> tuple:
-    """(the grey-input model, its contract): one GRAY channel, pixel * scale, no mean or deviation. Checked first
-    against the RGB model on the verification frames (their grey conversion, replicated), so that a wrong fold
-    is an error here rather than artifacts verified against the wrong reference."""
-    import torch
-
+def _grey_input(model, contract: ModelContract) -> tuple:
+    """(the grey-input model, its contract): one GRAY channel, pixel * scale, no mean or deviation."""
     from edge_irst.models import fold_grey_input
 
     if contract.channels != 3:
         raise InputError(f"--grey-input folds an RGB/BGR model's three channels into one; this model's contract is "
                          f"already {contract.channel_order}")
     grey = fold_grey_input(model, contract.mean, contract.std)
-    grey_contract = contract.replace(channel_order="GRAY", mean=(0.0,), std=(1.0,),
-                                     extra={**contract.extra, "grey_input": _grey_note(contract)})
-    mean = torch.tensor(contract.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(contract.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return grey, contract.replace(channel_order="GRAY", mean=(0.0,), std=(1.0,),
+                                  extra={**contract.extra, "grey_input": _grey_note(contract)})
+
+
+def _check_grey_fold(rgb_model, rgb_contract: ModelContract, reference: Reference, size) -> None:
+    """The grey-input model's logits on the verification frames (`reference`, which keeps them for verifying the
+    artifacts) against the RGB model's on the same grey frames replicated, before any conversion: a wrong fold is
+    an error here rather than artifacts verified against the wrong reference."""
+    import torch
+
+    mean = torch.tensor(rgb_contract.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(rgb_contract.std, dtype=torch.float32).view(1, -1, 1, 1)
     worst = 0.0
     with torch.no_grad():
-        for frame in frames:
-            plane = torch.from_numpy(preprocess(frame, grey_contract, size=size))  # [1, 1, H, W]
-            expected, got = model((plane - mean) / std), grey(plane)  # the RGB model on the grey frame replicated
-            worst = max(worst, float((expected - got).abs().max() / expected.abs().max().clamp_min(1e-6)))
+        for plane, got in zip(reference.batches(size), reference.logits(size)):  # [1, 1, H, W] and [1, H, W]
+            expected = rgb_model((torch.from_numpy(plane) - mean) / std)[0].numpy()
+            worst = max(worst, float(np.abs(expected - got).max() / max(float(np.abs(expected).max()), 1e-6)))
     if worst > GREY_FOLD_TOLERANCE:
         raise VerificationError(f"grey input: the folded model differs from the RGB model by {worst:.2e} of the "
                                 f"largest logit on the calibration frames (allowed {GREY_FOLD_TOLERANCE:.0e})")
     log.info("grey input: folded model within %.1e of the RGB model's largest logit on %d frames", worst,
-             len(frames))
-    return grey, grey_contract
+             len(reference.frames))
 
 
 def _grey_note(contract: ModelContract) -> str:

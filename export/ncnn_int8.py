@@ -26,7 +26,7 @@ Convolutions that read fewer than 4 channels from a layer other than a Convoluti
 channels or on the planes of a grey-input model), deconvolutions of any other geometry, and every other layer.
 Why those narrow-input ones: they would quantise an fp32 input (at full resolution, for a stem) for an int8 kernel
 that gains little on so few channels. LW-IRSTNet's stem (3 -> 5 channels at 256x256) took 0.24 ms in int8 against
-0.10 ms in fp32 widened to 8 outputs (ncnn_widen.py), and the whole int8 model ran 1.05x faster with it in fp32
+0.10 ms in fp32 widened to 8 outputs (ncnn_widen.py), and the whole int8 model ran 1.04x faster with it in fp32
 (ncnn 1.0.20261020, one thread, AMD EPYC Zen 5, 16 interleaved rounds, ad hoc script); so the int8 twin is
 quantised from the widened fp32 model. A narrow Convolution fed by a Convolution stays int8: it gets its input
 already requantised to int8 (8=102 above), and keeping the bottlenecks' 2-channel ones in fp32 as well cost
@@ -269,10 +269,9 @@ def quantize_ncnn(param: Path, out_param: Path, batches: Sequence[np.ndarray], i
         lines.append(f"{layer.line} 8={term}")
     out_param.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out_param.with_suffix(".bin").write_bytes(bytes(blob))
-    int8 = {id(c) for c in convolutions}
     left = [layer.type if layer.type != "Convolution" else "Convolution (narrow input)"
             for layer in layers if layer.type in ("ConvolutionDepthWise", "Deconvolution")
-            or (layer.type == "Convolution" and id(layer) not in int8)]
+            or (layer.type == "Convolution" and id(layer) not in input_scale)]
     return {"int8_convolutions": len(convolutions), "requantised": requantised,
             "subpixel_deconvolutions": subpixel, "fp32_kept": {kind: left.count(kind) for kind in sorted(set(left))},
             "calibration": f"min-max of each int8 layer's input over {len(batches)} batches"}

@@ -5,8 +5,8 @@ Why: an IR frame is grey, and the RGB-trained network sees it as three copies no
 means and deviations. Folding the per-channel normalisation (and the stem's BatchNorm) into the stem's weights
 lets the artifact take g = pixel * scale as its only channel: a third of the input to preprocess, copy and read,
 and a max-pool over one plane instead of three. On the bundled weights (ncnn 1.0.20261020, one thread, AMD EPYC
-Zen 5, 256x256, 12 interleaved rounds, ad hoc script) the int8 artifact ran 1.05x faster grey than RGB with the
-same quantiser; the fp32 one 1.02x.
+Zen 5, 256x256, interleaved rounds, ad hoc script) the int8 artifact ran 1.04x faster grey than RGB with the same
+quantiser (16 rounds); the fp32 one 0.99x and 1.02x in two runs, no gain beyond the noise.
 
 Exactness: the 3x3 stride-2 stem convolution pads its input with zeros, and a zero of the normalised channel c is
 the grey level m_c, a different one per channel. So the folded convolution reads two planes: g, with weights
