@@ -84,16 +84,17 @@ def build(work: Path, revision: str) -> Path:
     return driver
 
 
-def write_maps(work: Path) -> list:
+def written_maps(work: Path):
     """(name, width, height, file of its variants, back to back) for the map kinds of benchmarks/postprocess.py,
-    in its order."""
-    maps = []
+    in its order, one at a time: each file is deleted when the next kind is asked for (a kind takes up to
+    postprocess.VARIANT_BYTES)."""
     for _, kind, (height, width), variants, _ in benchmark_maps():
         name = f"{width}x{height} {kind}"
         path = work / (name.replace(" ", "_").replace("%", "pc") + ".f32")
         np.stack(variants).astype(np.float32, copy=False).tofile(path)
-        maps.append((name, width, height, path))
-    return maps
+        del variants
+        yield name, width, height, path
+        path.unlink()
 
 
 def main(argv=None) -> int:
@@ -109,20 +110,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="labeller_ab_") as temporary:
         work = Path(temporary)
         driver = build(work, args.base)
-        maps = write_maps(work)
-        command = [str(driver), str(rounds), "2000"] + [str(v) for m in maps for v in m]
         print(f"C labeller core, base {revision} vs the working tree; one thread, medians of {rounds} interleaved "
               f"rounds (each sample >= 2 ms of calls), microseconds per call\n")
         print(f"{'map':<24} {'targets':>7} {'base us':>10} {'head us':>10} {'head/base':>9}  same records")
         rows = []
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-            for line in process.stdout:
-                row = json.loads(line)
-                rows.append(row)
-                print(f"{row['map']:<24} {row['targets']:>7g} {row['base_us']:>10.1f} {row['head_us']:>10.1f} "
-                      f"{row['head_over_base']:>9.3f}  {'yes' if row['same_records'] else 'NO'}", flush=True)
-        if process.returncode != 0:
-            raise SystemExit(f"labeller_ab: the driver failed (exit {process.returncode})")
+        for name, width, height, path in written_maps(work):  # the driver once per kind: one file at a time
+            timed = subprocess.run([str(driver), str(rounds), "2000", name, str(width), str(height), str(path)],
+                                   stdout=subprocess.PIPE, text=True)
+            if timed.returncode != 0:
+                raise SystemExit(f"labeller_ab: the driver failed on {name} (exit {timed.returncode})")
+            row = json.loads(timed.stdout)
+            rows.append(row)
+            print(f"{row['map']:<24} {row['targets']:>7g} {row['base_us']:>10.1f} {row['head_us']:>10.1f} "
+                  f"{row['head_over_base']:>9.3f}  {'yes' if row['same_records'] else 'NO'}", flush=True)
     different = [row["map"] for row in rows if not row["same_records"]]
     if different:
         print(f"\nthe two builds returned different records on: {', '.join(different)}")

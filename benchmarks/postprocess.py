@@ -27,11 +27,11 @@ ours+filter auto), OpenCV with 1 thread with ours on one thread.
 
 Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background of -20 +- 2), dense (5 % and
 50 % random foreground: the issue's dense maps) and a checkerboard stress map (reported, no target), at 256x256,
-640x512 and 1920x1080. Each kind is drawn several times (variants: 16, fewer at 1920x1080 to bound memory), and
-the calls take the variants in turn, as a stream brings a new map every frame: a labeller timed on one map
-called again and again runs faster than on new maps (ours up to 1.4x here, on 5 % noise), because the CPU's
-branch predictor learns that map's runs; the "ours, 1 map" column shows it: the same call, fed the first variant
-again and again, nothing else changed.
+640x512 and 1920x1080. Each kind is drawn many times (variants: 128, 32 at 1920x1080 to bound memory), and the
+calls take the variants in turn, as a stream brings a new map every frame: a labeller timed on one map called
+again and again runs faster than on new maps (ours up to 1.4x here), because the CPU's branch predictor learns
+that map's runs, and it learns a few dozen maps taken in turn as well (see MAX_VARIANTS); the "ours, 1 map"
+column shows it: the same call, fed the first variant again and again, nothing else changed.
 Timing: before each call the next variant is copied into one buffer (untimed; the map is then in cache, as a
 network's freshly written output is), and the call alone is timed (perf_counter_ns, its own overhead measured
 and taken off). Methods are interleaved round by round, in an order balanced over the rounds (each method first,
@@ -65,8 +65,12 @@ from edge_irst.postprocess.labeller import AUTO_PIXELS_PER_THREAD, AUTO_RUNS_FOR
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.json"
 SAMPLE_US = 2000.0  # each sample times enough calls to last this long
 SIZES = ((256, 256), (512, 640), (1080, 1920))  # (height, width)
-MAX_VARIANTS = 16  # distinct maps per kind: fewer than about 8 still let the branch predictor learn them
-VARIANT_BYTES = 64 << 20  # ... but at most this much of them per kind (8 variants at 1920x1080)
+# Distinct maps per kind. A branch predictor learns a few dozen maps taken in turn: ours on 256x256 maps with 50
+# targets (AMD EPYC Zen 5, this script's sample() and warm-up, 15 rounds each, 2026-12-08) took 13.3 us a call
+# cycling 16 maps, 15.9 us on 32, 17.1 on 64, 17.4 on 128 and 17.6 on 256, where OpenCV took 215 and 214 us on 16
+# and 256 (3 and 10 targets: 2-4 % slower on 64 than on 16; dense maps: no change). 128 is where the curve levels.
+MAX_VARIANTS = 128
+VARIANT_BYTES = 256 << 20  # ... but at most this much of them per kind (32 variants at 1920x1080)
 # The methods that run on the calling thread only (one read of the map bounds how fast they can be).
 ONE_THREAD_METHODS = ("ours", "cv2 CC (1 thr)", "ours+filter", "authors (1 thr)", "map read")
 AUTHORS_AREA = (5, 100)
@@ -115,24 +119,22 @@ def variant_count(shape: tuple) -> int:
     return max(1, min(MAX_VARIANTS, VARIANT_BYTES // (4 * shape[0] * shape[1])))
 
 
-def benchmark_maps() -> list:
+def benchmark_maps():
     """(family, kind, (height, width), [float32 logits, one per variant], targets placed or None) for every map
-    kind timed, in order (fixed seed: benchmarks/labeller_ab.py times the same maps)."""
+    kind timed, in order, one kind at a time (a kind's variants take up to VARIANT_BYTES; fixed seed:
+    benchmarks/labeller_ab.py times the same maps)."""
     rng = np.random.default_rng(2024)
-    maps = []
     for shape in SIZES:
         count = variant_count(shape)
         for targets in (3, 10, 50):
-            variants = [sparse_map(rng, shape, targets) for _ in range(count)]
-            maps.append(("sparse", f"{targets} targets", shape, variants, targets))
+            yield ("sparse", f"{targets} targets", shape, [sparse_map(rng, shape, targets) for _ in range(count)],
+                   targets)
         for kind in ("noise 5%", "noise 50%"):
-            maps.append(("dense", kind, shape, [dense_map(rng, shape, kind) for _ in range(count)], None))
+            yield "dense", kind, shape, [dense_map(rng, shape, kind) for _ in range(count)], None
         # Not one of the issue's dense maps: a worst case for any run-based labeller (every run one pixel, every
         # run joined to two above), timed and reported beside them, with no target of its own. Its variants
         # differ only in their logit values: the pattern is the point.
-        maps.append(("stress", "checkerboard", shape, [dense_map(rng, shape, "checkerboard") for _ in range(count)],
-                     None))
-    return maps
+        yield "stress", "checkerboard", shape, [dense_map(rng, shape, "checkerboard") for _ in range(count)], None
 
 
 def read_map(logits: np.ndarray):
@@ -316,6 +318,7 @@ def main(argv=None) -> int:
         rows.append(row)
         cells = [f"{wall[n]:>8.1f} " + (f"{speedup[n]:.1f}x" if n in speedup else "").rjust(5) for n in names]
         print(f"{row['size']:>9} {kind:<12} | " + " ".join(f"{c:>14}" for c in cells), flush=True)
+        del variants  # before the next kind is drawn: one kind's maps in memory at a time
 
     verdicts = []
     for family, shape, method, minimum in TARGETS:

@@ -336,7 +336,7 @@ def test_labeller_ab_records_the_command_that_reproduces_the_run(tmp_path, monke
     driver.write_text(f"#!/bin/sh\necho '{json.dumps(result)}'\n")
     driver.chmod(0o755)
     monkeypatch.setattr(labeller_ab, "build", lambda work, revision: driver)
-    monkeypatch.setattr(labeller_ab, "write_maps", lambda work: [])
+    monkeypatch.setattr(labeller_ab, "written_maps", lambda work: [("256x256 sparse", 256, 256, work / "m.f32")])
     argv = ["--base", "HEAD", "--rounds", "3", "--out", str(tmp_path / "ab.json")]
     assert labeller_ab.main(argv) == 0
     doc = json.loads((tmp_path / "ab.json").read_text())
