@@ -18,9 +18,11 @@ Files (images, videos, synthetic) deliver every frame in order, never dropping o
 frame is logged, counted in `skipped` and passed over, and so is an image in a form the pipeline cannot take
 (Detector.stream). Live sources (camera, stream) deliver the LATEST frame: a grabber thread reads continuously
 and keeps only the newest frame, counting the ones nobody took in `dropped`, so a slow consumer sees fresh
-frames instead of a growing backlog (camera and RTSP buffers otherwise make results seconds late). A live source
-that stops delivering is reopened with exponential back-off (`Reconnect`), the gap (from its last frame) is logged
-and counted; when the retries run out, iteration ends with a SourceError.
+frames instead of a growing backlog (camera and RTSP buffers otherwise make results seconds late). A frame of a
+live source that cannot be decoded is logged, counted in `skipped` and passed over, the source staying open
+(LiveSource.MAX_FAILED_READS). A live source that stops delivering is reopened with exponential back-off
+(`Reconnect`), the gap (from its last frame) is logged and counted; when the retries run out, iteration ends
+with a SourceError.
 """
 from __future__ import annotations
 
@@ -383,6 +385,11 @@ class LiveSource(Source):
 
     kind = "live"
     live = True
+    # Consecutive failed reads on an open capture that are taken for frames that cannot be decoded, before the
+    # source counts as lost. A corrupt JPEG in an MJPEG stream fails one read and the next read returns the frame
+    # after it, where a dropped connection fails every read at once: each failure is read again, up to this many.
+    # A read that fails after half the read timeout or more is a stall, and an outage at once.
+    MAX_FAILED_READS = 8
 
     def __init__(self, target: Union[int, str], name: str, kind: str, reconnect: Reconnect = Reconnect(),
                  api: int = cv2.CAP_ANY, open_error: Optional[Callable[[], str]] = None):
@@ -437,12 +444,19 @@ class LiveSource(Source):
         # comes: a reopening that delivers none (a stream that connects but cannot be decoded, a device that opens
         # but does not stream) uses up an attempt instead of starting a new round of retries.
         attempts, reopened_on = None, 0
+        failed = 0  # consecutive quick failed reads on this capture (frames that could not be decoded, so far)
         try:
             while not self._stop.is_set():
                 start = time.perf_counter()
                 ok, image = capture.read()
                 done = time.perf_counter()
                 if ok and image is not None:
+                    if failed:  # the reads that failed were frames of the stream that cannot be decoded
+                        self.skipped += failed
+                        log.warning("%s: %s after frame %d cannot be decoded (corrupt); skipped", self.name,
+                                    "1 frame" if failed == 1 else f"{failed} frames", index - 1)
+                        index += failed
+                        failed = 0
                     if attempts is not None:
                         gap = done - last_frame_at
                         self.reconnects += 1
@@ -458,6 +472,10 @@ class LiveSource(Source):
                         self._latest = frame
                         self._condition.notify_all()
                     continue
+                if done - start < 0.5 * self.reconnect.read_timeout_s and failed + 1 < self.MAX_FAILED_READS:
+                    failed += 1
+                    continue
+                failed = 0
                 capture.release()
                 capture = None
                 if self._stop.is_set():

@@ -311,10 +311,12 @@ class MjpegServer:
     endless) at `fps`, then the connection is dropped, or with `hang` kept open without sending anything more
     until stop(). `then` changes the connections after the first: "broken" ones send JPEGs whose data is zeroed
     (FFmpeg opens them, but no frame decodes), "silent" ones get no answer at all until stop() (an opening waits
-    out its timeout). stop() closes the listening socket: reconnections are refused."""
+    out its timeout). `undecodable`: numbers of the frames sent with their data zeroed on any connection. stop()
+    closes the listening socket: reconnections are refused."""
 
-    def __init__(self, per_connection=None, fps=100.0, hang=False, port=0, then=None):
+    def __init__(self, per_connection=None, fps=100.0, hang=False, port=0, then=None, undecodable=()):
         self.per_connection, self.period = per_connection, 1.0 / fps
+        self.undecodable = set(undecodable)
         self.connections = 0
         self.sent = 0
         self.stopping = threading.Event()
@@ -335,7 +337,7 @@ class MjpegServer:
                                                         or count < server.per_connection):
                     image = np.full((48, 64), (server.sent * 5) % 250, np.uint8)
                     jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                    if later == "broken":
+                    if later == "broken" or server.sent in server.undecodable:
                         jpeg = jpeg[:20] + bytes(len(jpeg) - 20)
                     try:
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
@@ -391,6 +393,30 @@ def test_stream_delivers_the_latest_frame_and_counts_the_dropped_ones(fast_recon
     # every frame captured before the last one taken and not taken was replaced, i.e. counted as dropped
     assert source.dropped >= indices[-1] + 1 - len(taken) > 0
     assert all(f.timestamp is not None and f.image.shape == (48, 64, 3) for f in taken)
+
+
+def test_undecodable_frames_of_a_stream_are_skipped_without_reconnecting(fast_reconnect, caplog):
+    """A corrupt JPEG in an MJPEG stream fails one read, and the read after it returns the next frame: the frame is
+    reported and counted as skipped, the connection kept, and the frames after it keep their place in the
+    stream's numbering (frame n has grey level 5 n)."""
+    server = MjpegServer(per_connection=None, fps=100.0, undecodable={5, 6, 12})
+    source = open_source(server.url, fast_reconnect)
+    frames = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+            for frame in source:
+                frames.append(frame)
+                if frame.index >= 20:
+                    break
+    finally:
+        source.close()
+        server.stop()
+    assert source.skipped == 3 and source.reconnects == 0 and server.connections == 1
+    assert "2 frames after frame 4 cannot be decoded (corrupt); skipped" in caplog.text
+    assert "1 frame after frame 11 cannot be decoded (corrupt); skipped" in caplog.text
+    assert "reconnecting" not in caplog.text
+    assert not {5, 6, 12} & {f.index for f in frames}
+    assert all(abs(f.image.mean() - 5 * f.index) < 1.5 for f in frames)
 
 
 def _read_until_lost(source, server, connections: int) -> tuple:
