@@ -193,8 +193,12 @@ class VideoFileSource(Source):
 
     kind = "video"
     # Consecutive failed reads after which the file is taken to have ended: a corrupt frame fails one read and
-    # the next read returns the frame after it, but past the end of a truncated file every read fails.
+    # the next read returns the frame after it, but past the end of a truncated file every read fails (in about
+    # a microsecond), and OpenCV tells neither case apart. With no frame count in the header, 25.
     MAX_FAILED_READS = 25
+    # With a frame count, the reads go on to the count, so that a longer corrupt stretch loses no frame after it;
+    # at most this many in a row (about a second of reads past the end, should the header's count be wrong).
+    MAX_FAILED_READS_COUNTED = 1 << 20
 
     def __init__(self, path: Union[str, Path]):
         super().__init__(str(path))
@@ -219,7 +223,8 @@ class VideoFileSource(Source):
             if not ok or image is None:
                 failed += 1
                 at_end = self.length is not None and self._position + failed > self.length
-                if at_end or failed >= self.MAX_FAILED_READS:
+                limit = self.MAX_FAILED_READS if self.length is None else self.MAX_FAILED_READS_COUNTED
+                if at_end or failed >= limit:
                     self._end()
                 continue
             if failed:  # the reads that failed were frames that cannot be decoded

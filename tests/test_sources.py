@@ -273,6 +273,22 @@ def test_corrupt_frames_in_a_video_are_skipped_and_the_rest_is_read(tmp_path, ca
     assert "truncated" not in caplog.text  # it was read to its real end
 
 
+def test_a_long_corrupt_stretch_in_a_video_with_a_frame_count_loses_no_frame_after_it(tmp_path, caplog):
+    """30 corrupt frames in a row, more than the 25 failed reads that end a video without a frame count: with the
+    count in its header, the frames after the stretch are read, and the file is not taken for truncated."""
+    images = [SyntheticScene((64, 80), targets=1).frame(i).image for i in range(60)]
+    path = _write_video(tmp_path / "clip.avi", images, fps=10.0)
+    _corrupt_avi_frames(path, list(range(10, 40)))
+    source = open_source(path)
+    assert source.length == 60 and 30 > VideoFileSource.MAX_FAILED_READS
+    with caplog.at_level(logging.WARNING, logger="edge_irst.sources"):
+        frames = list(source)
+    source.close()
+    assert [f.index for f in frames] == list(range(10)) + list(range(40, 60))
+    assert source.skipped == 30 and "frames 10..39 cannot be decoded" in caplog.text
+    assert "truncated" not in caplog.text
+
+
 def test_video_iterated_again_goes_on_with_the_next_frame(tmp_path, caplog):
     images = [SyntheticScene((64, 80), targets=1).frame(i).image for i in range(12)]
     source = open_source(_write_video(tmp_path / "clip.avi", images, fps=10.0))
