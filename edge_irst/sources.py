@@ -497,6 +497,7 @@ class LiveSource(Source):
                 capture, reopened_on = reopened
         except BaseException as exc:  # noqa: BLE001 - a crash must end the iteration, not hang it
             self._error = SourceError(f"{self.name}: the frame grabber failed: {type(exc).__name__}: {exc}")
+            log.error("%s", self._error)
         finally:
             if capture is not None:
                 capture.release()
@@ -546,7 +547,9 @@ class LiveSource(Source):
             if frame is None or self._stop.is_set():
                 break
             yield frame
-        if self._error is not None:
+        # A stop() asked for ends the iteration cleanly, also when the source failed meanwhile (a quit that lands
+        # as the retries run out): the failure is in the log.
+        if self._error is not None and not self._stop.is_set():
             raise self._error
 
     def stop(self) -> None:

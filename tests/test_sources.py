@@ -504,6 +504,26 @@ def test_reopenings_that_bring_no_frame_use_up_the_retries(caplog):
     assert caplog.text.count("opened it, but no frame came") == 3
 
 
+def test_a_stop_asked_for_as_the_retries_run_out_ends_the_iteration_cleanly(caplog):
+    """The stream is lost for good and the grabber has given up, but before the consumer sees the end it asks the
+    source to stop (a `quit`): the iteration ends without the SourceError, which is in the log."""
+    server = MjpegServer(per_connection=10, fps=100.0)
+    source = open_source(server.url, Reconnect(retries=0, open_timeout_s=2.0, read_timeout_s=1.0))
+    frames = []
+    try:
+        with caplog.at_level(logging.ERROR, logger="edge_irst.sources"):
+            for frame in source:
+                frames.append(frame)
+                if len(frames) == 1:
+                    server.stop()
+                    source._thread.join(timeout=5.0)  # the grabber has given up: the stream's end is pending
+                    assert not source._thread.is_alive()
+                    source.stop()
+    finally:
+        source.close()
+    assert len(frames) == 1 and "0 reconnection attempts" in caplog.text
+
+
 def test_close_waits_for_a_reconnection_blocked_in_its_opening():
     """An opening blocks up to open_timeout_s, longer here than a read: close() waits for it, so that no grabber
     thread is left holding the camera / stream after it returns."""
