@@ -2,7 +2,9 @@
 
 Layouts read: the SIRST / NUDT-SIRST layout of ../shared/data (images/, masks/, split files of stems, one per
 line) and any plain pair of folders (`images=` and `masks=` given explicitly). Any non-zero mask pixel is target.
-A mask may also carry the official NUAA-SIRST release's suffix, `masks/<stem>_pixels0.png`.
+A mask may also carry the official NUAA-SIRST release's suffix, `masks/<stem>_pixels0.png`. A stem a split lists
+more than once is read once, at its first place, with a warning, and listed in `dataset.repeated_stems` (the
+evaluation report and its JSON list it too), so that no image weighs twice in the metrics.
 
 Mask/image size mismatch rule (SIRST's Misc_111 ships a 592x400 mask for a 325x220 image): when the aspect ratios
 agree within 2 % the mask is resized to the image with nearest-neighbour and the stem is reported; otherwise the
@@ -12,6 +14,7 @@ misaligned.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -112,10 +115,17 @@ class IrstdDataset:
             raise InputError("no mask folder: with images= and no dataset root, give masks= (CLI: --masks DIR)")
         if require_masks and not mask_index:
             raise InputError(f"mask folder not found or empty: {mask_dir}")
+        self.repeated_stems: list[str] = []  # stems the split lists more than once: each is read once
         if split is not None:
             split_path = resolve_split(split, self.root)
-            stems = read_split(split_path)
+            listed = read_split(split_path)
+            stems = list(dict.fromkeys(listed))  # the first place of each stem, in the split's order
             self.split_name = split_path.name
+            if len(stems) < len(listed):
+                listings = Counter(listed)
+                self.repeated_stems = [stem for stem in stems if listings[stem] > 1]
+                log.warning("%s lists %d stems more than once (e.g. %s); each is read once, at its first place",
+                            split_path, len(self.repeated_stems), ", ".join(self.repeated_stems[:3]))
         else:
             stems = list(image_index)
             self.split_name = "all"

@@ -1,6 +1,8 @@
 """IRSTD datasets on disk: where a split file is looked up, how it is read, and how masks are named."""
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 import pytest
@@ -45,6 +47,17 @@ def test_a_split_file_with_a_byte_order_mark_lists_the_same_stems(tmp_path):
     root = make_dataset(tmp_path)
     (root / "bom.txt").write_bytes("f00\r\nf02\r\n".encode("utf-8-sig"))
     assert [s.stem for s in IrstdDataset(root, "bom.txt").samples] == ["f00", "f02"]
+
+
+def test_a_stem_listed_twice_in_a_split_is_read_once_and_reported(tmp_path, caplog):
+    root = make_dataset(tmp_path)
+    (root / "test.txt").write_text("f02\nf00\nf02\nf01\nf00\nf02\n")
+    with caplog.at_level(logging.WARNING, logger="edge_irst.datasets"):
+        dataset = IrstdDataset(root, "test.txt")
+    assert [s.stem for s in dataset.samples] == ["f02", "f00", "f01"]  # each at its first place
+    assert dataset.repeated_stems == ["f02", "f00"]
+    assert "lists 2 stems more than once (e.g. f02, f00); each is read once" in caplog.text
+    assert IrstdDataset(root).repeated_stems == []
 
 
 def test_nuaa_sirst_mask_names_pair_with_their_images(tmp_path):

@@ -465,6 +465,20 @@ def test_evaluate_reports_figures_and_the_size_mismatch(dataset_dir):
     assert "img5" in report.table() and "mNoCoAP" in report.table()
 
 
+def test_a_stem_repeated_in_the_split_is_evaluated_once_and_listed(dataset_dir):
+    from edge_irst.datasets import IrstdDataset
+
+    (dataset_dir / "test.txt").write_text("img0\nimg1\nimg0\nimg2\n")
+    (dataset_dir / "once.txt").write_text("img0\nimg1\nimg2\n")
+    predict = prediction_folder(dataset_dir / "preds", logits=True)
+    report = evaluate(IrstdDataset(dataset_dir, "test.txt"), predict, progress=False)
+    once = evaluate(IrstdDataset(dataset_dir, "once.txt"), predict, progress=False)
+    assert report.stems == ["img0", "img1", "img2"] and report.repeated_stems == ["img0"]
+    assert report.results["irstd"].target.targets == once.results["irstd"].target.targets == 6
+    assert report.to_dict()["repeated_stems"] == ["img0"] and "each evaluated once: 1 (img0)" in report.table()
+    assert once.repeated_stems == [] and "more than once" not in once.table()
+
+
 def test_evaluate_refuses_size_differences_unless_labels_are_resized(dataset_dir):
     from edge_irst.datasets import IrstdDataset
 

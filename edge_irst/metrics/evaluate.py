@@ -58,6 +58,7 @@ class EvaluationReport:
     stems: list = field(default_factory=list)
     size_mismatches: list = field(default_factory=list)  # dicts: stem, image_shape, mask_shape, action
     labels_resized: list = field(default_factory=list)  # stems whose label was resized to the prediction
+    repeated_stems: list = field(default_factory=list)  # stems the split listed more than once (evaluated once)
 
     @property
     def images(self) -> int:
@@ -70,6 +71,9 @@ class EvaluationReport:
         if self.labels_resized:
             parts.append(f"labels resized (centre-aligned nearest) to the prediction size: "
                          f"{len(self.labels_resized)} images")
+        if self.repeated_stems:
+            parts.append(f"stems listed more than once in the split, each evaluated once: "
+                         f"{len(self.repeated_stems)} ({', '.join(self.repeated_stems[:5])})")
         if self.size_mismatches:
             parts.append("mask/image size mismatches (dataset rule: same aspect -> nearest resize, else skip):")
             parts += [f"  {m['stem']}: image {m['image_shape']}, mask -> {m['mask_shape']}: {m['action']}"
@@ -79,7 +83,7 @@ class EvaluationReport:
     def to_dict(self) -> dict:
         return {"images": self.images, "results": {name: r.to_dict() for name, r in self.results.items()},
                 "size_mismatches": jsonable(self.size_mismatches), "labels_resized": list(self.labels_resized),
-                "stems": list(self.stems)}
+                "repeated_stems": list(self.repeated_stems), "stems": list(self.stems)}
 
 
 def evaluate_items(items: Iterable[EvalItem], metrics: Optional[Sequence[Metric]] = None, *,
@@ -137,6 +141,7 @@ def evaluate(dataset, predict_fn: PredictFn, metrics: Optional[Sequence[Metric]]
     report.size_mismatches = [dict(stem=m.stem, image_shape=list(m.image_shape),
                                    mask_shape=None if m.mask_shape is None else list(m.mask_shape), action=m.action)
                               for m in dataset.size_mismatches]
+    report.repeated_stems = list(getattr(dataset, "repeated_stems", []))
     return report
 
 
