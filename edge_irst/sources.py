@@ -185,7 +185,9 @@ class VideoFileSource(Source):
     counted in `skipped` and passed over; a file that ends before the frame count its header announces (truncated)
     is reported with a warning and the missing frames are counted in `skipped`. Frame.index is the frame's number
     in the file, also when the source is iterated again after an earlier iteration stopped early (it goes on from
-    where that one stopped).
+    where that one stopped). One exception: a frame FFmpeg passes over without a failed read (an AVI chunk whose
+    header is damaged) shifts the index and the timestamp of every later frame by one; only the header's frame
+    count reveals it, at the end, as a missing frame.
 
     Frames are BGR uint8 (H, W, 3), except from a grey video of more than 8 bits (FFV1 or raw gray16le, as
     thermal recordings are stored): uint16 (H, W) with the recorded values, mapped to the model's range by the
