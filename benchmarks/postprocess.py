@@ -26,8 +26,9 @@ with cv2.setNumThreads(1). Like against like: OpenCV with its default threads is
 ours+filter auto), OpenCV with 1 thread with ours on one thread.
 
 Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background of -20 +- 2), dense (5 % and
-50 % random foreground: the issue's dense maps) and a checkerboard stress map (reported, no target), at 256x256,
-640x512 and 1920x1080. Each kind is drawn many times (variants: 128, 32 at 1920x1080 to bound memory), and the
+50 % random foreground: the issue's dense maps), a checkerboard stress map and a stream of 50 drifting targets
+(consecutive frames of one scene whose targets drift up to 2 px, logits drawn anew each frame: what a stream of
+slow targets brings; reported, no target either), at 256x256, 640x512 and 1920x1080. Each kind is drawn many times (variants: 128, 32 at 1920x1080 to bound memory), and the
 calls take the variants in turn, as a stream brings a new map every frame: a labeller timed on one map called
 again and again runs faster than on new maps (ours up to 1.55x, in the run of 2026-12-08 03:02), because the
 CPU's branch predictor learns that map's runs, and it learns a few dozen maps taken in turn as well (see
@@ -85,19 +86,24 @@ TARGETS = (
 )
 
 
+def random_blob(rng: np.random.Generator) -> tuple:
+    """(rows, columns) of a blob of 3..60 pixels grown 4-connected at random, its box's corner at (0, 0)."""
+    size = int(rng.integers(3, 61))
+    blob = {(0, 0)}
+    while len(blob) < size:
+        y, x = list(blob)[rng.integers(len(blob))]
+        dy, dx = ((0, 1), (1, 0), (0, -1), (-1, 0))[rng.integers(4)]
+        blob.add((y + dy, x + dx))
+    ys, xs = np.array(sorted(blob)).T
+    return ys - ys.min(), xs - xs.min()
+
+
 def sparse_map(rng: np.random.Generator, shape: tuple, targets: int) -> np.ndarray:
     """Background -20 +- 2 with `targets` separate blobs of 3..60 pixels (grown 4-connected) of logits 1..15."""
     logits = rng.normal(-20.0, 2.0, shape).astype(np.float32)
     placed = 0
     while placed < targets:
-        size = int(rng.integers(3, 61))
-        blob = {(0, 0)}
-        while len(blob) < size:
-            y, x = list(blob)[rng.integers(len(blob))]
-            dy, dx = ((0, 1), (1, 0), (0, -1), (-1, 0))[rng.integers(4)]
-            blob.add((y + dy, x + dx))
-        ys, xs = np.array(sorted(blob)).T
-        ys, xs = ys - ys.min(), xs - xs.min()
+        ys, xs = random_blob(rng)
         top = int(rng.integers(1, shape[0] - ys.max() - 1))
         left = int(rng.integers(1, shape[1] - xs.max() - 1))
         window = logits[top - 1:top + ys.max() + 2, left - 1:left + xs.max() + 2]
@@ -106,6 +112,32 @@ def sparse_map(rng: np.random.Generator, shape: tuple, targets: int) -> np.ndarr
         logits[top + ys, left + xs] = rng.uniform(1.0, 15.0, len(ys)).astype(np.float32)
         placed += 1
     return logits
+
+
+def drifting_maps(rng: np.random.Generator, shape: tuple, targets: int, count: int, drift: int = 2) -> list:
+    """`count` consecutive frames of one scene, as a stream of slow targets brings them: `targets` blobs like
+    sparse_map's, each drifting on a circle of `drift` pixels of its own period (40..120 frames), the logits of
+    the blobs and the background drawn anew every frame. Blobs are placed far enough apart to stay separate."""
+    margin = 2 * drift + 2  # two blobs drifting towards each other still keep a background pixel between them
+    taken = np.zeros(shape, bool)  # the boxes of the blobs placed so far
+    blobs = []
+    while len(blobs) < targets:
+        ys, xs = random_blob(rng)
+        top = int(rng.integers(margin, shape[0] - ys.max() - margin))
+        left = int(rng.integers(margin, shape[1] - xs.max() - margin))
+        if taken[top - margin:top + ys.max() + margin + 1, left - margin:left + xs.max() + margin + 1].any():
+            continue
+        taken[top:top + ys.max() + 1, left:left + xs.max() + 1] = True
+        blobs.append((ys + top, xs + left, rng.uniform(0.0, 2 * np.pi), rng.uniform(40.0, 120.0)))
+    frames = []
+    for t in range(count):
+        logits = rng.normal(-20.0, 2.0, shape).astype(np.float32)
+        for ys, xs, phase, period in blobs:
+            angle = phase + 2 * np.pi * t / period
+            dy, dx = int(round(drift * np.sin(angle))), int(round(drift * np.cos(angle)))
+            logits[ys + dy, xs + dx] = rng.uniform(1.0, 15.0, len(ys)).astype(np.float32)
+        frames.append(logits)
+    return frames
 
 
 def dense_map(rng: np.random.Generator, shape: tuple, kind: str) -> np.ndarray:
@@ -125,6 +157,7 @@ def benchmark_maps():
     kind timed, in order, one kind at a time (a kind's variants take up to VARIANT_BYTES; fixed seed:
     benchmarks/labeller_ab.py times the same maps)."""
     rng = np.random.default_rng(2024)
+    stream_rng = np.random.default_rng(2025)  # its own, so that the other kinds are the maps they always were
     for shape in SIZES:
         count = variant_count(shape)
         for targets in (3, 10, 50):
@@ -136,6 +169,9 @@ def benchmark_maps():
         # run joined to two above), timed and reported beside them, with no target of its own. Its variants
         # differ only in their logit values: the pattern is the point.
         yield "stress", "checkerboard", shape, [dense_map(rng, shape, "checkerboard") for _ in range(count)], None
+        # Not a target either: 50 targets as a stream brings them, frame after frame alike (see drifting_maps),
+        # between new random maps (the sparse kinds) and one map repeated (the "ours, 1 map" column).
+        yield "stream", "50 drifting", shape, drifting_maps(stream_rng, shape, 50, count), 50
 
 
 def read_map(logits: np.ndarray):

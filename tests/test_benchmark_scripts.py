@@ -30,7 +30,7 @@ def postprocess_run(tmp_path_factory):
 def test_postprocess_benchmark_times_every_map_kind_on_several_variants(postprocess_run):
     _, doc = postprocess_run
     rows = doc["results"]
-    assert len(rows) == 18
+    assert len(rows) == 21
     assert {(r["size"], r["family"]) for r in rows} >= {("256x256", "sparse"), ("1920x1080", "dense")}
     for r in rows:
         # A map repeated call after call lets the branch predictor learn it: several variants per kind, always.

@@ -814,7 +814,7 @@ def test_ab_benchmark_builds_two_revisions_of_the_core_into_one_driver(tmp_path)
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    assert len(rows) == 18 and all(row["same_records"] for row in rows), rows
+    assert len(rows) == 21 and all(row["same_records"] for row in rows), rows
     assert all(row["variants"] >= 4 for row in rows)  # new maps call after call, as a stream brings them
     assert {row["map"]: row["targets"] for row in rows}["1920x1080 50 targets"] == 50
     assert all(row["base_us"] > 0 and row["head_us"] > 0 for row in rows)
