@@ -28,12 +28,12 @@ ours+filter auto), OpenCV with 1 thread with ours on one thread.
 Maps: sparse (3, 10, 50 targets of 3..60 pixels, logits 1..15, on a background of -20 +- 2), dense (5 % and
 50 % random foreground: the issue's dense maps), a checkerboard stress map and a stream of 50 drifting targets
 (consecutive frames of one scene whose targets drift up to 2 px, logits drawn anew each frame: what a stream of
-slow targets brings; reported, no target either), at 256x256, 640x512 and 1920x1080. Each kind is drawn many times (variants: 128, 32 at 1920x1080 to bound memory), and the
-calls take the variants in turn, as a stream brings a new map every frame: a labeller timed on one map called
-again and again runs faster than on new maps (ours up to 1.55x, in the run of 2026-12-08 03:02), because the
-CPU's branch predictor learns that map's runs, and it learns a few dozen maps taken in turn as well (see
-MAX_VARIANTS); the "ours, 1 map" column shows it: the same call, fed the first variant again and again, nothing
-else changed.
+slow targets brings; reported, no target either), at 256x256, 640x512 and 1920x1080. Each kind is drawn many
+times (variants: 128, 32 at 1920x1080 to bound memory), and the calls take the variants in turn, as a stream
+brings a new map every frame: a labeller timed on one map called again and again runs faster than on new maps
+(ours up to 1.55x, in the run of 2026-12-08 03:02), because the CPU's branch predictor learns that map's runs,
+and it learns a few dozen maps taken in turn as well (see MAX_VARIANTS); the "ours, 1 map" column shows it: the
+same call, fed the first variant again and again, nothing else changed.
 Timing: before each call the next variant is copied into one buffer (untimed; the map is then in cache, as a
 network's freshly written output is), and the call alone is timed (perf_counter_ns, its own overhead measured
 and taken off). Methods are interleaved round by round, in an order balanced over the rounds (each method first,
