@@ -218,6 +218,7 @@ class VideoFileSource(Source):
 
     def __iter__(self) -> Iterator[Frame]:
         failed = 0  # consecutive failed reads from self._position on
+        limit = self.MAX_FAILED_READS if self.length is None else self.MAX_FAILED_READS_COUNTED
         while self._capture is not None and not self._ended:
             start = time.perf_counter()
             ok, image = self._capture.read()
@@ -225,7 +226,6 @@ class VideoFileSource(Source):
             if not ok or image is None:
                 failed += 1
                 at_end = self.length is not None and self._position + failed > self.length
-                limit = self.MAX_FAILED_READS if self.length is None else self.MAX_FAILED_READS_COUNTED
                 if at_end or failed >= limit:
                     self._end()
                 continue

@@ -131,7 +131,8 @@ def evaluate(dataset, predict_fn: PredictFn, metrics: Optional[Sequence[Metric]]
              resize_labels: bool = False, with_images: bool = False, chunk: int = 32,
              progress: Optional[bool] = None) -> EvaluationReport:
     """Evaluate predict_fn on an `edge_irst.datasets.IrstdDataset` (or anything with `samples`, `load(i)` and
-    `size_mismatches`). Samples whose mask the dataset skipped (size rule) are left out and listed.
+    `size_mismatches`, and optionally `repeated_stems`). Samples whose mask the dataset skipped (size rule) are left
+    out and listed; so are the stems its split repeated (each evaluated once).
 
     predict_fn(sample, image) -> (prediction map, kind): image as stored (uint8 HxW / HxWx3 BGR); the map must be
     at the mask's resolution unless resize_labels. with_images: pass the frames on (needed by NoCoAP).
